@@ -1,1 +1,530 @@
-//! placeholder
+//! Test support shared by every crate: the leak guard and binary lookup.
+//!
+//! Scenario 13 of the brief says test suites leak nothing, and proves it. A
+//! [`LeakGuard`] gives each test a unique value for [`LEAK_TAG_VAR`]; the test
+//! puts it into the environment of everything it spawns ([`LeakGuard::apply`]).
+//! Environment variables are inherited across `fork`, `exec`, `setsid` and
+//! double forks, so every process of the tree carries the tag no matter how it
+//! escaped its parent or its process group. At teardown the guard scans
+//! `/proc/*/environ` for the exact `VAR=tag` entry, SIGKILLs whatever is still
+//! alive and fails the test naming each survivor.
+//!
+//! Zombies are skipped everywhere: on these machines PID 1 never reaps
+//! orphans, so a dead orphan stays in state `Z` forever (its environ is empty
+//! anyway). Only live processes count as leaks.
+//!
+//! Public API:
+//! * [`LeakGuard`]: `new`, `with_settle`, `tag`, `env_pair`, `apply`,
+//!   `survivors`, `wait_gone`, `kill_all`, `finish` (and a checking `Drop`).
+//! * [`scan_tagged`]: every live process carrying the tag variable (the CI
+//!   leak gate; also the `leak-scan` binary).
+//! * [`cargo_bin`]: path of a workspace binary next to the running test.
+//! * [`scan_comm`], [`kill_tagged`], [`kill_survivor`]: for the gate.
+//! * [`proc_alive`], [`read_survivor`]: small /proc helpers.
+//!
+//! This crate deliberately depends on `libc` and `rand` only (no tokio), so
+//! it can be used from sync tests, async tests and binaries alike.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The environment variable that tags a test's process tree.
+pub const LEAK_TAG_VAR: &str = "SHELLPER_LEAK_TAG";
+
+/// Default time [`LeakGuard::finish`] waits for the tree to exit on its own.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
+
+/// How often [`LeakGuard::wait_gone`] rescans `/proc`.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How many SIGKILL passes the guard makes: a process may fork between a scan
+/// and the kill, so one pass is not enough.
+const KILL_PASSES: usize = 20;
+
+/// A live process that carries a leak tag (or that a scan otherwise matched).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Survivor {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// The state letter from `/proc/PID/stat` (`R`, `S`, `D`, `T`, ...).
+    pub state: char,
+    /// The kernel's short name (`/proc/PID/comm`, at most 15 bytes).
+    pub comm: String,
+    /// The argument vector (empty for kernel threads or unreadable entries).
+    pub cmdline: Vec<String>,
+    /// Start time in clock ticks since boot (field 22 of `/proc/PID/stat`):
+    /// with the pid, it identifies one process even if the pid is recycled.
+    pub start_ticks: u64,
+}
+
+impl fmt::Display for Survivor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "pid {} ({}) state {} ppid {} pgid {} sid {} cmdline {:?}",
+            self.pid,
+            self.comm,
+            self.state,
+            self.ppid,
+            self.pgid,
+            self.sid,
+            self.cmdline.join(" ")
+        )
+    }
+}
+
+/// Fixed fields of `/proc/PID/stat`.
+struct Stat {
+    comm: String,
+    state: char,
+    ppid: i32,
+    pgid: i32,
+    sid: i32,
+    start_ticks: u64,
+}
+
+/// Parses `/proc/PID/stat`. The comm field is in parentheses and may itself
+/// contain spaces and `)`, so the fields after it are found from the *last*
+/// `)` of the line.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    if close < open {
+        return None;
+    }
+    let comm = text[open + 1..close].to_string();
+    let mut rest = text[close + 1..].split_ascii_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    let pgid = rest.next()?.parse().ok()?;
+    let sid = rest.next()?.parse().ok()?;
+    // Fields 7..=21 (tty_nr .. itrealvalue) are skipped; starttime is 22.
+    let start_ticks = rest.nth(15)?.parse().ok()?;
+    Some(Stat {
+        comm,
+        state,
+        ppid,
+        pgid,
+        sid,
+        start_ticks,
+    })
+}
+
+/// `Z` (zombie) and `X`/`x` (dead) are not live: they run no code, hold no
+/// resources except a pid, and on these machines PID 1 never reaps them.
+fn is_live_state(state: char) -> bool {
+    !matches!(state, 'Z' | 'X' | 'x')
+}
+
+fn read_cmdline(pid: i32) -> Vec<String> {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(bytes) => bytes
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Reads one process from /proc, or `None` if it does not exist (or its stat
+/// is unreadable). Zombies are returned too (with `state == 'Z'`).
+pub fn read_survivor(pid: i32) -> Option<Survivor> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let st = parse_stat(&text)?;
+    Some(Survivor {
+        pid,
+        ppid: st.ppid,
+        pgid: st.pgid,
+        sid: st.sid,
+        state: st.state,
+        comm: st.comm,
+        cmdline: read_cmdline(pid),
+        start_ticks: st.start_ticks,
+    })
+}
+
+/// True if `pid` exists and is not a zombie (or dead).
+pub fn proc_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| parse_stat(&t))
+        .is_some_and(|st| is_live_state(st.state))
+}
+
+/// Every numeric entry of /proc (thread-group leaders, i.e. processes).
+fn all_pids() -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid > 0)
+        .collect()
+}
+
+/// The value of [`LEAK_TAG_VAR`] in a process's environment, if any.
+/// Unreadable environments (other users, exiting processes) give `None`.
+fn tag_of(pid: i32) -> Option<Vec<u8>> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let key = LEAK_TAG_VAR.as_bytes();
+    env.split(|b| *b == 0).find_map(|entry| {
+        let rest = entry.strip_prefix(key)?;
+        let value = rest.strip_prefix(b"=")?;
+        Some(value.to_vec())
+    })
+}
+
+/// Scans every live process (excluding this one) and keeps those whose
+/// [`LEAK_TAG_VAR`] value passes `accept`.
+fn scan_where(accept: impl Fn(&[u8]) -> bool) -> Vec<Survivor> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    for pid in all_pids() {
+        if pid == me {
+            continue;
+        }
+        let Some(value) = tag_of(pid) else { continue };
+        if !accept(&value) {
+            continue;
+        }
+        // Read stat after the environ match: if the process died in between
+        // it is a zombie or gone now, and skipped either way.
+        match read_survivor(pid) {
+            Some(s) if is_live_state(s.state) => out.push(s),
+            _ => {}
+        }
+    }
+    out.sort_by_key(|s| s.pid);
+    out
+}
+
+/// Every live process (other than this one) carrying [`LEAK_TAG_VAR`]; with
+/// `Some(prefix)`, only those whose tag value starts with `prefix`.
+///
+/// This is the CI leak gate: after the whole suite ran, it must be empty.
+pub fn scan_tagged(value_prefix: Option<&str>) -> Vec<Survivor> {
+    let prefix = value_prefix.unwrap_or("").as_bytes();
+    scan_where(|v| v.starts_with(prefix))
+}
+
+/// SIGKILLs the process `s` describes, but only if it is still that process
+/// (same pid *and* start time) *after* a pidfd pins it. A pidfd refers to one
+/// process for ever, so if the pid was recycled between the scan and the kill
+/// the newcomer is never hit. Falls back to kill(2) (after the same check)
+/// where pidfds are unsupported (kernels before 5.3). Returns true if a
+/// signal was sent.
+pub fn kill_survivor(s: &Survivor) -> bool {
+    let same = || read_survivor(s.pid).is_some_and(|now| now.start_ticks == s.start_ticks);
+    // SAFETY: pidfd_open takes (pid_t, unsigned int) and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, s.pid, 0) };
+    if fd >= 0 {
+        let fd = fd as libc::c_int;
+        let mut sent = false;
+        if same() {
+            // SAFETY: pidfd_send_signal(int, int, siginfo_t *, unsigned int);
+            // a null siginfo is documented to behave like kill(2).
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd,
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            sent = rc == 0;
+        }
+        // SAFETY: fd was returned by pidfd_open above and is closed once.
+        unsafe { libc::close(fd) };
+        sent
+    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) && same() {
+        // SAFETY: plain kill(2); the race window is the one a pidfd closes on
+        // newer kernels.
+        unsafe { libc::kill(s.pid, libc::SIGKILL) == 0 }
+    } else {
+        false
+    }
+}
+
+/// Kills everything `scan` finds, in repeated passes (a process may fork
+/// between a scan and its kill), until a scan comes back empty. Returns every
+/// process seen in any pass, and whether the last scan was empty.
+fn kill_passes(scan: impl Fn() -> Vec<Survivor>) -> (Vec<Survivor>, bool) {
+    let mut seen: Vec<Survivor> = Vec::new();
+    for _ in 0..KILL_PASSES {
+        let found = scan();
+        if found.is_empty() {
+            return (seen, true);
+        }
+        for s in found {
+            kill_survivor(&s);
+            if !seen.iter().any(|x| x.pid == s.pid) {
+                seen.push(s);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let clean = scan().is_empty();
+    (seen, clean)
+}
+
+/// Every live process (other than this one) whose comm is one of `names`
+/// (the kernel truncates comm to 15 bytes; compare accordingly).
+pub fn scan_comm(names: &[&str]) -> Vec<Survivor> {
+    let me = std::process::id() as i32;
+    let mut out: Vec<Survivor> = all_pids()
+        .into_iter()
+        .filter(|pid| *pid != me)
+        .filter_map(read_survivor)
+        .filter(|s| is_live_state(s.state) && names.iter().any(|n| *n == s.comm))
+        .collect();
+    out.sort_by_key(|s| s.pid);
+    out
+}
+
+/// Kills every live process carrying [`LEAK_TAG_VAR`] (optionally only with a
+/// tag value starting with `value_prefix`); returns the processes it found.
+pub fn kill_tagged(value_prefix: Option<&str>) -> Vec<Survivor> {
+    kill_passes(|| scan_tagged(value_prefix)).0
+}
+
+/// Proves a test leaves no process behind.
+///
+/// ```no_run
+/// # use shellper_testkit::LeakGuard;
+/// let guard = LeakGuard::new("my_test");
+/// let mut cmd = std::process::Command::new("sh");
+/// guard.apply(cmd.arg("-c").arg("sleep 0.1 &"));
+/// cmd.status().unwrap();
+/// guard.finish(); // waits up to 2 s, then kills survivors and panics naming them
+/// ```
+///
+/// If neither [`finish`](Self::finish) nor a panic ended the test, `Drop`
+/// makes the same check (and panics on leaks). If the thread is already
+/// panicking, `Drop` only kills, silently, so a failing test still leaks
+/// nothing and its original panic message is kept.
+#[derive(Debug)]
+pub struct LeakGuard {
+    tag: String,
+    settle: Duration,
+    finished: bool,
+}
+
+impl LeakGuard {
+    /// A guard with a unique tag: `name` (sanitised), this process's pid and
+    /// 64 random bits, so concurrent tests, test binaries and engineers never
+    /// see each other's processes.
+    pub fn new(name: &str) -> LeakGuard {
+        let clean: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        let tag = format!(
+            "{clean}-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        LeakGuard {
+            tag,
+            settle: DEFAULT_SETTLE,
+            finished: false,
+        }
+    }
+
+    /// Changes how long [`finish`](Self::finish) waits for the tree to exit
+    /// on its own before it counts leftovers as leaks.
+    pub fn with_settle(mut self, settle: Duration) -> LeakGuard {
+        self.settle = settle;
+        self
+    }
+
+    /// The unique tag value.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// `(LEAK_TAG_VAR, tag)`, for APIs that take an environment as pairs
+    /// (for example a shellper JSON config's `env`).
+    pub fn env_pair(&self) -> (&'static str, String) {
+        (LEAK_TAG_VAR, self.tag.clone())
+    }
+
+    /// Tags a command: sets [`LEAK_TAG_VAR`] in its environment. Note that a
+    /// later `env_clear()` on the same command removes it again.
+    pub fn apply<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.env(LEAK_TAG_VAR, &self.tag)
+    }
+
+    /// Live processes (zombies excluded, this process excluded) carrying
+    /// exactly this guard's tag.
+    pub fn survivors(&self) -> Vec<Survivor> {
+        let tag = self.tag.as_bytes();
+        scan_where(|v| v == tag)
+    }
+
+    /// Polls until no tagged process is alive or `timeout` passes; returns
+    /// the survivors of the last scan (empty on success).
+    pub fn wait_gone(&self, timeout: Duration) -> Vec<Survivor> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.survivors();
+            if found.is_empty() || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(POLL.min(deadline.saturating_duration_since(Instant::now())));
+        }
+    }
+
+    /// SIGKILLs every tagged process, in passes, until none is left; returns
+    /// those it found.
+    pub fn kill_all(&self) -> Vec<Survivor> {
+        kill_passes(|| self.survivors()).0
+    }
+
+    /// Ends the test: waits up to the settle time for the tree to exit, then
+    /// kills any survivors and panics naming each of them.
+    pub fn finish(mut self) {
+        self.finished = true;
+        self.check();
+    }
+
+    fn check(&self) {
+        let leftover = self.wait_gone(self.settle);
+        if leftover.is_empty() {
+            return;
+        }
+        let (killed, clean) = kill_passes(|| self.survivors());
+        let mut all = leftover;
+        for k in killed {
+            if !all.iter().any(|x| x.pid == k.pid) {
+                all.push(k);
+            }
+        }
+        let mut msg = format!(
+            "leak guard {}: {} process(es) survived the test (settle {:?}); SIGKILLed{}:",
+            self.tag,
+            all.len(),
+            self.settle,
+            if clean { "" } else { " (some STILL ALIVE)" }
+        );
+        for s in &all {
+            msg.push_str("\n  ");
+            msg.push_str(&s.to_string());
+        }
+        panic!("{msg}");
+    }
+}
+
+impl Drop for LeakGuard {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if std::thread::panicking() {
+            self.kill_all();
+        } else {
+            self.check();
+        }
+    }
+}
+
+/// Locates a workspace binary (`shellper`, `minitower`, `leasectl`, ...).
+///
+/// A test executable lives in `target/<profile>/deps/`; binaries are built
+/// into `target/<profile>/`, so that is where we look first (then next to
+/// the executable itself), and fall back to `CARGO_BIN_EXE_<name>` if set.
+///
+/// # Panics
+/// When the binary is absent: build it first with
+/// `cargo build --workspace --bins`.
+pub fn cargo_bin(name: &str) -> PathBuf {
+    let exe_name = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    let mut candidates = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(PathBuf::from))
+    {
+        if dir.file_name() == Some(OsStr::from_bytes(b"deps")) {
+            if let Some(profile) = dir.parent() {
+                candidates.push(profile.join(&exe_name));
+            }
+        }
+        candidates.push(dir.join(&exe_name));
+    }
+    if let Some(p) = std::env::var_os(format!("CARGO_BIN_EXE_{name}")) {
+        candidates.push(PathBuf::from(p));
+    }
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        return found.clone();
+    }
+    let shown = candidates
+        .first()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "<no candidate path: current_exe unknown>".to_string());
+    panic!("binary {name} not found at {shown}: run `cargo build --workspace --bins` first");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_stat_handles_hostile_comm() {
+        let line = "42 (a) b) (c) S 1 42 42 0 -1 4194560 0 0 0 0 1 2 0 0 20 0 1 0 777 0 0";
+        let st = parse_stat(line).expect("parses");
+        assert_eq!(st.start_ticks, 777);
+        assert_eq!(st.comm, "a) b) (c");
+        assert_eq!(st.state, 'S');
+        assert_eq!((st.ppid, st.pgid, st.sid), (1, 42, 42));
+        assert!(parse_stat("garbage").is_none());
+        assert!(parse_stat("1 (x) ").is_none());
+    }
+
+    #[test]
+    fn zombie_and_dead_states_are_not_live() {
+        for s in ['Z', 'X', 'x'] {
+            assert!(!is_live_state(s));
+        }
+        for s in ['R', 'S', 'D', 'T', 't', 'I'] {
+            assert!(is_live_state(s));
+        }
+    }
+
+    #[test]
+    fn tags_are_unique_and_sanitised() {
+        let a = LeakGuard::new("x y=z");
+        let b = LeakGuard::new("x y=z");
+        assert_ne!(a.tag(), b.tag());
+        assert!(a.tag().starts_with("x_y_z-"));
+        assert_eq!(a.env_pair().0, LEAK_TAG_VAR);
+        a.finish();
+        b.finish();
+    }
+
+    #[test]
+    fn cargo_bin_panics_with_a_clear_message() {
+        let err =
+            std::panic::catch_unwind(|| cargo_bin("no-such-binary-xyz")).expect_err("must panic");
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            msg.contains("binary no-such-binary-xyz not found at"),
+            "{msg}"
+        );
+        assert!(msg.contains("cargo build --workspace --bins"), "{msg}");
+    }
+}
