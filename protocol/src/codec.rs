@@ -39,47 +39,42 @@ impl Decoder for FrameCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
-        loop {
+        if self.skipping > 0 {
+            let n = self.skipping.min(src.len());
+            src.advance(n);
+            self.skipping -= n;
             if self.skipping > 0 {
-                let n = self.skipping.min(src.len());
-                src.advance(n);
-                self.skipping -= n;
-                if self.skipping > 0 {
-                    return Ok(None);
-                }
+                return Ok(None);
             }
-            if src.len() >= HEADER_LEN && FrameType::from_u8(src[0]).is_none() {
-                let len = u32::from_be_bytes([src[1], src[2], src[3], src[4]]);
-                if len > frame::MAX_UNKNOWN_PAYLOAD {
-                    return Err(FrameError::Oversized {
-                        ty: src[0],
-                        len,
-                        limit: frame::MAX_UNKNOWN_PAYLOAD,
-                    }
-                    .into());
+        }
+        if src.len() >= HEADER_LEN && FrameType::from_u8(src[0]).is_none() {
+            let ty = src[0];
+            let len = u32::from_be_bytes([src[1], src[2], src[3], src[4]]);
+            if len > frame::MAX_UNKNOWN_PAYLOAD {
+                return Err(FrameError::Oversized {
+                    ty,
+                    len,
+                    limit: frame::MAX_UNKNOWN_PAYLOAD,
                 }
-                let ty = src[0];
-                src.advance(HEADER_LEN);
-                self.skipping = len as usize;
-                if self.skipping == 0 {
-                    return Ok(Some(Frame::Unknown { ty, len }));
-                }
-                // Discard what is already here, then surface the frame.
-                let n = self.skipping.min(src.len());
-                src.advance(n);
-                self.skipping -= n;
-                return Ok(Some(Frame::Unknown { ty, len }));
+                .into());
             }
-            return match frame::parse(src)? {
-                Parsed::Incomplete { needed } => {
-                    src.reserve(needed.saturating_sub(src.len()));
-                    Ok(None)
-                }
-                Parsed::Frame { frame, consumed } => {
-                    src.advance(consumed);
-                    Ok(Some(frame))
-                }
-            };
+            // Surface the frame now and discard its payload as it arrives,
+            // so an unknown frame never occupies memory.
+            src.advance(HEADER_LEN);
+            let n = (len as usize).min(src.len());
+            src.advance(n);
+            self.skipping = len as usize - n;
+            return Ok(Some(Frame::Unknown { ty, len }));
+        }
+        match frame::parse(src)? {
+            Parsed::Incomplete { needed } => {
+                src.reserve(needed.saturating_sub(src.len()));
+                Ok(None)
+            }
+            Parsed::Frame { frame, consumed } => {
+                src.advance(consumed);
+                Ok(Some(frame))
+            }
         }
     }
 

@@ -17,6 +17,7 @@
 pub mod frame;
 pub mod lease;
 pub mod msg;
+pub mod samples;
 pub mod token;
 
 #[cfg(feature = "codec")]
