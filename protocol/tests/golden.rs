@@ -130,3 +130,16 @@ fn codev_v1_frames_from_a_node_tower_decode() {
     };
     assert_eq!(h.client_type, shellper_protocol::msg::ClientType::Tower);
 }
+
+#[test]
+fn spec_md_prints_the_same_vectors() {
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../SPEC.md"))
+        .expect("SPEC.md at the workspace root");
+    for (name, ghex) in GOLDEN {
+        assert!(
+            spec.contains(&format!("| {name} | `{ghex}` |")),
+            "SPEC.md does not show the vector of {name}; regenerate with \
+             `cargo run -p shellper-protocol --example vectors`"
+        );
+    }
+}
