@@ -1,0 +1,110 @@
+//! The crate's single error type.
+//!
+//! Every variant carries the context an operator needs to act without a
+//! debugger: the path or shellper id involved, the step that failed, and for
+//! spawn failures the tail of the shellper's log (its own explanation).
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shellper_protocol::lease::ConfigError;
+use shellper_protocol::msg::ErrorCode;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in tower-client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An IO operation on a file of the scope failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The scope directory is unsafe to use (wrong owner, loose permissions,
+    /// not a directory).
+    #[error("scope {}: {reason}", path.display())]
+    UnsafeScope { path: PathBuf, reason: String },
+
+    /// Another Tower holds the scope's instance lock.
+    #[error("scope {} is already held by another Tower (pid {}); stop it first or use another --scope", path.display(), pid.map_or_else(|| "unknown".to_string(), |p| p.to_string()))]
+    ScopeLocked { path: PathBuf, pid: Option<u32> },
+
+    /// The registry exists but cannot be understood. Never treated as empty:
+    /// that would orphan every shellper it lists.
+    #[error("registry {} is corrupt ({detail}); refusing to treat it as empty. Inspect or move it aside by hand", path.display())]
+    RegistryCorrupt { path: PathBuf, detail: String },
+
+    /// The lease timings break a rule of the protocol.
+    #[error("invalid lease settings: {0}")]
+    LeaseConfig(#[from] ConfigError),
+
+    /// Connecting to or talking with a shellper failed.
+    #[error("shellper socket {}: {step}: {detail}", socket.display())]
+    Conn {
+        socket: PathBuf,
+        step: &'static str,
+        detail: String,
+    },
+
+    /// A step with a deadline did not finish in time. Timeouts never mean a
+    /// shellper is gone; only its process disappearing does.
+    #[error("shellper socket {}: {step}: no answer within {timeout:?}", socket.display())]
+    Timeout {
+        socket: PathBuf,
+        step: &'static str,
+        timeout: Duration,
+    },
+
+    /// The shellper answered with an ERROR frame.
+    #[error("shellper socket {}: {step}: refused ({code:?}): {message}", socket.display())]
+    Refused {
+        socket: PathBuf,
+        step: &'static str,
+        code: ErrorCode,
+        message: String,
+    },
+
+    /// Spawning a shellper failed. Whatever was started has been killed and
+    /// confirmed gone before this error is returned (unless `cleanup` says
+    /// otherwise).
+    #[error("spawning shellper {id} failed at step `{step}`: {detail}{cleanup}\n--- last lines of {} ---\n{log_tail}", log.display())]
+    Spawn {
+        id: String,
+        step: &'static str,
+        detail: String,
+        /// Empty when cleanup succeeded, else a sentence about what survived.
+        cleanup: String,
+        log: PathBuf,
+        log_tail: String,
+    },
+
+    /// The shellper binary could not be found.
+    #[error("cannot find the shellper binary: {0}")]
+    ShellperNotFound(String),
+
+    /// The shellper's lease driver has stopped (it exited, was revoked,
+    /// terminated or detached), so the request cannot be served.
+    #[error("shellper {id}: not held any more ({why})")]
+    NotHeld { id: String, why: String },
+
+    /// Terminating a shellper did not end in confirmed death.
+    #[error("terminating shellper {id}: {detail}")]
+    Terminate { id: String, detail: String },
+}
+
+impl Error {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! A Tower's scope: one private runtime directory holding the shellpers'
+//! sockets and logs, the instance lock and the registry of lease tokens.
+//!
+//! Layout (docs/CONVENTIONS.md):
+//!
+//! | path | what |
+//! |---|---|
+//! | `<id>.sock` | a shellper's socket (0600) |
+//! | `<id>.log` | its log (shellper tracing + stderr) |
+//! | `tower.lock` | instance lock: `flock(LOCK_EX\|LOCK_NB)`, holds the owner's pid |
+//! | `registry.json` | the [`Registry`](crate::Registry), 0600 |
+//!
+//! Opening a scope never takes the lock: read-only tools (`leasectl`) open a
+//! scope to read its registry and query shellpers while a Tower holds it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::FlockOperation;
+
+use crate::error::{Error, Result};
+use crate::registry::Registry;
+
+/// File name of the instance lock inside a scope.
+pub const LOCK_FILE: &str = "tower.lock";
+/// File name of the registry inside a scope.
+pub const REGISTRY_FILE: &str = "registry.json";
+
+/// An opened, validated scope directory (not locked).
+#[derive(Debug, Clone)]
+pub struct Scope {
+    dir: PathBuf,
+}
+
+impl Scope {
+    /// The default scope: `$XDG_RUNTIME_DIR/shellper` when `XDG_RUNTIME_DIR`
+    /// is set (a per-user tmpfs cleared at logout, the natural home for
+    /// sockets), else `$TMPDIR/shellper-<uid>` (`/tmp` without `TMPDIR`).
+    pub fn default_dir() -> PathBuf {
+        match std::env::var_os("XDG_RUNTIME_DIR") {
+            Some(d) if !d.is_empty() => PathBuf::from(d).join("shellper"),
+            _ => std::env::temp_dir()
+                .join(format!("shellper-{}", rustix::process::geteuid().as_raw())),
+        }
+    }
+
+    /// Opens `dir`, creating it (mode 0700) if missing.
+    ///
+    /// Refuses a directory owned by another user or accessible by group or
+    /// others: the scope holds lease tokens and sockets that must stay
+    /// private, and silently fixing permissions on somebody else's directory
+    /// would hide an attack or a misconfiguration.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Scope> {
+        let dir = dir.into();
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Parent missing: create parents too, the leaf still 0700.
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .recursive(true)
+                    .create(&dir)
+                    .map_err(|e| Error::io("creating scope directory", &dir, e))?;
+            }
+            Err(e) => return Err(Error::io("creating scope directory", &dir, e)),
+        }
+        Self::validate(&dir)?;
+        Ok(Scope { dir })
+    }
+
+    /// Opens an existing scope without creating anything (for inspectors).
+    pub fn open_existing(dir: impl Into<PathBuf>) -> Result<Scope> {
+        let dir = dir.into();
+        Self::validate(&dir)?;
+        Ok(Scope { dir })
+    }
+
+    fn validate(dir: &Path) -> Result<()> {
+        let meta = fs::symlink_metadata(dir).map_err(|e| Error::io("inspecting scope", dir, e))?;
+        let unsafe_scope = |reason: String| Error::UnsafeScope {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        if meta.file_type().is_symlink() {
+            return Err(unsafe_scope(
+                "is a symbolic link; give the real directory".into(),
+            ));
+        }
+        if !meta.is_dir() {
+            return Err(unsafe_scope("is not a directory".into()));
+        }
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(unsafe_scope(format!(
+                "is owned by uid {}, not by us (uid {me})",
+                meta.uid()
+            )));
+        }
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(unsafe_scope(format!(
+                "has mode {mode:03o}; a scope must be private (0700): chmod 700 it"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The scope directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of the registry file.
+    pub fn registry_path(&self) -> PathBuf {
+        self.dir.join(REGISTRY_FILE)
+    }
+
+    /// Path of the instance lock file.
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join(LOCK_FILE)
+    }
+
+    /// Socket path of shellper `id`.
+    pub fn socket_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.sock"))
+    }
+
+    /// Log path of shellper `id`.
+    pub fn log_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.log"))
+    }
+
+    /// Reads the registry (empty if the file does not exist yet; an error if
+    /// it is corrupt).
+    pub fn read_registry(&self) -> Result<Registry> {
+        Registry::load(&self.registry_path())
+    }
+
+    /// Takes the instance lock. Fails with [`Error::ScopeLocked`] naming the
+    /// holder's pid if another process holds it.
+    ///
+    /// The lock is a `flock` on `tower.lock`: the kernel drops it when the
+    /// holder dies, so a crashed Tower never leaves a stale lock behind (a
+    /// pid file alone would).
+    pub fn lock(&self) -> Result<InstanceLock> {
+        let path = self.lock_path();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io("opening instance lock", &path, e))?;
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(Error::ScopeLocked {
+                    path: self.dir.clone(),
+                    pid: read_pid(&mut file),
+                });
+            }
+            Err(e) => return Err(Error::io("locking", &path, e.into())),
+        }
+        let pid = std::process::id();
+        let write = |f: &mut File| -> std::io::Result<()> {
+            f.set_len(0)?;
+            f.seek(SeekFrom::Start(0))?;
+            writeln!(f, "{pid}")?;
+            f.flush()
+        };
+        write(&mut file).map_err(|e| Error::io("writing pid into", &path, e))?;
+        // A crash in the middle of a registry write leaves a temporary file;
+        // only the lock holder may clean those up.
+        crate::registry::remove_stale_temps(&self.dir);
+        Ok(InstanceLock { file, path })
+    }
+
+    /// The pid written in the lock file if a live process holds the lock,
+    /// `None` if the scope is free. Never takes the lock for longer than the
+    /// probe.
+    pub fn lock_holder(&self) -> Result<Option<u32>> {
+        let path = self.lock_path();
+        let mut file = match OpenOptions::new().read(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("opening instance lock", &path, e)),
+        };
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockShared) {
+            Ok(()) => Ok(None),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(read_pid(&mut file)),
+            Err(e) => Err(Error::io("probing lock", &path, e.into())),
+        }
+    }
+}
+
+fn read_pid(file: &mut File) -> Option<u32> {
+    let mut s = String::new();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.read_to_string(&mut s).ok()?;
+    s.trim().parse().ok()
+}
+
+/// The held instance lock of a scope; released when dropped (or when the
+/// process dies).
+#[derive(Debug)]
+pub struct InstanceLock {
+    // Held only for its flock; std opens files O_CLOEXEC so spawned
+    // shellpers never inherit (and never keep) the lock.
+    #[allow(dead_code)]
+    file: File,
+    path: PathBuf,
+}
+
+impl InstanceLock {
+    /// Path of the lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_private_dir_and_refuses_loose_perms() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("a/b/scope");
+        let s = Scope::open(&dir).expect("open");
+        let mode = fs::metadata(s.dir()).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let err = Scope::open(&dir).expect_err("loose perms refused");
+        assert!(err.to_string().contains("755"), "{err}");
+        assert!(matches!(err, Error::UnsafeScope { .. }));
+    }
+
+    #[test]
+    fn refuses_file_and_symlink() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let f = tmp.path().join("file");
+        fs::write(&f, "x").expect("write");
+        assert!(matches!(Scope::open(&f), Err(Error::UnsafeScope { .. })));
+        let real = tmp.path().join("real");
+        Scope::open(&real).expect("open");
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        assert!(matches!(Scope::open(&link), Err(Error::UnsafeScope { .. })));
+    }
+
+    #[test]
+    fn second_lock_names_the_holder_and_lock_is_released_on_drop() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let s = Scope::open(tmp.path().join("s")).expect("open");
+        assert_eq!(s.lock_holder().expect("probe"), None);
+        let l = s.lock().expect("first lock");
+        match s.lock() {
+            Err(Error::ScopeLocked { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            other => panic!("expected ScopeLocked, got {other:?}"),
+        }
+        let msg = s.lock().expect_err("locked").to_string();
+        assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+        assert_eq!(s.lock_holder().expect("probe"), Some(std::process::id()));
+        drop(l);
+        assert_eq!(s.lock_holder().expect("probe"), None);
+        let _again = s.lock().expect("lock after release");
+    }
+
+    #[test]
+    fn default_dir_prefers_xdg_runtime_dir() {
+        // Only checks the shape: the environment is process-global and other
+        // tests run in parallel, so it is not modified here.
+        let d = Scope::default_dir();
+        let s = d.to_string_lossy();
+        assert!(s.ends_with("/shellper") || s.contains("/shellper-"), "{s}");
+    }
+}
