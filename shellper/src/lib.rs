@@ -1,1 +1,38 @@
-//! placeholder
+//! The lease-enforcing PTY shellper.
+//!
+//! A shellper owns a PTY running one command, serves it over a Unix socket
+//! (codev's shellper protocol v1 plus the lease extension) and bounds its own
+//! life with a lease: when no holder renews within the reattach window it
+//! kills its whole process tree and exits (BRIEF.md).
+//!
+//! Library layout (pure logic apart from IO):
+//!
+//! * [`config`]: codev's JSON invocation and the friendly flags (pure).
+//! * [`lease`]: [`lease::LeaseDriver`], the protocol's lease machine on tokio
+//!   time with a termination hook; usable by any shellper.
+//! * [`replay`]: the bounded replay buffer (pure).
+//! * [`outbox`]: per-connection priority queue drained by one writer task.
+//! * [`exit`]: exit codes.
+//! * [`child`]: the PTY child, its single reaper and its IO tasks.
+//! * [`hub`]: state shared by the PTY tasks and the connections.
+//! * [`server`]: socket binding and connections.
+//! * [`startup`]: process-level start-up (session, subreaper, stdio, log).
+//! * [`kill`]: the kill ladder over the shellper's tree.
+//! * [`app`]: wires it all together ([`app::run`]).
+
+pub mod app;
+pub mod child;
+pub mod config;
+pub mod error;
+pub mod exit;
+pub mod hub;
+pub mod kill;
+pub mod lease;
+pub mod outbox;
+pub mod replay;
+pub mod server;
+pub mod startup;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use lease::{LeaseDriver, LeaseHandle, Termination};

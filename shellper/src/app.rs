@@ -1,0 +1,307 @@
+//! Wiring: start-up order, the running shellper, and the orderly exit.
+//!
+//! Start-up order matters (BRIEF §4, CONVENTIONS.md):
+//! 1. parse the invocation (errors: exit 2, nothing started);
+//! 2. touch `/proc/self`, `setsid`, read the token (leased mode), point
+//!    stdin at /dev/null, become a child subreaper;
+//! 3. on the runtime: open the log, bind the socket, spawn the PTY child
+//!    (failures: exit 3, socket removed);
+//! 4. write the info line and close stdout, send stderr to the log;
+//! 5. run until the lease driver says "terminate", then run the kill ladder,
+//!    report TERMINATED to the holder, remove the socket and exit with the
+//!    code that says why.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shellper_protocol::lease::{LeaseMachine, Mode};
+use shellper_protocol::msg::{Status, TerminateReason, Terminated};
+use shellper_protocol::{Frame, Token};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::child::{ChildActor, SpawnSpec, spawn_pty};
+use crate::config::{self, Config, Parsed};
+use crate::hub::Hub;
+use crate::lease::{LeaseDriver, LeaseHandle, Termination};
+use crate::server::{self, Shared};
+use crate::{exit, kill, startup};
+
+/// Longest wait for the token line on stdin.
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connections get to flush TERMINATED and other last frames.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
+
+/// The parts of STATUS that never change, plus the assembly of the rest.
+#[derive(Debug, Clone)]
+pub struct StatusSource {
+    pub shellper_pid: u32,
+    pub shellper_start_ticks: u64,
+    pub started_at_ms: u64,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+impl StatusSource {
+    /// Reads this process's start time from /proc (recycle-proof identity).
+    pub fn current(started_at_ms: u64) -> Self {
+        let pid = std::process::id();
+        StatusSource {
+            shellper_pid: pid,
+            shellper_start_ticks: shellper_proctree::read_stat(pid as i32)
+                .map_or(0, |p| p.start_ticks),
+            started_at_ms,
+        }
+    }
+
+    /// A full STATUS; `None` once the lease driver is gone.
+    pub async fn status(&self, hub: &Hub, lease: &LeaseHandle) -> Option<Status> {
+        let snap = lease.snapshot().await?;
+        let child = hub.child();
+        let cfg = lease.config();
+        Some(Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            shellper_pid: self.shellper_pid,
+            shellper_start_ticks: self.shellper_start_ticks,
+            started_at_ms: self.started_at_ms,
+            child_pid: child.pid,
+            child: child.state,
+            command: child.command,
+            args: child.args,
+            cwd: child.cwd,
+            phase: snap.phase,
+            leased: snap.leased,
+            epoch: snap.epoch,
+            holder: snap.holder_info.clone(),
+            holder_peer_pid: snap.holder.and_then(|h| hub.peer_pid(h)),
+            expires_in_ms: snap.expires_in.map(ms),
+            kill_in_ms: snap.kill_in.map(ms),
+            claim_in_ms: snap.claim_in.map(ms),
+            ttl_ms: ms(cfg.ttl),
+            window_ms: ms(cfg.window),
+            claim_ms: ms(cfg.claim),
+            kill_grace_ms: ms(cfg.kill_grace),
+            clients: hub.clients(snap.holder),
+            counters: snap.counters,
+        })
+    }
+}
+
+/// The whole binary: parses `args` (without the program name), starts, runs
+/// and returns the exit code.
+pub fn main_entry(args: Vec<String>) -> i32 {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    let cfg = match config::parse_args(&args, &cwd) {
+        Ok(Parsed::Run(c)) => *c,
+        Ok(Parsed::Print(text)) => {
+            print!("{text}");
+            return exit::OK;
+        }
+        Err(e) => {
+            eprintln!("shellper: {e}");
+            return e.exit_code();
+        }
+    };
+    startup::touch_proc_self();
+    startup::new_session();
+    let token = if cfg.leased {
+        match startup::read_token(TOKEN_TIMEOUT) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("shellper: {e}");
+                return e.exit_code();
+            }
+        }
+    } else {
+        None
+    };
+    if let Err(e) = startup::detach_stdin() {
+        eprintln!("shellper: {e}");
+        return e.exit_code();
+    }
+    if let Err(e) = shellper_proctree::become_subreaper() {
+        eprintln!("shellper: {e}");
+        return exit::STARTUP;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shellper: tokio runtime: {e}");
+            return exit::STARTUP;
+        }
+    };
+    rt.block_on(run(cfg, token))
+}
+
+fn remove_socket(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(error = %e, "removing the socket file"),
+    }
+}
+
+/// Runs a configured shellper on the current runtime; returns the exit code.
+pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
+    let log_path = cfg.log_path();
+    if let Some(dir) = cfg.socket_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        use std::os::unix::fs::DirBuilderExt;
+        if !dir.exists() {
+            if let Err(e) = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+            {
+                eprintln!("shellper: create {}: {e}", dir.display());
+                return exit::STARTUP;
+            }
+        }
+    }
+    if let Err(e) = startup::init_logging(&log_path) {
+        eprintln!("shellper: {e}");
+        return e.exit_code();
+    }
+    let listener = match server::bind(&cfg.socket_path) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot bind");
+            eprintln!("shellper: {e}");
+            return e.exit_code();
+        }
+    };
+    let spec = SpawnSpec {
+        command: cfg.command.clone(),
+        args: cfg.args.clone(),
+        cwd: cfg.cwd.to_string_lossy().into_owned(),
+        env: cfg.env.clone(),
+        cols: cfg.cols,
+        rows: cfg.rows,
+    };
+    let first = match spawn_pty(&spec) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot spawn the PTY child");
+            eprintln!("shellper: {e}");
+            drop(listener);
+            remove_socket(&cfg.socket_path);
+            return e.exit_code();
+        }
+    };
+    let child_pid = first.pid;
+    let leased = token.is_some();
+    let hub = Arc::new(Hub::new(
+        &spec,
+        child_pid as u32,
+        cfg.replay_lines,
+        cfg.replay_bytes,
+        leased,
+    ));
+    let (term_tx, term_rx) = oneshot::channel::<Termination>();
+    let mode = token.map_or(Mode::Legacy, Mode::Leased);
+    let machine = LeaseMachine::new(cfg.lease, mode, tokio::time::Instant::now().into_std());
+    let (lease, _driver) = LeaseDriver::spawn(machine, move |t: Termination| {
+        let _ = term_tx.send(t);
+    });
+    let (actor, child) = ChildActor::new(hub.clone(), lease.clone(), first);
+    tokio::spawn(actor.run());
+    let status = StatusSource::current(hub.start_time_ms);
+    let shared = Arc::new(Shared::new(
+        hub.clone(),
+        lease.clone(),
+        child,
+        cfg.handshake_timeout,
+        status,
+    ));
+    let stop = CancellationToken::new();
+    tokio::spawn(server::accept_loop(listener, shared.clone(), stop.clone()));
+    watch_signals(lease.clone());
+
+    if let Err(e) = startup::write_info_line(std::process::id(), hub.start_time_ms) {
+        tracing::warn!(error = %e, "info line");
+    }
+    if let Err(e) = startup::stderr_to(&log_path) {
+        tracing::warn!(error = %e, "stderr to log");
+    }
+    tracing::info!(
+        pid = std::process::id(),
+        child_pid,
+        command = %cfg.command,
+        socket = %cfg.socket_path.display(),
+        leased,
+        ttl_ms = ms(cfg.lease.ttl),
+        window_ms = ms(cfg.lease.window),
+        claim_ms = ms(cfg.lease.claim),
+        "shellper started"
+    );
+
+    let t = term_rx.await.unwrap_or(Termination {
+        reason: TerminateReason::Signal,
+        holder: None,
+    });
+    tracing::info!(reason = ?t.reason, "terminating: running the kill ladder");
+    let sessions = hub.sessions();
+    let grace = cfg.lease.kill_grace;
+    let report =
+        match tokio::task::spawn_blocking(move || kill::run_ladder(sessions, grace)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "kill ladder panicked");
+                shellper_proctree::KillReport {
+                    survivors: Vec::new(),
+                    errors: vec![e.to_string()],
+                    ..Default::default()
+                }
+            }
+        };
+    let survivors = report.survivors.len() as u32;
+    if let Some(holder) = t.holder {
+        hub.send(
+            holder,
+            Frame::Terminated(Terminated {
+                reason: t.reason,
+                signalled: report.signalled,
+                survivors,
+                elapsed_ms: ms(report.elapsed),
+                sweeps: report.sweeps,
+            }),
+        );
+    }
+    stop.cancel();
+    hub.close_all();
+    shared.tracker.close();
+    let _ = tokio::time::timeout(FINAL_FLUSH, shared.tracker.wait()).await;
+    lease.exited();
+    remove_socket(&cfg.socket_path);
+    let code = exit::for_termination(t.reason, survivors);
+    tracing::info!(code, reason = ?t.reason, survivors, "shellper exiting");
+    code
+}
+
+/// SIGTERM, SIGHUP and SIGINT to the shellper: terminate (kill ladder).
+fn watch_signals(lease: LeaseHandle) {
+    use tokio::signal::unix::{SignalKind, signal};
+    for kind in [
+        SignalKind::terminate(),
+        SignalKind::hangup(),
+        SignalKind::interrupt(),
+    ] {
+        match signal(kind) {
+            Ok(mut s) => {
+                let lease = lease.clone();
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        tracing::info!(?kind, "signal received");
+                        lease.signalled();
+                    }
+                });
+            }
+            Err(e) => tracing::error!(error = %e, ?kind, "cannot watch signal"),
+        }
+    }
+}

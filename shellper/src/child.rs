@@ -1,0 +1,455 @@
+//! The PTY child: spawning, the single reaper, and the IO tasks.
+//!
+//! **One reaper.** The shellper is a child subreaper, so every orphan of its
+//! tree is reparented to it and must be reaped by it; a `waitpid(-1)` loop
+//! would steal the PTY child's status from any per-child waiter (tokio's
+//! `Child::wait`). So the child is spawned with a *std* `Child` handle that is
+//! dropped at once (std never reaps on drop), and proctree's `reap_zombies` (run by the
+//! child actor on every SIGCHLD and once a second as a safety net) collects
+//! every exit and routes the PTY child's status. Until it is reaped the
+//! child's pid cannot be recycled, which is what makes `kill(pid)` for SIGNAL
+//! safe without a pidfd.
+//!
+//! **EOF.** Reading the PTY master after the slave side is closed returns
+//! EIO on Linux: that is end of output. EXIT is reported only after the
+//! reader hit EOF (all output drained) or, if a background process keeps the
+//! slave open, [`EXIT_DRAIN`] after the child's status was reaped.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rustix::process::{Pid, Signal};
+use shellper_proctree::ChildExit;
+use shellper_protocol::msg::{ChildState, ExitMsg, Spawn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::hub::Hub;
+use crate::lease::LeaseHandle;
+
+/// How long EXIT waits for the PTY output to drain after the child's
+/// status was collected.
+pub const EXIT_DRAIN: Duration = Duration::from_millis(500);
+/// Input chunks queued for the PTY before senders wait.
+const INPUT_QUEUE: usize = 64;
+/// PTY read size.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What to run on the PTY.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpawnSpec {
+    pub command: String,
+    pub args: Vec<String>,
+    pub cwd: String,
+    /// Whole environment; `None` inherits the shellper's.
+    pub env: Option<BTreeMap<String, String>>,
+    pub cols: u16,
+    pub rows: u16,
+}
+
+impl SpawnSpec {
+    /// From a SPAWN frame, at the current terminal size.
+    pub fn from_spawn(s: Spawn, cols: u16, rows: u16) -> Self {
+        SpawnSpec {
+            command: s.command,
+            args: s.args,
+            cwd: s.cwd,
+            env: Some(s.env),
+            cols,
+            rows,
+        }
+    }
+}
+
+/// A freshly spawned child and the PTY master it talks through.
+#[derive(Debug)]
+pub struct PtyChild {
+    pub pid: i32,
+    reader: pty_process::OwnedReadPty,
+    writer: pty_process::OwnedWritePty,
+    /// A duplicate of the master for TIOCSWINSZ, so resizing never waits
+    /// behind a blocked input write.
+    resize_fd: OwnedFd,
+}
+
+/// Spawns `spec` in a new session with the PTY as its controlling terminal.
+/// Must be called inside a tokio runtime (the master is registered with it).
+pub fn spawn_pty(spec: &SpawnSpec) -> Result<PtyChild> {
+    let fail = |detail: String| Error::Spawn {
+        command: spec.command.clone(),
+        detail,
+    };
+    let (pty, pts) = pty_process::blocking::open().map_err(|e| fail(format!("open PTY: {e}")))?;
+    pty.resize(pty_process::Size::new(spec.rows, spec.cols))
+        .map_err(|e| fail(format!("set size: {e}")))?;
+    let mut cmd = pty_process::blocking::Command::new(&spec.command)
+        .args(&spec.args)
+        .current_dir(&spec.cwd);
+    if let Some(env) = &spec.env {
+        cmd = cmd.env_clear().envs(env);
+    }
+    // `spawn` consumes the slave: the parent keeps no slave fd, so the
+    // master reads EIO once the child's session closes its side.
+    let child = cmd.spawn(pts).map_err(|e| fail(e.to_string()))?;
+    let pid = i32::try_from(child.id()).map_err(|_| fail("pid out of range".into()))?;
+    // Dropping a std Child neither kills nor reaps: the reaper owns it.
+    drop(child);
+    let master: OwnedFd = pty.into();
+    let resize_fd = master
+        .try_clone()
+        .map_err(|e| fail(format!("dup master: {e}")))?;
+    let flags = rustix::fs::fcntl_getfl(&master).map_err(|e| fail(format!("fcntl: {e}")))?;
+    rustix::fs::fcntl_setfl(&master, flags | rustix::fs::OFlags::NONBLOCK)
+        .map_err(|e| fail(format!("fcntl: {e}")))?;
+    // SAFETY: `master` is the open, valid, non-blocking master side of a PTY
+    // we just allocated, and ownership moves into the async wrapper.
+    let apty = unsafe { pty_process::Pty::from_fd(master) }
+        .map_err(|e| fail(format!("register master: {e}")))?;
+    let (reader, writer) = apty.into_split();
+    Ok(PtyChild {
+        pid,
+        reader,
+        writer,
+        resize_fd,
+    })
+}
+
+/// codev's EXIT for a wait status: a signal death is `code: 0` plus the
+/// signal number as a string (node-pty's `exitCode`/`signal`).
+pub fn exit_report(status: ChildExit) -> (ExitMsg, ChildState) {
+    match status {
+        ChildExit::Signaled(sig) => (
+            ExitMsg {
+                code: Some(0),
+                signal: Some(sig.to_string()),
+            },
+            ChildState::Exited {
+                code: None,
+                signal: Some(sig),
+            },
+        ),
+        ChildExit::Exited(code) => (
+            ExitMsg {
+                code: Some(code),
+                signal: None,
+            },
+            ChildState::Exited {
+                code: Some(code),
+                signal: None,
+            },
+        ),
+    }
+}
+
+/// Requests to the child actor.
+#[derive(Debug)]
+pub enum ChildCmd {
+    Resize { cols: u16, rows: u16 },
+    Signal(i32),
+    Spawn(Spawn, oneshot::Sender<std::result::Result<u32, String>>),
+}
+
+/// Access to the PTY child from connection tasks.
+#[derive(Debug, Clone)]
+pub struct ChildHandle {
+    tx: mpsc::UnboundedSender<ChildCmd>,
+    input: Arc<Mutex<Option<mpsc::Sender<Bytes>>>>,
+}
+
+impl ChildHandle {
+    /// Writes input to the current child. Waits when the PTY does not keep
+    /// up (back-pressure on the sending connection only); dropped when no
+    /// child is running.
+    pub async fn input(&self, data: Bytes) {
+        let tx = self
+            .input
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(tx) = tx {
+            let _ = tx.send(data).await;
+        }
+    }
+
+    pub fn resize(&self, cols: u16, rows: u16) {
+        let _ = self.tx.send(ChildCmd::Resize { cols, rows });
+    }
+
+    /// Delivers an (already allow-listed) signal to the child.
+    pub fn signal(&self, sig: i32) {
+        let _ = self.tx.send(ChildCmd::Signal(sig));
+    }
+
+    /// Replaces the child; returns the new child's pid.
+    pub async fn spawn(&self, s: Spawn) -> std::result::Result<u32, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(ChildCmd::Spawn(s, tx))
+            .map_err(|_| "shellper is shutting down".to_string())?;
+        rx.await
+            .unwrap_or_else(|_| Err("shellper is shutting down".into()))
+    }
+}
+
+struct Current {
+    generation: u64,
+    pid: i32,
+    resize_fd: OwnedFd,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    status: Option<(ExitMsg, ChildState)>,
+    reader_done: bool,
+    reported: bool,
+    drain_deadline: Option<tokio::time::Instant>,
+}
+
+/// Owns the PTY child across SPAWNs, reaps, and reports EXIT.
+pub struct ChildActor {
+    hub: Arc<Hub>,
+    lease: LeaseHandle,
+    rx: mpsc::UnboundedReceiver<ChildCmd>,
+    input: Arc<Mutex<Option<mpsc::Sender<Bytes>>>>,
+    done_tx: mpsc::UnboundedSender<u64>,
+    done_rx: mpsc::UnboundedReceiver<u64>,
+    current: Option<Current>,
+    next_generation: u64,
+}
+
+impl std::fmt::Debug for ChildActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildActor")
+            .field("pid", &self.current.as_ref().map(|c| c.pid))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChildActor {
+    /// An actor for the already spawned first child (generation 0, already
+    /// announced to the hub by the caller).
+    pub fn new(hub: Arc<Hub>, lease: LeaseHandle, first: PtyChild) -> (Self, ChildHandle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let input = Arc::new(Mutex::new(None));
+        let mut actor = ChildActor {
+            hub,
+            lease,
+            rx,
+            input: input.clone(),
+            done_tx,
+            done_rx,
+            current: None,
+            next_generation: 0,
+        };
+        actor.adopt(first);
+        (actor, ChildHandle { tx, input })
+    }
+
+    fn adopt(&mut self, child: PtyChild) -> u64 {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let PtyChild {
+            pid,
+            mut reader,
+            mut writer,
+            resize_fd,
+        } = child;
+        let hub = self.hub.clone();
+        let done = self.done_tx.clone();
+        let reader = tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            loop {
+                buf.reserve(READ_CHUNK);
+                match reader.read_buf(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(_) => hub.output(generation, buf.split().freeze()),
+                    // EIO: the slave side is closed (Linux PTY EOF).
+                    Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "PTY read failed");
+                        break;
+                    }
+                }
+            }
+            let _ = done.send(generation);
+        });
+        let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(INPUT_QUEUE);
+        let writer = tokio::spawn(async move {
+            while let Some(b) = in_rx.recv().await {
+                if writer.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        *self
+            .input
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(in_tx);
+        self.current = Some(Current {
+            generation,
+            pid,
+            resize_fd,
+            reader,
+            writer,
+            status: None,
+            reader_done: false,
+            reported: false,
+            drain_deadline: None,
+        });
+        generation
+    }
+
+    /// Runs until every [`ChildHandle`] is dropped.
+    pub async fn run(mut self) {
+        let mut sigchld =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot watch SIGCHLD; reaping by polling");
+                    None
+                }
+            };
+        let mut poll = tokio::time::interval(Duration::from_millis(
+            if sigchld.is_some() { 1000 } else { 50 },
+        ));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Reap anything that exited before the signal stream existed.
+        self.reap();
+        loop {
+            let drain_at = self
+                .current
+                .as_ref()
+                .and_then(|c| if c.reported { None } else { c.drain_deadline });
+            let drain = async {
+                match drain_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                _ = async {
+                    match sigchld.as_mut() {
+                        Some(s) => s.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.reap(),
+                _ = poll.tick() => self.reap(),
+                Some(generation) = self.done_rx.recv() => {
+                    if let Some(c) = self.current.as_mut().filter(|c| c.generation == generation) {
+                        c.reader_done = true;
+                    }
+                    self.maybe_report(false);
+                }
+                () = drain => self.maybe_report(true),
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        for (pid, status) in shellper_proctree::reap_zombies() {
+            match self.current.as_mut() {
+                Some(c) if c.pid == pid && c.status.is_none() => {
+                    tracing::info!(pid, ?status, "PTY child exited");
+                    c.status = Some(exit_report(status));
+                    c.drain_deadline = Some(tokio::time::Instant::now() + EXIT_DRAIN);
+                }
+                _ => tracing::debug!(pid, ?status, "reaped a descendant"),
+            }
+        }
+        self.maybe_report(false);
+    }
+
+    fn maybe_report(&mut self, deadline_passed: bool) {
+        let Some(c) = self.current.as_mut() else {
+            return;
+        };
+        if c.reported || c.status.is_none() || !(c.reader_done || deadline_passed) {
+            return;
+        }
+        c.reported = true;
+        if let Some((exit, state)) = c.status.clone() {
+            self.hub.child_exited(c.generation, exit, state);
+            self.lease.child_exited();
+        }
+        // The child is gone: no more input for it.
+        *self
+            .input
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    fn command(&mut self, cmd: ChildCmd) {
+        match cmd {
+            ChildCmd::Resize { cols, rows } => {
+                self.hub.set_size(cols, rows);
+                if let Some(c) = self.current.as_ref().filter(|c| c.status.is_none()) {
+                    let ws = rustix::termios::Winsize {
+                        ws_row: rows,
+                        ws_col: cols,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    };
+                    if let Err(e) = rustix::termios::tcsetwinsize(&c.resize_fd, ws) {
+                        tracing::warn!(error = %e, "resize failed");
+                    }
+                }
+            }
+            ChildCmd::Signal(sig) => {
+                if let Some(c) = self.current.as_ref().filter(|c| c.status.is_none()) {
+                    signal_pid(c.pid, sig);
+                }
+            }
+            ChildCmd::Spawn(s, reply) => {
+                let _ = reply.send(self.respawn(s));
+            }
+        }
+    }
+
+    fn respawn(&mut self, s: Spawn) -> std::result::Result<u32, String> {
+        let (cols, rows) = self.hub.size();
+        let spec = SpawnSpec::from_spawn(s, cols, rows);
+        if let Some(old) = self.current.take() {
+            if old.status.is_none() {
+                // codev sends SIGTERM; interactive shells ignore it, so also
+                // hang up (closing the old master below does the same).
+                signal_pid(old.pid, libc::SIGTERM);
+                signal_pid(old.pid, libc::SIGHUP);
+                signal_pid(old.pid, libc::SIGCONT);
+            }
+            old.reader.abort();
+            old.writer.abort();
+        }
+        *self
+            .input
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        let child = spawn_pty(&spec).map_err(|e| e.to_string())?;
+        let pid = child.pid;
+        let generation = self.adopt(child);
+        self.hub.child_started(generation, pid as u32, &spec);
+        self.lease.child_started();
+        tracing::info!(pid, command = %spec.command, "SPAWN: new PTY child");
+        Ok(pid as u32)
+    }
+}
+
+/// Signals the PTY child by pid. Safe from pid reuse: the shellper is the
+/// only reaper and the actor only signals a child whose status it has not
+/// collected yet, so the pid still names that (possibly zombie) process.
+fn signal_pid(pid: i32, sig: i32) {
+    let (Some(p), Some(s)) = (Pid::from_raw(pid), Signal::from_named_raw(sig)) else {
+        return;
+    };
+    if let Err(e) = rustix::process::kill_process(p, s) {
+        tracing::debug!(pid, sig, error = %e, "signal to child failed");
+    }
+}

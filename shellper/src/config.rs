@@ -1,0 +1,433 @@
+//! Start-up configuration: codev's JSON invocation and the friendly flags.
+//!
+//! Two invocations are accepted (BRIEF §4):
+//!
+//! * **codev**: the *last* argument is a JSON object
+//!   `{command, args, cwd, env, cols, rows, socketPath, replayBufferLines?,
+//!   replayBufferBytes?, lease?}`; anything before it is ignored (codev passes
+//!   a script path there). A `lease` object (`{ttlMs, windowMs, claimMs,
+//!   killGraceMs}`, every field optional) selects leased mode: the token is
+//!   the first line of stdin.
+//! * **flags**: `shellper --socket PATH [--ttl DUR] [--window DUR] [--claim
+//!   DUR] [--kill-grace DUR] [--token-stdin] [--cols N --rows N --cwd DIR] --
+//!   CMD ARGS…`. Leased only with `--token-stdin`, legacy otherwise.
+//!
+//! Parsing is pure (no IO, no environment lookups beyond the defaults the
+//! caller passes in) so every rule is unit-tested.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+use shellper_protocol::LeaseConfig;
+use shellper_protocol::frame::MAX_DATA_PAYLOAD;
+use shellper_protocol::lease::{DEFAULT_CLAIM, DEFAULT_KILL_GRACE, DEFAULT_TTL, DEFAULT_WINDOW};
+
+use crate::error::{Error, Result};
+
+/// codev's default replay depth in lines.
+pub const DEFAULT_REPLAY_LINES: usize = 10_000;
+/// codev's default replay ceiling in bytes (8 MiB).
+pub const DEFAULT_REPLAY_BYTES: usize = 8 * 1024 * 1024;
+/// How long a new connection may take to send HELLO.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default terminal size when none is given.
+pub const DEFAULT_COLS: u16 = 80;
+/// Default terminal size when none is given.
+pub const DEFAULT_ROWS: u16 = 24;
+
+/// Everything a shellper needs to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub command: String,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    /// The child's *whole* environment (codev semantics: node-pty replaces
+    /// the environment). `None` = inherit the shellper's environment.
+    pub env: Option<BTreeMap<String, String>>,
+    pub cols: u16,
+    pub rows: u16,
+    pub socket_path: PathBuf,
+    pub replay_lines: usize,
+    /// Clamped to the largest REPLAY frame a peer accepts.
+    pub replay_bytes: usize,
+    pub lease: LeaseConfig,
+    /// `true`: a token is read from stdin and ACQUIRE is required (leased
+    /// mode). `false`: legacy mode, a connected `tower` client is the holder.
+    pub leased: bool,
+    pub handshake_timeout: Duration,
+}
+
+impl Config {
+    /// The log file beside the socket: `X.sock` → `X.log`, otherwise the
+    /// socket path with `.log` appended (CONVENTIONS.md).
+    pub fn log_path(&self) -> PathBuf {
+        log_path_for(&self.socket_path)
+    }
+}
+
+/// `X.sock` → `X.log`; any other name gets `.log` appended.
+pub fn log_path_for(socket: &Path) -> PathBuf {
+    match socket.extension() {
+        Some(ext) if ext == "sock" => socket.with_extension("log"),
+        _ => {
+            let mut s = socket.as_os_str().to_owned();
+            s.push(".log");
+            PathBuf::from(s)
+        }
+    }
+}
+
+/// The lease object of codev's JSON config (our extension).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonLease {
+    ttl_ms: Option<u64>,
+    window_ms: Option<u64>,
+    claim_ms: Option<u64>,
+    kill_grace_ms: Option<u64>,
+}
+
+/// codev's JSON config. Unknown fields are ignored: codev adds fields over
+/// time and an older shellper must still start.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JsonConfig {
+    command: String,
+    #[serde(default)]
+    args: Vec<String>,
+    cwd: Option<PathBuf>,
+    env: Option<BTreeMap<String, String>>,
+    cols: Option<u16>,
+    rows: Option<u16>,
+    socket_path: PathBuf,
+    replay_buffer_lines: Option<usize>,
+    replay_buffer_bytes: Option<usize>,
+    lease: Option<JsonLease>,
+    /// Our extension for tests: how long a client may take to say HELLO.
+    handshake_timeout_ms: Option<u64>,
+}
+
+/// The friendly command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shellper",
+    version,
+    about = "Leased, self-terminating PTY shellper",
+    long_about = "Runs CMD on a PTY behind a Unix socket. With --token-stdin the shellper is \
+                  leased: it kills its whole process tree when no holder renews the lease \
+                  within the reattach window. codev's invocation (last argument = JSON config) \
+                  is accepted too."
+)]
+struct Cli {
+    /// Socket path (its directory is created with mode 0700).
+    #[arg(long)]
+    socket: PathBuf,
+    /// Lease time-to-live between renewals (humantime: 500ms, 6s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+    /// Reattach window after a lapse.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    window: Option<Duration>,
+    /// Claim deadline: how long the shellper waits for its first holder.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    claim: Option<Duration>,
+    /// Grace between SIGTERM and SIGKILL in the kill ladder.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    kill_grace: Option<Duration>,
+    /// Read the lease token (64 hex digits) from the first line of stdin
+    /// (leased mode). Without it the shellper runs in legacy mode.
+    #[arg(long)]
+    token_stdin: bool,
+    /// Terminal columns.
+    #[arg(long)]
+    cols: Option<u16>,
+    /// Terminal rows.
+    #[arg(long)]
+    rows: Option<u16>,
+    /// Working directory of the child (default: the current directory).
+    #[arg(long)]
+    cwd: Option<PathBuf>,
+    /// Replay buffer depth in lines.
+    #[arg(long)]
+    replay_lines: Option<usize>,
+    /// Replay buffer ceiling in bytes.
+    #[arg(long)]
+    replay_bytes: Option<usize>,
+    /// How long a client may take to send HELLO.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    handshake_timeout: Option<Duration>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, num_args = 1..)]
+    command: Vec<String>,
+}
+
+/// What parsing the command line produced.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Run with this configuration.
+    Run(Box<Config>),
+    /// `--help` or `--version`: print this text to stdout and exit 0.
+    Print(String),
+}
+
+/// Whether `argv` (without the program name) is codev's invocation: its
+/// last argument is a JSON object and no `--` separator precedes it (with
+/// `--`, a `{` argument belongs to the command).
+pub fn is_codev_invocation(args: &[String]) -> bool {
+    match args.split_last() {
+        Some((last, before)) => {
+            last.trim_start().starts_with('{') && !before.iter().any(|a| a == "--")
+        }
+        None => false,
+    }
+}
+
+/// Parses the arguments after the program name. `cwd` is the default
+/// working directory for the flags form.
+pub fn parse_args(args: &[String], cwd: &Path) -> Result<Parsed> {
+    if is_codev_invocation(args) {
+        // Invariant: is_codev_invocation returned true, so args is non-empty.
+        let json = args.last().map(String::as_str).unwrap_or_default();
+        return parse_json(json, cwd).map(|c| Parsed::Run(Box::new(c)));
+    }
+    let argv = std::iter::once("shellper".to_string()).chain(args.iter().cloned());
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            return match e.kind() {
+                ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    Ok(Parsed::Print(e.render().to_string()))
+                }
+                _ => Err(Error::Usage(e.render().to_string())),
+            };
+        }
+    };
+    from_cli(cli, cwd).map(|c| Parsed::Run(Box::new(c)))
+}
+
+fn ms(v: Option<u64>, default: Duration) -> Duration {
+    v.map_or(default, Duration::from_millis)
+}
+
+/// Parses codev's JSON config (plus our `lease` object).
+pub fn parse_json(json: &str, cwd: &Path) -> Result<Config> {
+    let j: JsonConfig = serde_json::from_str(json)
+        .map_err(|e| Error::Usage(format!("invalid JSON config: {e}")))?;
+    if j.command.is_empty() {
+        return Err(Error::Usage("JSON config: `command` is empty".into()));
+    }
+    if j.socket_path.as_os_str().is_empty() {
+        return Err(Error::Usage("JSON config: `socketPath` is empty".into()));
+    }
+    let leased = j.lease.is_some();
+    let l = j.lease.unwrap_or_default();
+    let lease = LeaseConfig::new(
+        ms(l.ttl_ms, DEFAULT_TTL),
+        ms(l.window_ms, DEFAULT_WINDOW),
+        ms(l.claim_ms, DEFAULT_CLAIM),
+        ms(l.kill_grace_ms, DEFAULT_KILL_GRACE),
+    )?;
+    Ok(Config {
+        command: j.command,
+        args: j.args,
+        cwd: j.cwd.unwrap_or_else(|| cwd.to_path_buf()),
+        env: j.env,
+        cols: nonzero(j.cols, DEFAULT_COLS),
+        rows: nonzero(j.rows, DEFAULT_ROWS),
+        socket_path: j.socket_path,
+        replay_lines: j.replay_buffer_lines.unwrap_or(DEFAULT_REPLAY_LINES),
+        replay_bytes: clamp_replay_bytes(j.replay_buffer_bytes),
+        lease,
+        leased,
+        handshake_timeout: ms(j.handshake_timeout_ms, DEFAULT_HANDSHAKE_TIMEOUT)
+            .clamp(Duration::from_millis(10), Duration::from_secs(600)),
+    })
+}
+
+fn nonzero(v: Option<u16>, default: u16) -> u16 {
+    match v {
+        Some(0) | None => default,
+        Some(n) => n,
+    }
+}
+
+/// A REPLAY frame larger than the peer's DATA/REPLAY limit would kill the
+/// connection it is sent on (codev #1198), so the buffer never holds more.
+fn clamp_replay_bytes(v: Option<usize>) -> usize {
+    v.unwrap_or(DEFAULT_REPLAY_BYTES)
+        .min(MAX_DATA_PAYLOAD as usize)
+}
+
+fn from_cli(cli: Cli, cwd: &Path) -> Result<Config> {
+    let mut command = cli.command.into_iter();
+    let Some(program) = command.next() else {
+        return Err(Error::Usage("missing command after `--`".into()));
+    };
+    let lease = LeaseConfig::new(
+        cli.ttl.unwrap_or(DEFAULT_TTL),
+        cli.window.unwrap_or(DEFAULT_WINDOW),
+        cli.claim.unwrap_or(DEFAULT_CLAIM),
+        cli.kill_grace.unwrap_or(DEFAULT_KILL_GRACE),
+    )?;
+    Ok(Config {
+        command: program,
+        args: command.collect(),
+        cwd: cli.cwd.unwrap_or_else(|| cwd.to_path_buf()),
+        env: None,
+        cols: nonzero(cli.cols, DEFAULT_COLS),
+        rows: nonzero(cli.rows, DEFAULT_ROWS),
+        socket_path: cli.socket,
+        replay_lines: cli.replay_lines.unwrap_or(DEFAULT_REPLAY_LINES),
+        replay_bytes: clamp_replay_bytes(cli.replay_bytes),
+        lease,
+        leased: cli.token_stdin,
+        handshake_timeout: cli
+            .handshake_timeout
+            .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT)
+            .clamp(Duration::from_millis(10), Duration::from_secs(600)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn run(a: &[&str]) -> Result<Config> {
+        match parse_args(&args(a), Path::new("/start"))? {
+            Parsed::Run(c) => Ok(*c),
+            Parsed::Print(p) => panic!("unexpected print: {p}"),
+        }
+    }
+
+    #[test]
+    fn codev_invocation_ignores_leading_args_and_is_legacy_without_lease() {
+        let c = run(&[
+            "/path/to/shellper-main.js",
+            r#"{"command":"/bin/bash","args":["-l"],"cwd":"/tmp","env":{"A":"1"},"cols":100,"rows":30,"socketPath":"/run/x/sh-1.sock","futureField":true}"#,
+        ])
+        .expect("parses");
+        assert_eq!(c.command, "/bin/bash");
+        assert_eq!(c.args, vec!["-l"]);
+        assert_eq!(c.cwd, PathBuf::from("/tmp"));
+        assert_eq!(c.env.as_ref().map(|e| e.len()), Some(1));
+        assert_eq!((c.cols, c.rows), (100, 30));
+        assert!(!c.leased);
+        assert_eq!(c.replay_lines, DEFAULT_REPLAY_LINES);
+        assert_eq!(c.replay_bytes, DEFAULT_REPLAY_BYTES);
+        assert_eq!(c.log_path(), PathBuf::from("/run/x/sh-1.log"));
+    }
+
+    #[test]
+    fn codev_lease_object_selects_leased_mode_and_is_validated() {
+        let c = run(&[
+            r#"{"command":"sh","socketPath":"/s","lease":{"ttlMs":400,"windowMs":1000,"claimMs":2000,"killGraceMs":300},"replayBufferLines":5,"replayBufferBytes":999999999}"#,
+        ])
+        .expect("parses");
+        assert!(c.leased);
+        assert_eq!(c.lease.ttl, Duration::from_millis(400));
+        assert_eq!(c.lease.window, Duration::from_secs(1));
+        assert_eq!(c.lease.claim, Duration::from_secs(2));
+        assert_eq!(c.lease.kill_grace, Duration::from_millis(300));
+        assert_eq!(c.replay_lines, 5);
+        assert_eq!(c.replay_bytes, MAX_DATA_PAYLOAD as usize);
+        assert_eq!(c.cwd, PathBuf::from("/start"));
+
+        let empty = run(&[r#"{"command":"sh","socketPath":"/s","lease":{}}"#]).expect("parses");
+        assert!(empty.leased);
+        assert_eq!(empty.lease, LeaseConfig::default());
+
+        let bad = run(&[r#"{"command":"sh","socketPath":"/s","lease":{"ttlMs":5000,"windowMs":1000}}"#]);
+        assert!(matches!(bad, Err(Error::Lease(_))), "{bad:?}");
+        assert_eq!(bad.expect_err("invalid").exit_code(), 2);
+    }
+
+    #[test]
+    fn bad_json_is_a_usage_error() {
+        for j in [
+            "{",
+            r#"{"command":"sh"}"#,
+            r#"{"command":"","socketPath":"/s"}"#,
+            r#"{"command":"sh","socketPath":"/s"} x"#,
+        ] {
+            let e = run(&[j]).expect_err(j);
+            assert!(matches!(e, Error::Usage(_)), "{j}: {e}");
+            assert_eq!(e.exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn flags_form_parses_durations_and_command() {
+        let c = run(&[
+            "--socket",
+            "/run/a.sock",
+            "--ttl",
+            "500ms",
+            "--window",
+            "2s",
+            "--claim",
+            "3s",
+            "--kill-grace",
+            "300ms",
+            "--token-stdin",
+            "--cols",
+            "120",
+            "--rows",
+            "40",
+            "--cwd",
+            "/w",
+            "--",
+            "bash",
+            "-c",
+            "{echo hi}",
+        ])
+        .expect("parses");
+        assert!(c.leased);
+        assert_eq!(c.command, "bash");
+        assert_eq!(c.args, vec!["-c", "{echo hi}"]);
+        assert_eq!(c.lease.ttl, Duration::from_millis(500));
+        assert_eq!(c.lease.window, Duration::from_secs(2));
+        assert_eq!((c.cols, c.rows), (120, 40));
+        assert_eq!(c.cwd, PathBuf::from("/w"));
+        assert_eq!(c.env, None);
+
+        let legacy = run(&["--socket", "/s", "--", "sh"]).expect("parses");
+        assert!(!legacy.leased);
+        assert_eq!(legacy.cwd, PathBuf::from("/start"));
+        assert_eq!(legacy.log_path(), PathBuf::from("/s.log"));
+    }
+
+    #[test]
+    fn flags_errors_are_usage_errors() {
+        for a in [
+            &["--", "sh"][..],
+            &["--socket", "/s"][..],
+            &["--socket", "/s", "--ttl", "soon", "--", "sh"][..],
+            &["--socket", "/s", "--ttl", "10s", "--window", "1s", "--", "sh"][..],
+            &["--bogus"][..],
+        ] {
+            let e = run(a).expect_err("must fail");
+            assert_eq!(e.exit_code(), 2, "{a:?}: {e}");
+        }
+        match parse_args(&args(&["--help"]), Path::new("/")).expect("help") {
+            Parsed::Print(t) => assert!(t.contains("--socket")),
+            Parsed::Run(_) => panic!("help must print"),
+        }
+    }
+
+    #[test]
+    fn codev_detection() {
+        assert!(is_codev_invocation(&args(&["x.js", "{}"])));
+        assert!(!is_codev_invocation(&args(&["--socket", "s", "--", "{}"])));
+        assert!(!is_codev_invocation(&args(&[])));
+    }
+}

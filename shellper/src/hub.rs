@@ -1,0 +1,374 @@
+//! The hub: state shared by the PTY tasks and the connection tasks.
+//!
+//! One lock guards the client table, the replay buffer and the child's
+//! state together, so a client that registers sees exactly the replay up to
+//! now followed by every later DATA (no gap, no duplicate), and an EXIT is
+//! queued after the last output of the same child. Work under the lock is
+//! bounded: pushes into per-client queues, never IO.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use shellper_protocol::Frame;
+use shellper_protocol::lease::ConnId;
+use shellper_protocol::msg::{
+    ChildState, ClientInfo, ClientType, ExitMsg, Hello, Welcome, WelcomeLease,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::child::SpawnSpec;
+use crate::outbox::{Outbox, Pushed};
+use crate::replay::ReplayBuffer;
+
+/// A connected client that completed HELLO.
+#[derive(Debug)]
+struct Client {
+    kind: ClientType,
+    peer_pid: u32,
+    outbox: Arc<Outbox>,
+    data: bool,
+    cancel: CancellationToken,
+}
+
+/// The PTY child as clients see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildView {
+    pub pid: Option<u32>,
+    pub state: ChildState,
+    pub command: String,
+    pub args: Vec<String>,
+    pub cwd: String,
+}
+
+#[derive(Debug)]
+struct Inner {
+    clients: HashMap<ConnId, Client>,
+    replay: ReplayBuffer,
+    generation: u64,
+    child: ChildView,
+    exit: Option<ExitMsg>,
+    cols: u16,
+    rows: u16,
+    last_data_at: u64,
+    /// Session ids of every PTY child ever started (the kill ladder's
+    /// session rule); bounded by the number of SPAWNs.
+    sessions: Vec<i32>,
+}
+
+/// Shared state of one shellper.
+#[derive(Debug)]
+pub struct Hub {
+    inner: Mutex<Inner>,
+    /// Wall-clock ms at which the session started (WELCOME `startTime`).
+    pub start_time_ms: u64,
+    pub shellper_pid: u32,
+    pub leased: bool,
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Hub {
+    pub fn new(
+        spec: &SpawnSpec,
+        child_pid: u32,
+        replay_lines: usize,
+        replay_bytes: usize,
+        leased: bool,
+    ) -> Self {
+        let now = wall_ms();
+        Hub {
+            inner: Mutex::new(Inner {
+                clients: HashMap::new(),
+                replay: ReplayBuffer::new(replay_lines, replay_bytes),
+                generation: 0,
+                child: ChildView {
+                    pid: Some(child_pid),
+                    state: ChildState::Running,
+                    command: spec.command.clone(),
+                    args: spec.args.clone(),
+                    cwd: spec.cwd.clone(),
+                },
+                exit: None,
+                cols: spec.cols,
+                rows: spec.rows,
+                last_data_at: now,
+                sessions: vec![child_pid as i32],
+            }),
+            start_time_ms: now,
+            shellper_pid: std::process::id(),
+            leased,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every critical section leaves Inner consistent before any call
+        // that could panic, so a poisoned lock is still usable.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a client after HELLO and queues WELCOME, then REPLAY
+    /// (unless a status client or `replay:false`), then EXIT if the child
+    /// already exited (codev #905: late clients must learn of the exit).
+    pub fn register(
+        &self,
+        conn: ConnId,
+        hello: &Hello,
+        peer_pid: u32,
+        outbox: Arc<Outbox>,
+        cancel: CancellationToken,
+    ) {
+        let mut g = self.lock();
+        let welcome = Welcome {
+            version: shellper_protocol::PROTOCOL_VERSION,
+            pid: g.child.pid.map_or(-1, i64::from),
+            cols: g.cols,
+            rows: g.rows,
+            start_time: self.start_time_ms,
+            last_data_at: Some(g.last_data_at),
+            always_sends_replay: true,
+            lease: hello.lease.map(|_| WelcomeLease {
+                version: shellper_protocol::LEASE_PROTOCOL_VERSION,
+                leased: self.leased,
+                shellper_pid: self.shellper_pid,
+            }),
+        };
+        outbox.control(Frame::Welcome(welcome));
+        if hello.wants_replay() {
+            outbox.ordered(Frame::Replay(g.replay.snapshot()));
+        }
+        if hello.client_type != ClientType::Status {
+            if let Some(exit) = g.exit.clone() {
+                outbox.ordered(Frame::Exit(exit));
+            }
+        }
+        g.clients.insert(
+            conn,
+            Client {
+                kind: hello.client_type,
+                peer_pid,
+                outbox,
+                data: hello.wants_data(),
+                cancel,
+            },
+        );
+    }
+
+    pub fn unregister(&self, conn: ConnId) {
+        self.lock().clients.remove(&conn);
+    }
+
+    /// PTY output of child generation `generation`: into the replay buffer and to
+    /// every client that streams data. Output of a replaced child is
+    /// dropped.
+    pub fn output(&self, generation: u64, data: Bytes) {
+        let mut g = self.lock();
+        if g.generation != generation {
+            return;
+        }
+        g.replay.push(data.clone());
+        g.last_data_at = wall_ms();
+        for c in g.clients.values().filter(|c| c.data) {
+            if c.outbox.data(data.clone()) == Pushed::Dropped && c.outbox.dropped() == 1 {
+                tracing::info!(peer_pid = c.peer_pid, "client too slow: dropping DATA");
+            }
+        }
+    }
+
+    /// The child of generation `generation` exited: remember it and tell every
+    /// non-status client.
+    pub fn child_exited(&self, generation: u64, exit: ExitMsg, state: ChildState) {
+        let mut g = self.lock();
+        if g.generation != generation {
+            return;
+        }
+        g.child.state = state;
+        g.exit = Some(exit.clone());
+        for c in g.clients.values().filter(|c| c.kind != ClientType::Status) {
+            c.outbox.ordered(Frame::Exit(exit.clone()));
+        }
+    }
+
+    /// A new child replaced the old one (SPAWN): fresh replay, as in codev.
+    pub fn child_started(&self, generation: u64, pid: u32, spec: &SpawnSpec) {
+        let mut g = self.lock();
+        g.generation = generation;
+        g.sessions.push(pid as i32);
+        g.replay.clear();
+        g.exit = None;
+        g.child = ChildView {
+            pid: Some(pid),
+            state: ChildState::Running,
+            command: spec.command.clone(),
+            args: spec.args.clone(),
+            cwd: spec.cwd.clone(),
+        };
+    }
+
+    pub fn set_size(&self, cols: u16, rows: u16) {
+        let mut g = self.lock();
+        g.cols = cols;
+        g.rows = rows;
+    }
+
+    pub fn size(&self) -> (u16, u16) {
+        let g = self.lock();
+        (g.cols, g.rows)
+    }
+
+    /// Every PTY session started so far (for the kill ladder).
+    pub fn sessions(&self) -> Vec<i32> {
+        self.lock().sessions.clone()
+    }
+
+    pub fn child(&self) -> ChildView {
+        self.lock().child.clone()
+    }
+
+    /// Queues a control frame for one client; `false` if it is gone or its
+    /// control lane overflowed (it is then disconnected).
+    pub fn send(&self, conn: ConnId, frame: Frame) -> bool {
+        let g = self.lock();
+        let Some(c) = g.clients.get(&conn) else {
+            return false;
+        };
+        match c.outbox.control(frame) {
+            Pushed::Queued => true,
+            _ => {
+                c.cancel.cancel();
+                false
+            }
+        }
+    }
+
+    /// Sends a last control frame and disconnects the client (a replaced
+    /// legacy tower).
+    pub fn kick(&self, conn: ConnId, frame: Option<Frame>) {
+        let g = self.lock();
+        if let Some(c) = g.clients.get(&conn) {
+            if let Some(f) = frame {
+                c.outbox.control(f);
+            }
+            c.cancel.cancel();
+        }
+    }
+
+    /// The outbox of a client, if connected.
+    pub fn outbox(&self, conn: ConnId) -> Option<Arc<Outbox>> {
+        self.lock().clients.get(&conn).map(|c| c.outbox.clone())
+    }
+
+    /// Connected clients for STATUS.
+    pub fn clients(&self, holder: Option<ConnId>) -> Vec<ClientInfo> {
+        let g = self.lock();
+        let mut v: Vec<(ConnId, ClientInfo)> = g
+            .clients
+            .iter()
+            .map(|(id, c)| {
+                (
+                    *id,
+                    ClientInfo {
+                        kind: c.kind,
+                        pid: c.peer_pid,
+                        holder: holder == Some(*id),
+                    },
+                )
+            })
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Peer pid of a connection.
+    pub fn peer_pid(&self, conn: ConnId) -> Option<u32> {
+        self.lock().clients.get(&conn).map(|c| c.peer_pid)
+    }
+
+    /// Disconnects everyone (queued frames are still written).
+    pub fn close_all(&self) {
+        let g = self.lock();
+        for c in g.clients.values() {
+            c.outbox.close();
+            c.cancel.cancel();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> SpawnSpec {
+        SpawnSpec {
+            command: "sh".into(),
+            args: vec![],
+            cwd: "/".into(),
+            env: None,
+            cols: 80,
+            rows: 24,
+        }
+    }
+
+    async fn drain(o: &Outbox) -> Vec<Frame> {
+        o.close();
+        let mut v = Vec::new();
+        while let Some(f) = o.next().await {
+            v.push(f);
+        }
+        v
+    }
+
+    #[tokio::test]
+    async fn late_client_gets_welcome_replay_then_exit() {
+        let hub = Hub::new(&spec(), 42, 100, 1000, false);
+        hub.output(0, Bytes::from_static(b"hello"));
+        hub.output(7, Bytes::from_static(b"stale generation"));
+        hub.child_exited(
+            0,
+            ExitMsg {
+                code: Some(3),
+                signal: None,
+            },
+            ChildState::Exited {
+                code: Some(3),
+                signal: None,
+            },
+        );
+        let o = Arc::new(Outbox::new());
+        hub.register(
+            1,
+            &Hello::v1(ClientType::Terminal),
+            9,
+            o.clone(),
+            CancellationToken::new(),
+        );
+        let frames = drain(&o).await;
+        assert!(matches!(&frames[0], Frame::Welcome(w) if w.pid == 42 && w.always_sends_replay));
+        assert_eq!(frames[1], Frame::Replay(Bytes::from_static(b"hello")));
+        assert!(matches!(&frames[2], Frame::Exit(e) if e.code == Some(3)));
+        assert_eq!(frames.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn status_clients_get_no_replay_data_or_exit() {
+        let hub = Hub::new(&spec(), 42, 100, 1000, true);
+        let o = Arc::new(Outbox::new());
+        let mut hello = Hello::v1(ClientType::Status);
+        hello.lease = Some(1);
+        hub.register(1, &hello, 9, o.clone(), CancellationToken::new());
+        hub.output(0, Bytes::from_static(b"x"));
+        let frames = drain(&o).await;
+        assert_eq!(frames.len(), 1);
+        assert!(
+            matches!(&frames[0], Frame::Welcome(w) if w.lease.as_ref().is_some_and(|l| l.leased))
+        );
+    }
+}

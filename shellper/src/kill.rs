@@ -1,0 +1,42 @@
+//! The kill ladder over the shellper's own tree (proctree does the work).
+//!
+//! Targets: every descendant of the shellper (it is a child subreaper, so
+//! double-forked and `setsid` escapees are reparented to it and stay
+//! descendants) plus every process of each PTY session it ever started
+//! (processes that escaped to another subreaper but kept the session).
+//! Nothing else: membership rules live in `shellper_proctree::tree`.
+
+use std::time::Duration;
+
+use shellper_proctree::{KillPlan, KillReport, LinuxTable, RealClock, kill_tree, reap_zombies};
+
+/// Runs the ladder synchronously (call it from `spawn_blocking`). The reap
+/// hook is the shellper's one reaper, so zombies of the tree are collected
+/// while it sweeps.
+pub fn run_ladder(sessions: Vec<i32>, grace: Duration) -> KillReport {
+    let me = std::process::id() as i32;
+    let mut plan = KillPlan::new(me, None, grace);
+    plan.tree.sessions = sessions;
+    plan.tree.root_start_ticks = shellper_proctree::read_stat(me).map(|p| p.start_ticks);
+    let report = kill_tree(&LinuxTable, &RealClock, &plan, &mut || {
+        for (pid, how) in reap_zombies() {
+            tracing::debug!(pid, ?how, "reaped during the kill ladder");
+        }
+    });
+    if report.is_clean() {
+        tracing::info!(
+            signalled = report.signalled,
+            sigkilled = report.sigkilled,
+            sweeps = report.sweeps,
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "kill ladder done: tree gone"
+        );
+    } else {
+        tracing::error!(
+            survivors = ?report.survivors,
+            errors = ?report.errors,
+            "kill ladder left survivors"
+        );
+    }
+    report
+}

@@ -1,0 +1,512 @@
+//! The socket server: binding, accepting, and one task pair per connection.
+//!
+//! * Filesystem socket name only (the abstract namespace ignores file
+//!   permissions); directory 0700 when we create it, socket 0600 (set before
+//!   `bind` by interprocess, so there is no umask race).
+//! * A leftover socket file is reclaimed only when nothing answers on it: a
+//!   live shellper's socket is never stolen.
+//! * Every connection: peer uid (SO_PEERCRED) must be ours, else it is closed
+//!   at once; at most [`MAX_CONNECTIONS`]; HELLO within the handshake
+//!   timeout; a reader (this task) and one writer task fed by an
+//!   [`Outbox`]. A frame over its limit, an undecodable payload, trailing
+//!   bytes or a truncated frame get an ERROR and close *that* connection.
+//!   Unknown frame types are ignored.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use interprocess::local_socket::tokio::Stream;
+use interprocess::local_socket::traits::StreamCommon as _;
+use interprocess::local_socket::traits::tokio::Listener as _;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use shellper_protocol::codec::{CodecError, FrameCodec};
+use shellper_protocol::lease::{ConnId, Reject};
+use shellper_protocol::msg::{
+    ALLOWED_SIGNALS, ClientType, ErrorCode, ErrorMsg, Grant, Hello, HolderInfo, Released,
+    Renewed, Revoked,
+};
+use shellper_protocol::{Frame, lease};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::child::ChildHandle;
+use crate::error::{Error, Result};
+use crate::hub::Hub;
+use crate::lease::LeaseHandle;
+use crate::outbox::Outbox;
+
+pub use interprocess::local_socket::tokio::Listener;
+
+/// Most simultaneous connections (handshaking or not).
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long the writer keeps flushing queued frames after a close.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
+/// Longest holder name kept from ACQUIRE.
+const MAX_HOLDER_NAME: usize = 256;
+
+/// Creates the socket directory (0700 when we create it) and binds the
+/// socket (0600), reclaiming a stale file nobody answers on.
+pub fn bind(path: &Path) -> Result<Listener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::io(format!("create socket directory {}", dir.display()), e))?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(Error::SocketInUse(path.to_path_buf()));
+            }
+            // Nothing answers: a crashed shellper left it behind.
+            tracing::info!(path = %path.display(), "reclaiming stale socket file");
+            std::fs::remove_file(path)
+                .map_err(|e| Error::io(format!("remove stale socket {}", path.display()), e))?;
+        }
+        Ok(_) => {
+            return Err(Error::io(
+                format!("socket path {}", path.display()),
+                io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"),
+            ));
+        }
+        Err(_) => {}
+    }
+    let name = path
+        .to_fs_name::<GenericFilePath>()
+        .map_err(|e| Error::io(format!("socket name {}", path.display()), e))?;
+    let listener = ListenerOptions::new()
+        .name(name)
+        .mode(0o600)
+        .reclaim_name(true)
+        .create_tokio()
+        .map_err(|e| Error::io(format!("bind {}", path.display()), e))?;
+    // Belt and braces for platforms where the pre-bind fchmod is ignored.
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    Ok(listener)
+}
+
+/// One side of a connection: the reader task and the writer task each hold
+/// one, sharing the stream (`&Stream` implements `AsyncRead`/`AsyncWrite`).
+/// The socket closes when both are dropped; the writer shuts down the write
+/// direction explicitly so the peer sees EOF after the last frame.
+#[derive(Debug)]
+struct Half(Arc<Stream>);
+
+impl tokio::io::AsyncRead for Half {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut &*self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Half {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut &*self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut &*self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut &*self.0).poll_shutdown(cx)
+    }
+}
+
+/// Everything a connection task needs.
+#[derive(Debug)]
+pub struct Shared {
+    pub hub: Arc<Hub>,
+    pub lease: LeaseHandle,
+    pub child: ChildHandle,
+    pub handshake_timeout: Duration,
+    pub status: crate::app::StatusSource,
+    /// Every connection task and writer, so the exit path can wait for
+    /// final frames (TERMINATED) to be flushed.
+    pub tracker: TaskTracker,
+    next_conn: AtomicU64,
+    permits: Arc<Semaphore>,
+    my_uid: u32,
+}
+
+impl Shared {
+    pub fn new(
+        hub: Arc<Hub>,
+        lease: LeaseHandle,
+        child: ChildHandle,
+        handshake_timeout: Duration,
+        status: crate::app::StatusSource,
+    ) -> Self {
+        Shared {
+            hub,
+            lease,
+            child,
+            handshake_timeout,
+            status,
+            tracker: TaskTracker::new(),
+            next_conn: AtomicU64::new(1),
+            permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            my_uid: rustix::process::geteuid().as_raw(),
+        }
+    }
+}
+
+/// Accepts connections until `stop` is cancelled.
+pub async fn accept_loop(listener: Listener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok(stream) => {
+                let s2 = shared.clone();
+                shared.tracker.spawn(async move { serve(s2, stream).await });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn error_frame(code: ErrorCode, message: impl Into<String>) -> Frame {
+    Frame::Error(ErrorMsg {
+        code,
+        message: message.into(),
+    })
+}
+
+fn reject_frame(r: Reject) -> Frame {
+    let code = match r {
+        Reject::BadToken => ErrorCode::BadToken,
+        Reject::StaleEpoch { .. } => ErrorCode::StaleEpoch,
+        Reject::NotHolder => ErrorCode::NotHolder,
+        Reject::NotLeased => ErrorCode::NotLeased,
+        Reject::Terminating => ErrorCode::Terminating,
+    };
+    error_frame(code, r.to_string())
+}
+
+/// Writes frames from the outbox until it is closed and drained, the
+/// connection is cancelled and the flush time is up, or the peer is gone.
+async fn writer(outbox: Arc<Outbox>, mut w: Half, cancel: CancellationToken) {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let next = tokio::select! {
+            f = outbox.next() => f,
+            () = cancel.cancelled() => break,
+        };
+        let Some(frame) = next else {
+            break;
+        };
+        buf.clear();
+        if let Err(e) = frame.encode_into(&mut buf) {
+            tracing::warn!(error = %e, "dropping unencodable frame");
+            continue;
+        }
+        let write = w.write_all(&buf);
+        let ok = tokio::select! {
+            r = write => r.is_ok(),
+            () = cancel.cancelled() => false,
+        };
+        if !ok {
+            return;
+        }
+    }
+    // Cancelled or closed: flush what is queued (ERROR, TERMINATED,
+    // REVOKED) for a bounded time, then end the connection.
+    outbox.close();
+    let _ = tokio::time::timeout(FLUSH_ON_CLOSE, async {
+        while let Some(frame) = outbox.next().await {
+            buf.clear();
+            if frame.encode_into(&mut buf).is_ok() && w.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+        let _ = w.shutdown().await;
+    })
+    .await;
+}
+
+struct Conn {
+    id: ConnId,
+    kind: ClientType,
+    outbox: Arc<Outbox>,
+    cancel: CancellationToken,
+}
+
+impl Conn {
+    fn send(&self, f: Frame) {
+        if self.outbox.control(f) == crate::outbox::Pushed::Overflow {
+            self.cancel.cancel();
+        }
+    }
+}
+
+/// Serves one connection from accept to close.
+async fn serve(shared: Arc<Shared>, stream: Stream) {
+    let creds = match stream.peer_creds() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "no peer credentials; closing");
+            return;
+        }
+    };
+    if creds.euid() != Some(shared.my_uid) {
+        tracing::warn!(uid = ?creds.euid(), pid = ?creds.pid(), "connection from another uid refused");
+        return;
+    }
+    let peer_pid = creds.pid().map_or(0, |p| p as u32);
+    let Ok(_permit) = shared.permits.clone().try_acquire_owned() else {
+        tracing::warn!(peer_pid, "too many connections; refusing");
+        let mut w = Half(Arc::new(stream));
+        if let Ok(b) = error_frame(ErrorCode::Busy, "too many connections").to_bytes() {
+            let _ = tokio::time::timeout(Duration::from_millis(200), w.write_all(&b)).await;
+        }
+        return;
+    };
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let stream = Arc::new(stream);
+    let (r, w) = (Half(stream.clone()), Half(stream));
+    let outbox = Arc::new(Outbox::new());
+    let cancel = CancellationToken::new();
+    shared
+        .tracker
+        .spawn(writer(outbox.clone(), w, cancel.clone()));
+    let mut frames = FramedRead::new(r, FrameCodec::new());
+    let mut conn = Conn {
+        id,
+        kind: ClientType::Status,
+        outbox,
+        cancel,
+    };
+    let registered = match handshake(&shared, &mut frames, &mut conn).await {
+        Some(hello) => {
+            conn.kind = hello.client_type;
+            shared
+                .hub
+                .register(id, &hello, peer_pid, conn.outbox.clone(), conn.cancel.clone());
+            tracing::debug!(conn = id, peer_pid, kind = ?hello.client_type, "client attached");
+            if hello.client_type == ClientType::Tower && !shared.lease.is_leased() {
+                legacy_acquire(&shared, &conn).await;
+            }
+            read_loop(&shared, &mut frames, &conn).await;
+            true
+        }
+        None => false,
+    };
+    if registered {
+        shared.hub.unregister(id);
+    }
+    // Always tell the driver: it ignores connections that never held.
+    shared.lease.disconnected(id);
+    conn.outbox.close();
+    tracing::debug!(conn = id, "connection closed");
+}
+
+async fn next_frame(
+    frames: &mut FramedRead<Half, FrameCodec>,
+    cancel: &CancellationToken,
+) -> Option<std::result::Result<Frame, CodecError>> {
+    tokio::select! {
+        f = frames.next() => f,
+        () = cancel.cancelled() => None,
+    }
+}
+
+fn protocol_error(shared: &Shared, conn: &Conn, e: CodecError) {
+    match e {
+        CodecError::Frame(fe) => {
+            tracing::info!(conn = conn.id, error = %fe, "protocol error; closing connection");
+            shared.lease.protocol_error();
+            conn.send(error_frame(ErrorCode::Protocol, fe.to_string()));
+        }
+        CodecError::Io(ioe) => {
+            tracing::debug!(conn = conn.id, error = %ioe, "read failed");
+        }
+    }
+}
+
+/// Waits for HELLO. Other frames before it are ignored as in codev v1,
+/// except lease requests, which get an ERROR (they need a handshake).
+async fn handshake(
+    shared: &Shared,
+    frames: &mut FramedRead<Half, FrameCodec>,
+    conn: &mut Conn,
+) -> Option<Hello> {
+    let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
+    loop {
+        let f = match tokio::time::timeout_at(deadline, next_frame(frames, &conn.cancel)).await {
+            Err(_) => {
+                tracing::info!(conn = conn.id, "no HELLO within the handshake timeout");
+                conn.send(error_frame(ErrorCode::Protocol, "handshake timeout: send HELLO first"));
+                return None;
+            }
+            Ok(None) => return None,
+            Ok(Some(Err(e))) => {
+                protocol_error(shared, conn, e);
+                return None;
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        match f {
+            Frame::Hello(h) => return Some(h),
+            Frame::Acquire(_) | Frame::Renew(_) | Frame::Release(_) | Frame::StatusRequest(_) => {
+                conn.send(error_frame(ErrorCode::NotLeased, "send HELLO before lease requests"));
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn legacy_acquire(shared: &Shared, conn: &Conn) {
+    match shared.lease.acquire_legacy(conn.id).await {
+        Ok(g) => {
+            if let Some((old, old_epoch)) = g.revoked {
+                tracing::info!(old, new = conn.id, "legacy: new tower replaces the old one");
+                shared.hub.kick(
+                    old,
+                    Some(Frame::Revoked(Revoked {
+                        old_epoch,
+                        new_epoch: g.epoch,
+                    })),
+                );
+            }
+        }
+        Err(r) => tracing::info!(conn = conn.id, reject = %r, "legacy acquire refused"),
+    }
+}
+
+async fn read_loop(shared: &Shared, frames: &mut FramedRead<Half, FrameCodec>, conn: &Conn) {
+    while let Some(item) = next_frame(frames, &conn.cancel).await {
+        match item {
+            Ok(frame) => dispatch(shared, conn, frame).await,
+            Err(e) => {
+                protocol_error(shared, conn, e);
+                return;
+            }
+        }
+    }
+}
+
+async fn dispatch(shared: &Shared, conn: &Conn, frame: Frame) {
+    let can_write = conn.kind != ClientType::Status;
+    match frame {
+        Frame::Data(b) if can_write => shared.child.input(b).await,
+        Frame::Resize(r) if can_write => {
+            shared.child.resize(r.cols.max(1), r.rows.max(1));
+        }
+        Frame::Signal(s) => {
+            if !ALLOWED_SIGNALS.contains(&s.signal) {
+                tracing::info!(conn = conn.id, signal = s.signal, "signal not allowed");
+                conn.send(error_frame(
+                    ErrorCode::Forbidden,
+                    format!("signal {} is not allowed", s.signal),
+                ));
+            } else if shared.lease.is_holder(conn.id).await {
+                shared.child.signal(s.signal);
+            } else {
+                conn.send(error_frame(ErrorCode::Forbidden, "SIGNAL needs the lease"));
+            }
+        }
+        Frame::Spawn(s) => {
+            if shared.lease.is_holder(conn.id).await {
+                if let Err(e) = shared.child.spawn(s).await {
+                    tracing::warn!(error = %e, "SPAWN failed");
+                    conn.send(error_frame(ErrorCode::Protocol, format!("spawn failed: {e}")));
+                }
+            } else {
+                conn.send(error_frame(ErrorCode::Forbidden, "SPAWN needs the lease"));
+            }
+        }
+        Frame::Ping => conn.send(Frame::Pong),
+        Frame::Acquire(mut a) => {
+            truncate_name(&mut a.holder);
+            match shared.lease.acquire(conn.id, a.token, a.holder).await {
+                Ok(g) => {
+                    let cfg = shared.lease.config();
+                    conn.send(Frame::Grant(Grant {
+                        epoch: g.epoch,
+                        ttl_ms: cfg.ttl.as_millis() as u64,
+                        window_ms: cfg.window.as_millis() as u64,
+                        renew_every_ms: cfg.suggested_renew().as_millis() as u64,
+                        expires_in_ms: g.expires_in.unwrap_or(cfg.ttl).as_millis() as u64,
+                    }));
+                    if let Some((old, old_epoch)) = g.revoked {
+                        shared.hub.send(
+                            old,
+                            Frame::Revoked(Revoked {
+                                old_epoch,
+                                new_epoch: g.epoch,
+                            }),
+                        );
+                    }
+                }
+                Err(r) => conn.send(reject_frame(r)),
+            }
+        }
+        Frame::Renew(r) => match shared.lease.renew(conn.id, r.epoch).await {
+            Ok(left) => conn.send(Frame::Renewed(Renewed {
+                epoch: r.epoch,
+                seq: r.seq,
+                expires_in_ms: left.as_millis() as u64,
+            })),
+            Err(e) => conn.send(reject_frame(e)),
+        },
+        Frame::Release(r) => match shared.lease.release(conn.id, r.epoch, r.mode).await {
+            // TERMINATED follows once the kill ladder is done.
+            Ok(lease::Released::Terminate) => {}
+            Ok(lease::Released::Detached { kill_in }) => conn.send(Frame::Released(Released {
+                epoch: r.epoch,
+                kill_in_ms: kill_in.as_millis() as u64,
+            })),
+            Err(e) => conn.send(reject_frame(e)),
+        },
+        Frame::StatusRequest(_) => {
+            if let Some(s) = shared.status.status(&shared.hub, &shared.lease).await {
+                conn.send(Frame::Status(Box::new(s)));
+            }
+        }
+        // DATA/RESIZE from a status client, frames only a shellper sends,
+        // duplicate HELLO, PONG and unknown types: ignored (v1 semantics).
+        _ => {}
+    }
+}
+
+fn truncate_name(h: &mut HolderInfo) {
+    if h.name.len() > MAX_HOLDER_NAME {
+        let mut end = MAX_HOLDER_NAME;
+        while !h.name.is_char_boundary(end) {
+            end -= 1;
+        }
+        h.name.truncate(end);
+    }
+}

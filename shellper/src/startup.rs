@@ -1,0 +1,207 @@
+//! Process-level start-up: session, identity, token, stdio and the log.
+//!
+//! A shellper must outlive its spawner and keep nothing of it: it calls
+//! `setsid()` (no controlling terminal, no job-control signals from the
+//! spawner's terminal), reads the token, points stdin at /dev/null, writes
+//! the info line and points stdout at /dev/null, and finally sends stderr to
+//! its own log file, so no pipe of the spawner stays open.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use shellper_protocol::Token;
+
+use crate::error::{Error, Result};
+
+/// Log file size at which it is rotated to `<log>.1` (CONVENTIONS.md).
+pub const LOG_ROTATE_BYTES: u64 = 1024 * 1024;
+
+/// Looks up `/proc/<pid>` so its inode (and ctime) exists from now on:
+/// codev's Tower uses that ctime as the shellper's start-time identity.
+pub fn touch_proc_self() {
+    let _ = std::fs::metadata(format!("/proc/{}", std::process::id()));
+    let _ = std::fs::metadata("/proc/self/stat");
+}
+
+/// Starts a new session. EPERM means we already lead a process group
+/// (a spawner that used `setsid`/`detached: true` for us), which is fine.
+pub fn new_session() {
+    if let Err(e) = rustix::process::setsid() {
+        if e != rustix::io::Errno::PERM {
+            tracing::warn!(error = %e, "setsid failed");
+        }
+    }
+}
+
+/// Reads the lease token: the first line of stdin, 64 hex digits. Bounded
+/// by `timeout` (a spawner that never writes must not leave us hanging
+/// before any deadline exists).
+pub fn read_token(timeout: Duration) -> Result<Token> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("token".into())
+        .spawn(move || {
+            let mut line = Vec::with_capacity(72);
+            let mut byte = [0u8; 1];
+            let mut stdin = io::stdin().lock();
+            // Byte by byte up to the newline: nothing after the first line
+            // is consumed, and a hostile stream cannot make us buffer much.
+            let r = loop {
+                match stdin.read(&mut byte) {
+                    Ok(0) => break Ok(line),
+                    Ok(_) if byte[0] == b'\n' => break Ok(line),
+                    Ok(_) if line.len() >= 128 => break Err("first line of stdin is too long".into()),
+                    Ok(_) => line.push(byte[0]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => break Err(format!("reading stdin: {e}")),
+                }
+            };
+            let _ = tx.send(r);
+        })
+        .map_err(|e| Error::io("spawn token reader", e))?;
+    let line: Vec<u8> = match rx.recv_timeout(timeout) {
+        Ok(r) => r.map_err(Error::Token)?,
+        Err(_) => {
+            return Err(Error::Token(format!(
+                "no token line on stdin within {timeout:?}"
+            )));
+        }
+    };
+    let text = String::from_utf8(line).map_err(|_| Error::Token("token is not UTF-8".into()))?;
+    Token::from_hex(&text).map_err(|e| Error::Token(e.to_string()))
+}
+
+fn dev_null() -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Error::io("open /dev/null", e))
+}
+
+/// Points stdin at /dev/null (the spawner's pipe is closed).
+pub fn detach_stdin() -> Result<()> {
+    let null = dev_null()?;
+    rustix::stdio::dup2_stdin(&null).map_err(|e| Error::io("dup2 stdin", e.into()))
+}
+
+/// Writes the info line `{"pid":…,"startTime":…}` and a newline, then
+/// points stdout at /dev/null so the spawner's read sees EOF.
+pub fn write_info_line(pid: u32, start_time_ms: u64) -> Result<()> {
+    let line = format!("{{\"pid\":{pid},\"startTime\":{start_time_ms}}}\n");
+    {
+        let mut out = io::stdout().lock();
+        // A spawner that already went away is not our problem: carry on.
+        let _ = out.write_all(line.as_bytes());
+        let _ = out.flush();
+    }
+    let null = dev_null()?;
+    rustix::stdio::dup2_stdout(&null).map_err(|e| Error::io("dup2 stdout", e.into()))
+}
+
+/// Points stderr at the log file (panics land there too).
+pub fn stderr_to(path: &Path) -> Result<()> {
+    let f = open_log(path)?;
+    rustix::stdio::dup2_stderr(&f).map_err(|e| Error::io("dup2 stderr", e.into()))
+}
+
+fn open_log(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("open log {}", path.display()), e))
+}
+
+/// An append-only log file rotated to `<path>.1` when it reaches
+/// [`LOG_ROTATE_BYTES`], so a chatty shellper never fills the disk: at most
+/// two files of about 1 MiB each.
+#[derive(Debug)]
+pub struct RotatingLog {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max: u64,
+}
+
+impl RotatingLog {
+    pub fn open(path: &Path, max: u64) -> Result<Self> {
+        let file = open_log(path)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(RotatingLog {
+            path: path.to_path_buf(),
+            file,
+            size,
+            max,
+        })
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let mut old = self.path.clone().into_os_string();
+        old.push(".1");
+        std::fs::rename(&self.path, &old)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+impl Write for RotatingLog {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.size + buf.len() as u64 > self.max && self.size > 0 {
+            // If rotation fails keep appending: losing the bound is better
+            // than losing the log.
+            let _ = self.rotate();
+        }
+        let n = self.file.write(buf)?;
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Installs the tracing subscriber writing to the rotating log. The level
+/// comes from `SHELLPER_LOG` (`info` by default).
+pub fn init_logging(path: &Path) -> Result<()> {
+    let log = RotatingLog::open(path, LOG_ROTATE_BYTES)?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHELLPER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(Mutex::new(log))
+        .try_init()
+        .map_err(|e| Error::io("install logger", io::Error::other(e.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotating_log_stays_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("x.log");
+        let mut log = RotatingLog::open(&p, 100).expect("open");
+        for _ in 0..50 {
+            log.write_all(b"0123456789\n").expect("write");
+        }
+        let cur = std::fs::metadata(&p).expect("log").len();
+        let old = std::fs::metadata(dir.path().join("x.log.1"))
+            .expect("rotated")
+            .len();
+        assert!(cur <= 100 && old <= 100, "{cur} {old}");
+    }
+}
