@@ -1,1 +1,81 @@
-//! placeholder
+//! Process tables and the whole-tree kill ladder of a shellper.
+//!
+//! A shellper must be able to kill *everything* its PTY command started, and
+//! nothing else, even when jobs sit in their own process groups, daemons
+//! `setsid` and double-fork away, processes ignore SIGHUP/SIGTERM, jobs are
+//! stopped, and the tree forks while we sweep (brief §2 "Kill the whole
+//! tree", §6). This crate is that ladder, plus the `/proc` reading,
+//! pidfd signalling and reaping it relies on. The operators' tool uses the
+//! same code from outside ([`kill_tree_from_outside`]).
+//!
+//! # API for the shellper
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use shellper_proctree::{KillPlan, LinuxTable, RealClock, become_subreaper, kill_tree, reap_zombies};
+//!
+//! # fn main() -> Result<(), shellper_proctree::Error> {
+//! become_subreaper()?; // at startup, before spawning the PTY child
+//! # let child_pid = 0;
+//! // ... later, to terminate (on tokio: inside spawn_blocking):
+//! let me = std::process::id() as i32;
+//! let plan = KillPlan::new(me, Some(child_pid), Duration::from_secs(3));
+//! let report = kill_tree(&LinuxTable, &RealClock, &plan, &mut || {
+//!     for (pid, how) in reap_zombies() { /* the shellper's single reaper */ let _ = (pid, how); }
+//! });
+//! if !report.is_clean() { /* exit code 13, log report.survivors */ }
+//! # Ok(()) }
+//! ```
+//!
+//! * [`become_subreaper`]`() -> Result<(), Error>`: orphans of the tree are
+//!   reparented to us and stay descendants.
+//! * [`reap_zombies`]`() -> Vec<(i32, ChildExit)>`: non-blocking reap of all
+//!   exited children. **Steals statuses**: it must be the only reaper of the
+//!   process (no `Child::wait` elsewhere).
+//! * [`kill_tree`]`(&table, &clock, &KillPlan, &mut reap_hook) -> KillReport`:
+//!   the ladder (SIGHUP+SIGCONT, SIGTERM+SIGCONT until `grace`, SIGKILL until
+//!   `hard_bound`, sweeping until a full pass finds nothing). Synchronous.
+//! * [`KillPlan`]`::new(root, Some(child_sid), grace)`; [`KillReport`]
+//!   `{ signalled, sigkilled, survivors, elapsed, sweeps, errors }`.
+//! * [`LinuxTable`]: the real [`ProcessTable`] (`/proc` + pidfd signalling
+//!   that never hits a recycled pid); [`RealClock`].
+//! * [`snapshot`]`() -> Vec<ProcInfo>`, [`read_stat`]`(pid)`,
+//!   [`read_proc`]`(pid)` (with cmdline), [`same_process`]`(pid, start_ticks)`,
+//!   [`environ_contains`]`(pid, key, value)`, [`start_time_unix_ms`].
+//!
+//! # API for operators
+//!
+//! * [`kill_tree_from_outside`]`(&table, &clock, &OutsidePlan) ->
+//!   Result<OutsideReport, Error>`: tree first, then the shellper itself.
+//!
+//! # Tests
+//!
+//! [`fake::FakeTable`] and [`fake::FakeClock`] simulate the hard cases
+//! deterministically.
+//!
+//! # Membership
+//!
+//! See [`tree`]: descendants of the root (ppid chains, one snapshot, with a
+//! start-time sanity check on each link) plus every process of the given
+//! sessions; never the root, never PID 1, never the caller, never zombies.
+
+pub mod error;
+pub mod fake;
+pub mod ladder;
+pub mod procfs;
+pub mod reap;
+pub mod table;
+pub mod tree;
+
+pub use error::Error;
+pub use ladder::{
+    Clock, KillPlan, KillReport, OutsidePlan, OutsideReport, RealClock, ShellperFate, kill_tree,
+    kill_tree_from_outside,
+};
+pub use procfs::{
+    ProcInfo, environ_contains, read_cmdline, read_proc, read_stat, same_process, snapshot,
+    start_time_unix_ms,
+};
+pub use reap::{ChildExit, become_subreaper, reap_zombies};
+pub use table::{Delivery, LinuxTable, ProcessTable, Sig};
+pub use tree::{TreeSpec, members};

@@ -1,0 +1,232 @@
+//! Reading the Linux process table from `/proc`.
+//!
+//! Only `/proc/PID/stat` is needed to decide tree membership and identity,
+//! and it is the one file that never blocks on the target process: reading
+//! `cmdline` or `environ` takes the target's memory-map lock, so a process
+//! wedged in uninterruptible sleep with that lock held can hang the reader
+//! (one of the ways Tower-side sweeps hung Tower's boot). Hence
+//! [`snapshot`] and [`read_stat`] read `stat` only and leave
+//! [`ProcInfo::cmdline`] empty; [`read_proc`] and [`read_cmdline`] read the
+//! command line too and are meant for reporting a few processes.
+
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+/// Upper bound on [`snapshot`] entries, so a runaway fork bomb cannot make a
+/// sweep allocate without bound. (Linux's default `pid_max` is 4 Mi, but real
+/// tables are far smaller; the ladder sweeps again anyway.)
+pub const SNAPSHOT_CAP: usize = 100_000;
+
+/// One process, as `/proc/PID/stat` (and optionally `cmdline`) describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    /// Session id.
+    pub sid: i32,
+    /// `R` running, `S` sleeping, `D` disk sleep, `T` stopped, `t` traced,
+    /// `Z` zombie, `X` dead, `I` idle kernel thread, ...
+    pub state: char,
+    /// Start time in clock ticks after boot (field 22). With the pid it names
+    /// one process for ever: a recycled pid has a later start time.
+    pub start_ticks: u64,
+    /// The kernel's short name (at most 15 bytes; may contain spaces or `)`).
+    pub comm: String,
+    /// argv; empty unless read by [`read_proc`] / [`read_cmdline`].
+    pub cmdline: Vec<String>,
+}
+
+impl ProcInfo {
+    /// Zombies (`Z`) and dead (`X`) processes run no code: for every purpose
+    /// of this crate they are gone. (On these machines PID 1 never reaps, so
+    /// dead orphans stay zombies for ever.)
+    pub fn is_live(&self) -> bool {
+        is_live_state(self.state)
+    }
+
+    /// Stopped by a signal (`T`) or by a tracer (`t`): needs SIGCONT before
+    /// it can act on SIGHUP/SIGTERM.
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.state, 'T' | 't')
+    }
+}
+
+/// See [`ProcInfo::is_live`].
+pub fn is_live_state(state: char) -> bool {
+    !matches!(state, 'Z' | 'X' | 'x')
+}
+
+/// Parses the text of `/proc/PID/stat`.
+///
+/// The second field is `(comm)`, and comm may contain spaces, parentheses
+/// and `)` itself, so the fixed fields are located after the *last* `)`.
+pub fn parse_stat(text: &str) -> Option<ProcInfo> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    if close < open {
+        return None;
+    }
+    let pid = text[..open].trim().parse().ok()?;
+    let comm = text[open + 1..close].to_string();
+    let mut rest = text[close + 1..].split_ascii_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    let pgid = rest.next()?.parse().ok()?;
+    let sid = rest.next()?.parse().ok()?;
+    // Fields 7..=21 (tty_nr .. itrealvalue) are skipped; starttime is 22.
+    let start_ticks = rest.nth(15)?.parse().ok()?;
+    Some(ProcInfo {
+        pid,
+        ppid,
+        pgid,
+        sid,
+        state,
+        start_ticks,
+        comm,
+        cmdline: Vec::new(),
+    })
+}
+
+/// `/proc/PID/stat` only (cmdline left empty). Never blocks on the target.
+pub fn read_stat(pid: i32) -> Option<ProcInfo> {
+    if pid <= 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text).filter(|p| p.pid == pid)
+}
+
+/// argv of a process (`None` if unreadable; empty for kernel threads and
+/// zombies). May block while the target's memory map is locked: do not call
+/// it on a process in state `D` from a path that must stay bounded.
+pub fn read_cmdline(pid: i32) -> Option<Vec<String>> {
+    let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        bytes
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect(),
+    )
+}
+
+/// One process with its command line (stat, then cmdline). See
+/// [`read_cmdline`] for the blocking caveat.
+pub fn read_proc(pid: i32) -> Option<ProcInfo> {
+    let mut info = read_stat(pid)?;
+    info.cmdline = read_cmdline(pid).unwrap_or_default();
+    Some(info)
+}
+
+/// Every process in `/proc` (zombies included, cmdline empty), at most
+/// [`SNAPSHOT_CAP`] entries. Entries that vanish or cannot be read while we
+/// scan are skipped. Not atomic: the kernel offers no atomic view, which is
+/// why the kill ladder re-scans until a full pass finds nothing.
+pub fn snapshot() -> Vec<ProcInfo> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(read_stat)
+        .take(SNAPSHOT_CAP)
+        .collect()
+}
+
+/// True if `pid` is the process that started at `start_ticks` (zombie or
+/// not: identity only, see [`ProcInfo::is_live`] for liveness). This is the
+/// guard against pid recycling: store `(pid, start_ticks)`, never a bare pid.
+pub fn same_process(pid: i32, start_ticks: u64) -> bool {
+    read_stat(pid).is_some_and(|p| p.start_ticks == start_ticks)
+}
+
+/// True if `/proc/PID/environ` contains exactly `KEY=VALUE` (false when
+/// unreadable, which includes zombies and other users' processes).
+pub fn environ_contains(pid: i32, key: &str, value: &str) -> bool {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let (key, value) = (key.as_bytes(), value.as_bytes());
+    env.split(|b| *b == 0).any(|entry| {
+        entry.len() == key.len() + 1 + value.len()
+            && entry.starts_with(key)
+            && entry[key.len()] == b'='
+            && entry.ends_with(value)
+    })
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as u64 } else { 100 }
+}
+
+/// Converts a start time in ticks to milliseconds since the Unix epoch, using
+/// the boot time (`btime`) of `/proc/stat`. Second-granular (btime is in
+/// whole seconds), so use it for display, never for identity.
+pub fn start_time_unix_ms(start_ticks: u64) -> io::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let btime: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no btime in /proc/stat"))?;
+    let hz = clock_ticks_per_sec();
+    Ok(btime * 1000 + start_ticks * 1000 / hz)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_stat_takes_comm_up_to_the_last_paren() {
+        let line =
+            "4242 (evil) S 1 2 (x)) T 7 8 9 0 -1 4194560 0 0 0 0 1 2 0 0 20 0 1 0 123456 0 0\n";
+        let p = parse_stat(line).expect("parses");
+        assert_eq!(p.pid, 4242);
+        assert_eq!(p.comm, "evil) S 1 2 (x)");
+        assert_eq!(p.state, 'T');
+        assert_eq!((p.ppid, p.pgid, p.sid), (7, 8, 9));
+        assert_eq!(p.start_ticks, 123456);
+        assert!(p.is_stopped());
+    }
+
+    #[test]
+    fn parse_stat_rejects_garbage() {
+        assert!(parse_stat("").is_none());
+        assert!(parse_stat("1 (x) S 1 1 1").is_none(), "truncated");
+        assert!(parse_stat(") 1 (").is_none());
+        assert!(parse_stat("x (y) S 1 1 1 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 5").is_none());
+    }
+
+    #[test]
+    fn reads_self() {
+        let me = std::process::id() as i32;
+        let p = read_proc(me).expect("self");
+        assert_eq!(p.pid, me);
+        assert!(p.is_live());
+        assert!(same_process(me, p.start_ticks));
+        assert!(!same_process(me, p.start_ticks + 1));
+        assert!(!p.cmdline.is_empty());
+        let snap = snapshot();
+        assert!(snap.iter().any(|q| q.pid == me && q.cmdline.is_empty()));
+        assert!(snap.iter().any(|q| q.pid == 1));
+        assert!(read_stat(0).is_none() && read_stat(-5).is_none());
+        let ms = start_time_unix_ms(p.start_ticks).expect("btime");
+        assert!(ms > 1_500_000_000_000);
+    }
+
+    #[test]
+    fn environ_match_is_exact() {
+        // The test process has PATH; a prefix of the key or value must not match.
+        let me = std::process::id() as i32;
+        let path = std::env::var("PATH").expect("PATH set");
+        assert!(environ_contains(me, "PATH", &path));
+        assert!(!environ_contains(me, "PAT", &path));
+        assert!(!environ_contains(me, "PATH", &path[..path.len() - 1]));
+    }
+}

@@ -1,0 +1,83 @@
+//! Subreaping and reaping: the shellper's one place that collects exit
+//! statuses.
+
+use std::io;
+
+use rustix::process::{WaitOptions, WaitStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// Makes the calling process a child subreaper
+/// (`prctl(PR_SET_CHILD_SUBREAPER, 1)`).
+///
+/// Why: without it, a process of the tree that double-forks or `setsid`s
+/// away is reparented to PID 1 and is no longer our descendant, so the kill
+/// ladder's descendant rule would miss it if it also left the PTY session.
+/// With it, every orphan of our tree is reparented to us.
+///
+/// The cost: we must reap those orphans (see [`reap_zombies`]), or they
+/// stay zombies for as long as we live. The attribute is per process, is not
+/// inherited by children and survives `execve`.
+pub fn become_subreaper() -> Result<(), Error> {
+    let me = rustix::process::getpid();
+    rustix::process::set_child_subreaper(Some(me))
+        .map_err(|e| Error::sys("prctl(PR_SET_CHILD_SUBREAPER)", io::Error::from(e)))
+}
+
+/// How a reaped child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChildExit {
+    /// `exit(code)`.
+    Exited(i32),
+    /// Killed by this signal number.
+    Signaled(i32),
+}
+
+/// Most children reaped in one call, so a fork storm cannot keep one call
+/// (and the thread running it) busy for ever; call again to continue.
+pub const REAP_BATCH: usize = 4096;
+
+/// Reaps every child that has exited, without blocking
+/// (`waitpid(-1, WNOHANG|__WALL)` in a loop, equivalent to
+/// `waitid(P_ALL, WEXITED|WNOHANG|__WALL)`), and returns `(pid, how)` for
+/// each.
+///
+/// **This steals exit statuses.** It reaps *any* child, including ones some
+/// other code is waiting for (`std::process::Child::wait`,
+/// `tokio::process::Child::wait` would then fail with ECHILD or never
+/// resolve). A process that uses it must make it its *only* reaper: spawn
+/// children without a runtime's process handle and learn about the direct
+/// child's exit from the statuses this function returns (or from its pidfd,
+/// then call this to collect the status). Never call it from a test binary
+/// that also waits on `Child` handles in parallel threads.
+///
+/// Returns an empty list when there are no children at all (ECHILD).
+pub fn reap_zombies() -> Vec<(i32, ChildExit)> {
+    let mut out = Vec::new();
+    while out.len() < REAP_BATCH {
+        // __WALL: also reap children whose exit signal is not SIGCHLD
+        // (clone(2) users); a subreaper inherits whatever the tree made.
+        let opts = WaitOptions::NOHANG | WaitOptions::from_bits_retain(libc::__WALL as u32);
+        match rustix::process::waitpid(None, opts) {
+            Ok(Some((pid, status))) => {
+                if let Some(how) = classify(status) {
+                    out.push((pid.as_raw_nonzero().get(), how));
+                }
+            }
+            // Ok(None): children exist but none has exited.
+            // Err(ECHILD): no children at all. EINTR cannot happen with
+            // WNOHANG, and any other error leaves nothing we could retry.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
+}
+
+fn classify(status: WaitStatus) -> Option<ChildExit> {
+    if let Some(code) = status.exit_status() {
+        Some(ChildExit::Exited(code))
+    } else {
+        status.terminating_signal().map(ChildExit::Signaled)
+    }
+}

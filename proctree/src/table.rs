@@ -1,0 +1,196 @@
+//! The process-table abstraction the kill ladder runs against, and the real
+//! Linux implementation.
+//!
+//! The ladder only needs three operations: list processes, signal one process
+//! *identified by pid and start time*, and ask whether one is still alive.
+//! Keeping them behind [`ProcessTable`] lets the sweep logic be tested
+//! deterministically against [`crate::fake::FakeTable`] (processes that
+//! ignore signals, fork while we sweep, stop, setsid away, recycle pids)
+//! and run for real against [`LinuxTable`].
+
+use std::io;
+
+use rustix::process::{Pid, PidfdFlags, Signal};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::procfs::{self, ProcInfo};
+
+/// The signals the ladder (and its tests) use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Sig {
+    Hup,
+    Term,
+    Kill,
+    Cont,
+    Stop,
+}
+
+impl Sig {
+    /// The rustix signal.
+    pub fn to_rustix(self) -> Signal {
+        match self {
+            Sig::Hup => Signal::HUP,
+            Sig::Term => Signal::TERM,
+            Sig::Kill => Signal::KILL,
+            Sig::Cont => Signal::CONT,
+            Sig::Stop => Signal::STOP,
+        }
+    }
+}
+
+/// What happened to one signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// The kernel accepted the signal for exactly the intended process.
+    Sent,
+    /// The process no longer exists.
+    Gone,
+    /// The pid now belongs to a different process (another start time):
+    /// nothing was sent.
+    Recycled,
+}
+
+/// A process table the ladder can sweep.
+///
+/// Methods take `&self` so a caller can share the table with its reap hook
+/// (the fake needs that; the Linux table is stateless).
+pub trait ProcessTable {
+    /// Every process (zombies included). Need not be atomic.
+    fn list(&self) -> Vec<ProcInfo>;
+
+    /// Sends `sig` to the process `pid` *only if* it still has `start_ticks`.
+    /// `Ok(Gone)` / `Ok(Recycled)` are normal outcomes during a sweep;
+    /// `Err` is reserved for real failures (EPERM, refused pids).
+    fn signal(&self, pid: i32, start_ticks: u64, sig: Sig) -> Result<Delivery, Error>;
+
+    /// True if that exact process exists and is not a zombie.
+    fn alive(&self, pid: i32, start_ticks: u64) -> bool;
+
+    /// argv, for reporting survivors. Optional; may return `None`.
+    fn cmdline(&self, _pid: i32) -> Option<Vec<String>> {
+        None
+    }
+}
+
+/// The real Linux table: `/proc` for listing, pidfds for signalling.
+///
+/// Signalling opens a pidfd for the pid, *then* checks the start time in
+/// `/proc/PID/stat`, then signals through the pidfd. A pidfd names one
+/// process for ever, and the start time read after opening it proves it is
+/// the process we meant (a process keeps its pid for its whole life, so the
+/// process the pidfd pinned is the one `/proc` showed with that start time).
+/// A recycled pid is therefore never hit. Kernels without pidfds (before
+/// 5.3, ENOSYS) or a process out of file descriptors fall back to
+/// check-then-kill(2), which leaves the classic tiny race; nothing better
+/// exists there.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinuxTable;
+
+impl LinuxTable {
+    fn check_pid(pid: i32) -> Result<Pid, Error> {
+        if pid <= 1 {
+            return Err(Error::Refused {
+                pid,
+                why: "pid 1 and non-positive pids are never signalled",
+            });
+        }
+        Pid::from_raw(pid).ok_or(Error::NoSuchProcess { pid })
+    }
+
+    fn identity(pid: i32, start_ticks: u64) -> Delivery {
+        match procfs::read_stat(pid) {
+            None => Delivery::Gone,
+            Some(p) if p.start_ticks != start_ticks => Delivery::Recycled,
+            Some(_) => Delivery::Sent,
+        }
+    }
+}
+
+impl ProcessTable for LinuxTable {
+    fn list(&self) -> Vec<ProcInfo> {
+        procfs::snapshot()
+    }
+
+    fn signal(&self, pid: i32, start_ticks: u64, sig: Sig) -> Result<Delivery, Error> {
+        let p = Self::check_pid(pid)?;
+        let signal_err = |e: io::Error| Error::Signal {
+            pid,
+            sig,
+            source: e,
+        };
+        match rustix::process::pidfd_open(p, PidfdFlags::empty()) {
+            Ok(fd) => {
+                let id = Self::identity(pid, start_ticks);
+                if id != Delivery::Sent {
+                    return Ok(id);
+                }
+                match rustix::process::pidfd_send_signal(&fd, sig.to_rustix()) {
+                    Ok(()) => Ok(Delivery::Sent),
+                    Err(rustix::io::Errno::SRCH) => Ok(Delivery::Gone),
+                    Err(e) => Err(signal_err(e.into())),
+                }
+            }
+            Err(rustix::io::Errno::SRCH) => Ok(Delivery::Gone),
+            // ENOSYS (kernel < 5.3) or fd exhaustion (EMFILE/ENFILE): still
+            // signal, with the identity check right before kill(2).
+            Err(_) => {
+                let id = Self::identity(pid, start_ticks);
+                if id != Delivery::Sent {
+                    return Ok(id);
+                }
+                match rustix::process::kill_process(p, sig.to_rustix()) {
+                    Ok(()) => Ok(Delivery::Sent),
+                    Err(rustix::io::Errno::SRCH) => Ok(Delivery::Gone),
+                    Err(e) => Err(signal_err(e.into())),
+                }
+            }
+        }
+    }
+
+    fn alive(&self, pid: i32, start_ticks: u64) -> bool {
+        procfs::read_stat(pid).is_some_and(|p| p.start_ticks == start_ticks && p.is_live())
+    }
+
+    fn cmdline(&self, pid: i32) -> Option<Vec<String>> {
+        // Reading cmdline can block on a process whose memory map is locked,
+        // typical of uninterruptible sleep: skip those.
+        let st = procfs::read_stat(pid)?;
+        if st.state == 'D' || !st.is_live() {
+            return None;
+        }
+        procfs::read_cmdline(pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linux_table_refuses_pid_1_and_rejects_wrong_identity() {
+        let t = LinuxTable;
+        assert!(matches!(
+            t.signal(1, 0, Sig::Cont),
+            Err(Error::Refused { pid: 1, .. })
+        ));
+        assert!(matches!(
+            t.signal(0, 0, Sig::Cont),
+            Err(Error::Refused { .. })
+        ));
+        // Our own pid with a wrong start time is "another process": nothing
+        // is sent (SIGSTOP would stop this test if it were).
+        let me = procfs::read_stat(std::process::id() as i32).expect("self");
+        assert_eq!(
+            t.signal(me.pid, me.start_ticks + 1, Sig::Stop).expect("ok"),
+            Delivery::Recycled
+        );
+        // And the right identity is accepted (SIGCONT to ourselves is a no-op).
+        assert_eq!(
+            t.signal(me.pid, me.start_ticks, Sig::Cont).expect("ok"),
+            Delivery::Sent
+        );
+        assert!(t.alive(me.pid, me.start_ticks));
+        assert!(!t.alive(me.pid, me.start_ticks + 1));
+    }
+}
