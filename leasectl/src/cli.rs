@@ -1,0 +1,206 @@
+//! Command-line interface (clap derive).
+//!
+//! Exit codes are part of the contract (scripts and CI gates branch on
+//! them), so they are defined once here, printed in `--help` and in the
+//! README text, and tested.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Exit code: success; nothing found; every target confirmed gone.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: the answer is "not clean": orphans found, a reap target
+/// refused or surviving, a demo verdict that failed.
+pub const EXIT_FOUND: i32 = 1;
+/// Exit code: an error prevented an answer (usage, scope, registry, input).
+pub const EXIT_ERROR: i32 = 2;
+/// Exit code: interrupted by Ctrl-C (after cleaning up).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Exit codes as printed by `--help` (and copied into the README).
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    success; `orphans`: nothing found; `reap`: every target confirmed gone;
+       `demo`: the verdict is good
+  1    `orphans`: orphans found; `reap`: a target was refused (held, no --force)
+       or something of its tree survived; `demo`: the verdict is bad
+  2    error: bad usage, unreadable scope or registry, unknown id, unreadable
+       --tracked input
+  130  interrupted by Ctrl-C (`demo` and `reap` clean up first; `watch` exits 0)";
+
+const EXAMPLES_HELP: &str = "\
+Examples:
+  leasectl list                          every shellper of the default scope
+  leasectl --scope /tmp/s list --json    {\"schema_version\":1,\"shellpers\":[…]}
+  leasectl show sh-0123abcd              one shellper, its process tree, counters
+  leasectl watch --interval 200ms        live view (JSON lines when piped)
+  leasectl orphans                       lapsed, unheld, unreachable, socketless
+  curl -s localhost:4100/api/terminals | leasectl orphans --tracked -
+  leasectl reap --orphans --dry-run      what would be killed, and how
+  leasectl reap sh-0123abcd --force      terminate even though it is held
+  leasectl demo                          the whole story in under a minute
+  leasectl completions bash > ~/.local/share/bash-completion/completions/leasectl
+
+Logs go to stderr; set RUST_LOG=debug (or leasectl=trace) for more.";
+
+/// The `--help` epilogue: examples, then exit codes.
+fn after_help() -> String {
+    format!("{EXAMPLES_HELP}\n\n{EXIT_CODES_HELP}")
+}
+
+/// Inspect, watch and reap leased shellpers.
+///
+/// leasectl reads a scope directory (the shellpers' sockets and the Tower's
+/// registry), asks every shellper for its STATUS concurrently with a short
+/// timeout, and fills in what /proc still tells about the ones that do not
+/// answer. It never holds a lease: only `reap` acquires one, to terminate.
+#[derive(Debug, Parser)]
+#[command(name = "leasectl", version, after_long_help = after_help(), after_help = after_help())]
+pub struct Cli {
+    /// Scope directory [default: $XDG_RUNTIME_DIR/shellper, else $TMPDIR/shellper-<uid>]
+    #[arg(long, global = true, value_name = "DIR", env = "SHELLPER_SCOPE")]
+    pub scope: Option<PathBuf>,
+
+    /// When to use colour (auto: only on a terminal and when NO_COLOR is unset)
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+
+    /// Per-shellper STATUS timeout; the whole sweep is bounded by about twice this
+    #[arg(long, global = true, value_name = "DUR", default_value = "500ms", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Colour policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Every shellper of the scope: phase, epoch, holder, deadlines, reachability
+    List {
+        /// Print {"schema_version":1,"shellpers":[…]} instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// One shellper in full: lease, timings, clients, counters, process tree
+    Show {
+        /// Shellper id (sh-XXXXXXXX) as listed by `leasectl list`
+        id: String,
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live table refreshed in place; phase changes highlighted; JSON lines when not a terminal
+    Watch {
+        /// Refresh interval
+        #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+        /// Print JSON lines (one per change) even on a terminal
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many refreshes (default: until Ctrl-C)
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Shellpers nobody looks after: lapsed, unclaimed, dead holder, unreachable,
+    /// running without a socket, or (with --tracked) unknown to your Tower
+    #[command(after_long_help = EXIT_CODES_HELP)]
+    Orphans {
+        /// Print JSON instead of a report
+        #[arg(long)]
+        json: bool,
+        /// Pids another registry knows (one per line, or codev's /api/terminals JSON); `-` reads stdin
+        #[arg(long, value_name = "FILE|-")]
+        tracked: Option<String>,
+    },
+    /// Take shellper trees down: authenticated terminate, else SIGTERM, else the
+    /// kill ladder from outside; then verify through /proc that nothing survives
+    #[command(after_long_help = EXIT_CODES_HELP)]
+    Reap {
+        /// Shellper ids to reap
+        #[arg(
+            value_name = "ID",
+            required_unless_present = "orphans",
+            conflicts_with = "orphans"
+        )]
+        ids: Vec<String>,
+        /// Reap everything `leasectl orphans` reports
+        #[arg(long)]
+        orphans: bool,
+        /// With --orphans: pids another registry knows (see `orphans --tracked`)
+        #[arg(long, value_name = "FILE|-", conflicts_with = "ids")]
+        tracked: Option<String>,
+        /// Print the plan, touch nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// How long each step may take before the next, harsher one
+        #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_duration)]
+        grace: Duration,
+        /// Also reap shellpers whose lease is held (this evicts their Tower)
+        #[arg(long)]
+        force: bool,
+        /// Print JSON instead of a report
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the whole story in a throwaway scope: spawn, crash the Tower, watch
+    /// the trees die on time, prove zero survivors; then re-adoption
+    Demo {
+        /// The minitower binary [default: next to leasectl]
+        #[arg(long, value_name = "PATH")]
+        minitower: Option<PathBuf>,
+        /// Reattach window used by the demo's shellpers
+        #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_duration)]
+        window: Duration,
+    },
+    /// Print a shell completion script
+    Completions {
+        /// Target shell
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Parses a humantime duration (`500ms`, `3s`, `10m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 500ms, 3s, 10m: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn reap_needs_ids_or_orphans_not_both() {
+        assert!(Cli::try_parse_from(["leasectl", "reap"]).is_err());
+        assert!(Cli::try_parse_from(["leasectl", "reap", "--orphans", "sh-1"]).is_err());
+        assert!(Cli::try_parse_from(["leasectl", "reap", "sh-00000001", "sh-00000002"]).is_ok());
+        assert!(Cli::try_parse_from(["leasectl", "reap", "--orphans", "--dry-run"]).is_ok());
+        assert!(Cli::try_parse_from(["leasectl", "reap", "sh-1", "--tracked", "-"]).is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("soon").is_err());
+        let cli = Cli::try_parse_from(["leasectl", "--timeout", "250ms", "list"]).unwrap();
+        assert_eq!(cli.timeout, Duration::from_millis(250));
+    }
+}

@@ -1,0 +1,22 @@
+//! leasectl: the operators' inspector for leased shellpers.
+//!
+//! An operator who suspects leaked sessions used to pipe `ps` into `grep`
+//! and diff pids against Tower's API by hand; each such sweep missed
+//! something (escaped process groups, wedged processes, other scopes).
+//! leasectl replaces that with one tool that asks the shellpers themselves
+//! (STATUS needs no token), falls back to /proc for the ones that do not
+//! answer, and reaps trees in the right order.
+//!
+//! Modules:
+//! * [`cli`]: the clap interface and the exit codes.
+//! * [`model`]: the JSON shapes (`schema_version` 1).
+//! * [`render`]: aligned tables, colour policy, the `show` report.
+//! * [`tracked`]: `--tracked` input (pid lines or codev's `/api/terminals`).
+
+pub mod cli;
+pub mod error;
+pub mod model;
+pub mod render;
+pub mod tracked;
+
+pub use error::{Error, Result};
