@@ -150,7 +150,11 @@ fn remove_socket(path: &Path) {
 /// Runs a configured shellper on the current runtime; returns the exit code.
 pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
     let log_path = cfg.log_path();
-    if let Some(dir) = cfg.socket_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = cfg
+        .socket_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         use std::os::unix::fs::DirBuilderExt;
         if !dir.exists() {
             if let Err(e) = std::fs::DirBuilder::new()
@@ -247,18 +251,18 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
     tracing::info!(reason = ?t.reason, "terminating: running the kill ladder");
     let sessions = hub.sessions();
     let grace = cfg.lease.kill_grace;
-    let report =
-        match tokio::task::spawn_blocking(move || kill::run_ladder(sessions, grace)).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "kill ladder panicked");
-                shellper_proctree::KillReport {
-                    survivors: Vec::new(),
-                    errors: vec![e.to_string()],
-                    ..Default::default()
-                }
+    let report = match tokio::task::spawn_blocking(move || kill::run_ladder(sessions, grace)).await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "kill ladder panicked");
+            shellper_proctree::KillReport {
+                survivors: Vec::new(),
+                errors: vec![e.to_string()],
+                ..Default::default()
             }
-        };
+        }
+    };
     let survivors = report.survivors.len() as u32;
     if let Some(holder) = t.holder {
         hub.send(

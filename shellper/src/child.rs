@@ -4,7 +4,7 @@
 //! tree is reparented to it and must be reaped by it; a `waitpid(-1)` loop
 //! would steal the PTY child's status from any per-child waiter (tokio's
 //! `Child::wait`). So the child is spawned with a *std* `Child` handle that is
-//! dropped at once (std never reaps on drop), and proctree's `reap_zombies` (run by the
+//! dropped at once (std never reaps on drop), and [`reap_exited`] (run by the
 //! child actor on every SIGCHLD and once a second as a safety net) collects
 //! every exit and routes the PTY child's status. Until it is reaped the
 //! child's pid cannot be recycled, which is what makes `kill(pid)` for SIGNAL
@@ -144,6 +144,38 @@ pub fn exit_report(status: ChildExit) -> (ExitMsg, ChildState) {
             },
         ),
     }
+}
+
+/// Most children reaped in one call, so a fork storm cannot hold the event
+/// loop; the next SIGCHLD or poll continues.
+const REAP_BATCH: usize = 4096;
+
+/// Reaps every exited child without blocking: the PTY child and every
+/// orphan adopted as subreaper. This is the shellper's only `wait`.
+///
+/// It calls `wait4(-1, WNOHANG|__WALL)` (rustix `wait`). Note that rustix's
+/// `waitpid(None, …)` is `wait4(0, …)`, "any child *in my process group*",
+/// which never sees the PTY child (it leads its own session): do not use it
+/// for a subreaper.
+pub fn reap_exited() -> Vec<(i32, ChildExit)> {
+    let mut out = Vec::new();
+    let opts = rustix::process::WaitOptions::NOHANG
+        | rustix::process::WaitOptions::from_bits_retain(libc::__WALL as u32);
+    while out.len() < REAP_BATCH {
+        match rustix::process::wait(opts) {
+            Ok(Some((pid, status))) => {
+                let how = if let Some(sig) = status.terminating_signal() {
+                    ChildExit::Signaled(sig)
+                } else {
+                    ChildExit::Exited(status.exit_status().unwrap_or(0))
+                };
+                out.push((pid.as_raw_nonzero().get(), how));
+            }
+            // None: children exist, none exited. ECHILD: no children.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
 }
 
 /// Requests to the child actor.
@@ -306,17 +338,19 @@ impl ChildActor {
 
     /// Runs until every [`ChildHandle`] is dropped.
     pub async fn run(mut self) {
-        let mut sigchld =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot watch SIGCHLD; reaping by polling");
-                    None
-                }
-            };
-        let mut poll = tokio::time::interval(Duration::from_millis(
-            if sigchld.is_some() { 1000 } else { 50 },
-        ));
+        let mut sigchld = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch SIGCHLD; reaping by polling");
+                None
+            }
+        };
+        let mut poll = tokio::time::interval(Duration::from_millis(if sigchld.is_some() {
+            1000
+        } else {
+            50
+        }));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Reap anything that exited before the signal stream existed.
         self.reap();
@@ -355,7 +389,7 @@ impl ChildActor {
     }
 
     fn reap(&mut self) {
-        for (pid, status) in shellper_proctree::reap_zombies() {
+        for (pid, status) in reap_exited() {
             match self.current.as_mut() {
                 Some(c) if c.pid == pid && c.status.is_none() => {
                     tracing::info!(pid, ?status, "PTY child exited");
@@ -403,11 +437,10 @@ impl ChildActor {
                     }
                 }
             }
-            ChildCmd::Signal(sig) => {
-                if let Some(c) = self.current.as_ref().filter(|c| c.status.is_none()) {
-                    signal_pid(c.pid, sig);
-                }
-            }
+            ChildCmd::Signal(sig) => match self.current.as_ref().filter(|c| c.status.is_none()) {
+                Some(c) => signal_pid(c.pid, sig),
+                None => tracing::debug!(sig, "SIGNAL ignored: no running child"),
+            },
             ChildCmd::Spawn(s, reply) => {
                 let _ = reply.send(self.respawn(s));
             }
@@ -451,5 +484,51 @@ fn signal_pid(pid: i32, sig: i32) {
     };
     if let Err(e) = rustix::process::kill_process(p, s) {
         tracing::debug!(pid, sig, error = %e, "signal to child failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_reports_are_codev_style() {
+        let (m, s) = exit_report(ChildExit::Signaled(9));
+        assert_eq!(m.code, Some(0));
+        assert_eq!(m.signal.as_deref(), Some("9"));
+        assert_eq!(
+            s,
+            ChildState::Exited {
+                code: None,
+                signal: Some(9)
+            }
+        );
+        let (m, _) = exit_report(ChildExit::Exited(7));
+        assert_eq!((m.code, m.signal), (Some(7), None));
+    }
+
+    #[test]
+    fn reaper_collects_a_dropped_child_in_another_session() {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("true");
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                rustix::process::setsid()?;
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("spawn");
+        let pid = child.id() as i32;
+        drop(child);
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            got.extend(reap_exited());
+            if got.iter().any(|(p, _)| *p == pid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(got.contains(&(pid, ChildExit::Exited(0))), "{got:?}");
     }
 }

@@ -346,7 +346,8 @@ mod tests {
         assert!(empty.leased);
         assert_eq!(empty.lease, LeaseConfig::default());
 
-        let bad = run(&[r#"{"command":"sh","socketPath":"/s","lease":{"ttlMs":5000,"windowMs":1000}}"#]);
+        let bad =
+            run(&[r#"{"command":"sh","socketPath":"/s","lease":{"ttlMs":5000,"windowMs":1000}}"#]);
         assert!(matches!(bad, Err(Error::Lease(_))), "{bad:?}");
         assert_eq!(bad.expect_err("invalid").exit_code(), 2);
     }
@@ -412,7 +413,9 @@ mod tests {
             &["--", "sh"][..],
             &["--socket", "/s"][..],
             &["--socket", "/s", "--ttl", "soon", "--", "sh"][..],
-            &["--socket", "/s", "--ttl", "10s", "--window", "1s", "--", "sh"][..],
+            &[
+                "--socket", "/s", "--ttl", "10s", "--window", "1s", "--", "sh",
+            ][..],
             &["--bogus"][..],
         ] {
             let e = run(a).expect_err("must fail");

@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use shellper_proctree::{KillPlan, KillReport, LinuxTable, RealClock, kill_tree, reap_zombies};
+use shellper_proctree::{KillPlan, KillReport, LinuxTable, RealClock, kill_tree};
+
+use crate::child::reap_exited;
 
 /// Runs the ladder synchronously (call it from `spawn_blocking`). The reap
 /// hook is the shellper's one reaper, so zombies of the tree are collected
@@ -19,7 +21,7 @@ pub fn run_ladder(sessions: Vec<i32>, grace: Duration) -> KillReport {
     plan.tree.sessions = sessions;
     plan.tree.root_start_ticks = shellper_proctree::read_stat(me).map(|p| p.start_ticks);
     let report = kill_tree(&LinuxTable, &RealClock, &plan, &mut || {
-        for (pid, how) in reap_zombies() {
+        for (pid, how) in reap_exited() {
             tracing::debug!(pid, ?how, "reaped during the kill ladder");
         }
     });

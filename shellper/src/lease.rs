@@ -115,11 +115,7 @@ impl std::fmt::Debug for Request {
 }
 
 impl LeaseHandle {
-    async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Request,
-        gone: T,
-    ) -> T {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request, gone: T) -> T {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(make(tx)).is_err() {
             return gone;
@@ -274,7 +270,10 @@ where
     }
 
     /// Spawns the driver on the current runtime.
-    pub fn spawn(machine: LeaseMachine, on_terminate: H) -> (LeaseHandle, JoinHandle<LeaseMachine>) {
+    pub fn spawn(
+        machine: LeaseMachine,
+        on_terminate: H,
+    ) -> (LeaseHandle, JoinHandle<LeaseMachine>) {
         let (driver, handle) = Self::new(machine, on_terminate);
         (handle, tokio::spawn(driver.run()))
     }
@@ -516,7 +515,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1900)).await;
         let g = h.acquire(2, token(), info()).await.expect("re-acquire");
         assert_eq!(g.epoch, 2);
-        assert_eq!(h.renew(2, 1).await, Err(Reject::StaleEpoch { got: 1, current: 2 }));
+        assert_eq!(
+            h.renew(2, 1).await,
+            Err(Reject::StaleEpoch { got: 1, current: 2 })
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         h.renew(2, 2).await.expect("renew");
         h.disconnected(2);
@@ -625,7 +627,10 @@ mod tests {
         h.exited();
         let m = join.await.expect("join");
         assert_eq!(m.phase(), WirePhase::Exited);
-        assert_eq!(fired.lock().expect("lock")[0].0.reason, TerminateReason::Signal);
+        assert_eq!(
+            fired.lock().expect("lock")[0].0.reason,
+            TerminateReason::Signal
+        );
         assert!(h.snapshot().await.is_none());
     }
 }

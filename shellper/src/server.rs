@@ -28,8 +28,8 @@ use interprocess::os::unix::local_socket::ListenerOptionsExt;
 use shellper_protocol::codec::{CodecError, FrameCodec};
 use shellper_protocol::lease::{ConnId, Reject};
 use shellper_protocol::msg::{
-    ALLOWED_SIGNALS, ClientType, ErrorCode, ErrorMsg, Grant, Hello, HolderInfo, Released,
-    Renewed, Revoked,
+    ALLOWED_SIGNALS, ClientType, ErrorCode, ErrorMsg, Grant, Hello, HolderInfo, Released, Renewed,
+    Revoked,
 };
 use shellper_protocol::{Frame, lease};
 use tokio::io::AsyncWriteExt;
@@ -311,9 +311,13 @@ async fn serve(shared: Arc<Shared>, stream: Stream) {
     let registered = match handshake(&shared, &mut frames, &mut conn).await {
         Some(hello) => {
             conn.kind = hello.client_type;
-            shared
-                .hub
-                .register(id, &hello, peer_pid, conn.outbox.clone(), conn.cancel.clone());
+            shared.hub.register(
+                id,
+                &hello,
+                peer_pid,
+                conn.outbox.clone(),
+                conn.cancel.clone(),
+            );
             tracing::debug!(conn = id, peer_pid, kind = ?hello.client_type, "client attached");
             if hello.client_type == ClientType::Tower && !shared.lease.is_leased() {
                 legacy_acquire(&shared, &conn).await;
@@ -367,7 +371,10 @@ async fn handshake(
         let f = match tokio::time::timeout_at(deadline, next_frame(frames, &conn.cancel)).await {
             Err(_) => {
                 tracing::info!(conn = conn.id, "no HELLO within the handshake timeout");
-                conn.send(error_frame(ErrorCode::Protocol, "handshake timeout: send HELLO first"));
+                conn.send(error_frame(
+                    ErrorCode::Protocol,
+                    "handshake timeout: send HELLO first",
+                ));
                 return None;
             }
             Ok(None) => return None,
@@ -380,7 +387,10 @@ async fn handshake(
         match f {
             Frame::Hello(h) => return Some(h),
             Frame::Acquire(_) | Frame::Renew(_) | Frame::Release(_) | Frame::StatusRequest(_) => {
-                conn.send(error_frame(ErrorCode::NotLeased, "send HELLO before lease requests"));
+                conn.send(error_frame(
+                    ErrorCode::NotLeased,
+                    "send HELLO before lease requests",
+                ));
             }
             _ => {}
         }
@@ -432,6 +442,7 @@ async fn dispatch(shared: &Shared, conn: &Conn, frame: Frame) {
                     format!("signal {} is not allowed", s.signal),
                 ));
             } else if shared.lease.is_holder(conn.id).await {
+                tracing::debug!(conn = conn.id, signal = s.signal, "SIGNAL to the child");
                 shared.child.signal(s.signal);
             } else {
                 conn.send(error_frame(ErrorCode::Forbidden, "SIGNAL needs the lease"));
@@ -441,7 +452,10 @@ async fn dispatch(shared: &Shared, conn: &Conn, frame: Frame) {
             if shared.lease.is_holder(conn.id).await {
                 if let Err(e) = shared.child.spawn(s).await {
                     tracing::warn!(error = %e, "SPAWN failed");
-                    conn.send(error_frame(ErrorCode::Protocol, format!("spawn failed: {e}")));
+                    conn.send(error_frame(
+                        ErrorCode::Protocol,
+                        format!("spawn failed: {e}"),
+                    ));
                 }
             } else {
                 conn.send(error_frame(ErrorCode::Forbidden, "SPAWN needs the lease"));

@@ -54,7 +54,9 @@ pub fn read_token(timeout: Duration) -> Result<Token> {
                 match stdin.read(&mut byte) {
                     Ok(0) => break Ok(line),
                     Ok(_) if byte[0] == b'\n' => break Ok(line),
-                    Ok(_) if line.len() >= 128 => break Err("first line of stdin is too long".into()),
+                    Ok(_) if line.len() >= 128 => {
+                        break Err("first line of stdin is too long".into());
+                    }
                     Ok(_) => line.push(byte[0]),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => break Err(format!("reading stdin: {e}")),
