@@ -6,13 +6,38 @@
 //! passes, so nothing outlives its Tower for long; a restarted Tower adopts
 //! them back within the window. See the design brief and docs/CONVENTIONS.md.
 //!
-//! Building blocks, usable separately (the operators' tool `leasectl` uses
-//! only the first three):
-//! * [`Scope`]: the private runtime directory, its instance lock and paths;
-//! * [`Registry`] / [`RegistryEntry`]: the scope's record of shellpers and
-//!   their lease tokens;
-//! * [`query_status`]: a read-only, bounded STATUS query of one socket;
-//! * [`sched`]: the coalesced renewal scheduler (one timer for all leases).
+//! # For inspectors (`leasectl`)
+//! Read-only, no lock needed:
+//! * [`Scope`]: open/validate a scope directory ([`Scope::open_existing`]),
+//!   its paths, [`Scope::lock_holder`] (pid of the Tower holding it);
+//! * [`Registry`] / [`RegistryEntry`] via [`Scope::read_registry`]: the
+//!   shellpers a Tower holds, their identities and tokens (a corrupt
+//!   registry is an error, never "empty");
+//! * [`query_status`]: one bounded STATUS query of a socket;
+//! * [`procfs::same_process`]: is this registry entry's process still alive?
+//!
+//! # For Towers
+//! [`Tower::open`] locks a scope and starts the single renewal scheduler;
+//! [`Tower::spawn`] starts a shellper for a [`SpawnSpec`];
+//! [`Tower::adopt_all`] re-acquires every registry entry after a restart;
+//! each held shellper has a [`ShellperHandle`] (status, signal, resize,
+//! [`attach`](ShellperHandle::attach) a [`Terminal`], detach, terminate);
+//! [`Events`] reports held / unresponsive / lapsed / revoked / exited /
+//! lost / terminated / detached.
+//!
+//! ```no_run
+//! # async fn f() -> tower_client::Result<()> {
+//! use std::time::Duration;
+//! use tower_client::{Scope, SpawnSpec, Tower, TowerConfig};
+//! let (tower, mut events) = Tower::open(Scope::open(Scope::default_dir())?, TowerConfig::default())?;
+//! let report = tower.adopt_all().await;
+//! let h = tower.spawn(SpawnSpec::new("/bin/sh")).await?;
+//! while let Some(ev) = events.recv().await {
+//!     println!("{}", ev.to_json());
+//! }
+//! h.terminate(Duration::from_secs(10)).await?;
+//! # Ok(()) }
+//! ```
 
 pub mod error;
 pub mod procfs;
@@ -21,8 +46,33 @@ pub mod sched;
 pub mod scope;
 
 mod conn;
+mod driver;
+mod spawn;
+mod terminal;
+mod tower;
 
 pub use conn::query_status;
+pub use driver::{
+    Event, ExitWhat, LeaseState, ProcExit, ShellperHandle, ShellperInfo, TerminateReport,
+};
 pub use error::{Error, Result};
 pub use registry::{Registry, RegistryEntry};
 pub use scope::{InstanceLock, Scope};
+pub use shellper_protocol::{LeaseConfig, Token};
+pub use spawn::{SpawnSpec, resolve_shellper};
+pub use terminal::{Output, Terminal, TerminalReader, TerminalWriter};
+pub use tower::{AdoptFailure, AdoptReport, Events, Tower, TowerConfig};
+
+/// Raises the soft limit on open descriptors to the hard limit and returns
+/// the new soft limit. A Tower needs two descriptors per held shellper (its
+/// lease socket and a pidfd or child handle): the common default soft limit
+/// of 1024 caps it near 500.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current != l.maximum {
+        l.current = l.maximum;
+        let _ = setrlimit(Resource::Nofile, l);
+    }
+    getrlimit(Resource::Nofile).current
+}

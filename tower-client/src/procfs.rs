@@ -47,7 +47,7 @@ pub fn same_process(pid: u32, start_ticks: u64) -> bool {
 }
 
 /// True if `pid` exists and is not a zombie.
-pub(crate) fn alive(pid: u32) -> bool {
+pub fn alive(pid: u32) -> bool {
     matches!(stat(pid), Some(s) if s.state != 'Z' && s.state != 'X')
 }
 

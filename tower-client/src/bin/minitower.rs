@@ -1,0 +1,361 @@
+//! minitower: the reference Tower. Holds the leases of every shellper of a
+//! scope until signalled, spawns more on request, prints one JSON line per
+//! event.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinSet;
+use tower_client::{Error, LeaseConfig, Scope, SpawnSpec, Tower, TowerConfig};
+
+use shellper_protocol::lease::{DEFAULT_CLAIM, DEFAULT_KILL_GRACE, DEFAULT_TTL, DEFAULT_WINDOW};
+
+const AFTER_HELP: &str = "\
+WHAT IT DOES
+  At start, minitower locks the scope (one Tower per scope), adopts every
+  shellper listed in the scope's registry.json that is still alive
+  (re-acquiring its lease with the stored token), then spawns --spawn N new
+  shellpers running CMD (default: $SHELL, else /bin/sh). It renews every
+  lease from one timer until SIGINT or SIGTERM, then detaches (default:
+  the shellpers keep running for --hold or their window, waiting for the
+  next Tower) or terminates them (--on-exit terminate: whole trees killed,
+  death confirmed), and exits 0.
+
+  If minitower dies (SIGKILL, crash), each shellper notices at once and
+  kills its own tree when --window passes with no Tower back. If it is
+  stopped (SIGSTOP), the leases lapse after --ttl and the window runs from
+  there; on SIGCONT it reports what it lost and keeps running.
+
+OUTPUT (stdout, one JSON object per line, flushed per line)
+  {\"event\":\"adopted\",\"id\":\"sh-…\",\"pid\":…,\"child_pid\":…,\"epoch\":…}
+  {\"event\":\"adopt_failed\",\"id\":…,\"error\":…}   alive but not adoptable (left alone)
+  {\"event\":\"pruned\",\"id\":…}                     registry entry whose process is gone
+  {\"event\":\"spawned\",\"id\":…,\"pid\":…,\"child_pid\":…,\"socket\":…}
+  {\"event\":\"spawn_failed\",\"error\":…}
+  {\"event\":\"ready\",\"held\":N}                    startup done
+  then: held, unresponsive, lapsed, revoked, exited (what: child|shellper),
+  lost, terminated, detached; and {\"event\":\"stopping\",\"signal\":…} at the end.
+  Diagnostics go to stderr (RUST_LOG=debug for more).
+
+EXIT CODES
+  0  stopped by SIGINT/SIGTERM after releasing everything
+  1  runtime error (could not start the event loop, release failed)
+  2  usage error (bad flag or lease timings)
+  3  the scope is held by another Tower (the message names its pid)
+  4  the scope is unusable (bad owner or permissions, corrupt registry)
+
+EXAMPLES
+  Hold two shells in a private scope, detach on Ctrl-C:
+    minitower --scope /tmp/demo --spawn 2
+
+  Short leases for experiments; kill everything on exit:
+    minitower --scope /tmp/demo --ttl 600ms --window 3s --spawn 3 \\
+              --on-exit terminate -- sh -c 'while :; do date; sleep 1; done'
+
+  Restart within the window and everything is adopted, nothing is killed:
+    minitower --scope /tmp/demo            # after the previous one died
+
+  Before a planned long stop, detach with a long hold:
+    minitower --scope /tmp/demo --hold 2h   # then SIGTERM it
+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnExit {
+    /// Stop holding; shellpers live on for --hold (at least their window).
+    Detach,
+    /// Kill every held shellper's whole tree and confirm it.
+    Terminate,
+}
+
+/// The reference Tower: holds the leases of every shellper of a scope.
+#[derive(Debug, Parser)]
+#[command(name = "minitower", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// Scope directory (created 0700). Default: $XDG_RUNTIME_DIR/shellper,
+    /// else $TMPDIR/shellper-<uid>.
+    #[arg(long, value_name = "DIR")]
+    scope: Option<PathBuf>,
+
+    /// Lease time-to-live of new shellpers (renewed every ttl/3) [default: 6s].
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+
+    /// Reattach window of new shellpers: how long they survive without a
+    /// Tower before killing their tree [default: 10m].
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    window: Option<Duration>,
+
+    /// Grace between SIGTERM and SIGKILL in a shellper's kill ladder
+    /// [default: 3s].
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    kill_grace: Option<Duration>,
+
+    /// Claim deadline of new shellpers (time to the first acquire)
+    /// [default: 60s].
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    claim: Option<Duration>,
+
+    /// Number of new shellpers to spawn.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    spawn: usize,
+
+    /// What to do with held shellpers on SIGINT/SIGTERM.
+    #[arg(long, value_enum, default_value_t = OnExit::Detach)]
+    on_exit: OnExit,
+
+    /// With --on-exit detach: keep shellpers alive at least this long
+    /// (default: their window).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    hold: Option<Duration>,
+
+    /// The shellper binary. Default: next to minitower, then PATH.
+    #[arg(long, value_name = "PATH")]
+    shellper: Option<PathBuf>,
+
+    /// Initial PTY size of spawned shellpers.
+    #[arg(long, default_value_t = 80)]
+    cols: u16,
+    #[arg(long, default_value_t = 24)]
+    rows: u16,
+
+    /// Command (and arguments) run in each spawned shellper's PTY.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+fn out(v: serde_json::Value) {
+    let mut o = std::io::stdout().lock();
+    // A closed stdout must not stop a Tower from holding its leases.
+    let _ = writeln!(o, "{v}");
+    let _ = o.flush();
+}
+
+fn out_line(s: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{s}");
+    let _ = o.flush();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let lease = match LeaseConfig::new(
+        cli.ttl.unwrap_or(DEFAULT_TTL),
+        cli.window.unwrap_or(DEFAULT_WINDOW),
+        cli.claim.unwrap_or(DEFAULT_CLAIM),
+        cli.kill_grace.unwrap_or(DEFAULT_KILL_GRACE),
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("minitower: invalid lease settings: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tower_client::raise_fd_limit();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("minitower: cannot start the event loop: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = rt.block_on(run(cli, lease));
+    // Drivers of detached or terminated shellpers are done; anything left
+    // (a background reaper) must not delay the exit.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    code
+}
+
+async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
+    // Signals first, so a SIGTERM during a slow startup is not lost.
+    let (mut sigint, mut sigterm) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        _ => {
+            eprintln!("minitower: cannot install signal handlers");
+            return ExitCode::from(1);
+        }
+    };
+    let dir = cli.scope.clone().unwrap_or_else(Scope::default_dir);
+    let scope = match Scope::open(&dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("minitower: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    let cfg = TowerConfig {
+        lease,
+        holder_name: format!("minitower@{}", std::process::id()),
+        shellper_bin: cli.shellper.clone(),
+        ..TowerConfig::default()
+    };
+    let (tower, mut events) = match Tower::open(scope, cfg) {
+        Ok(t) => t,
+        Err(e @ Error::ScopeLocked { .. }) => {
+            eprintln!("minitower: {e}");
+            return ExitCode::from(3);
+        }
+        Err(e @ (Error::RegistryCorrupt { .. } | Error::UnsafeScope { .. })) => {
+            eprintln!("minitower: {e}");
+            return ExitCode::from(4);
+        }
+        Err(e) => {
+            eprintln!("minitower: {e}");
+            return ExitCode::from(1);
+        }
+    };
+
+    let report = tower.adopt_all().await;
+    // Held events of adoption/spawn are summarized by adopted/spawned lines.
+    for h in &report.adopted {
+        let i = h.info();
+        out(
+            json!({"event":"adopted","id":i.id,"pid":i.pid,"child_pid":i.child_pid,"epoch":h.epoch()}),
+        );
+    }
+    for g in &report.gone {
+        out(json!({"event":"pruned","id":g.id,"pid":g.pid,"reason":"process gone"}));
+    }
+    for f in &report.failed {
+        eprintln!("minitower: cannot adopt {}: {}", f.entry.id, f.error);
+        out(
+            json!({"event":"adopt_failed","id":f.entry.id,"pid":f.entry.pid,"error":f.error.to_string()}),
+        );
+    }
+
+    let (command, args) = match cli.command.split_first() {
+        Some((c, a)) => (c.clone(), a.to_vec()),
+        None => (
+            std::env::var("SHELL")
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "/bin/sh".into()),
+            Vec::new(),
+        ),
+    };
+    let mut set = JoinSet::new();
+    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
+    let tower = std::sync::Arc::new(tower);
+    for _ in 0..cli.spawn {
+        let mut spec = SpawnSpec::new(command.clone()).args(args.clone());
+        spec.cols = cli.cols;
+        spec.rows = cli.rows;
+        let t = tower.clone();
+        let sem = sem.clone();
+        set.spawn(async move {
+            let _permit = sem.acquire().await;
+            t.spawn(spec).await
+        });
+    }
+    let mut stop_signal = None;
+    while !set.is_empty() {
+        tokio::select! {
+            j = set.join_next() => match j {
+                Some(Ok(Ok(h))) => {
+                    let i = h.info();
+                    out(json!({"event":"spawned","id":i.id,"pid":i.pid,"child_pid":i.child_pid,"socket":i.socket}));
+                }
+                Some(Ok(Err(e))) => {
+                    eprintln!("minitower: {e}");
+                    out(json!({"event":"spawn_failed","error":e.to_string()}));
+                }
+                Some(Err(e)) => eprintln!("minitower: spawn task failed: {e}"),
+                None => break,
+            },
+            _ = sigint.recv() => { stop_signal = Some("SIGINT"); break; }
+            _ = sigterm.recv() => { stop_signal = Some("SIGTERM"); break; }
+        }
+    }
+    if stop_signal.is_some() {
+        // Let in-flight spawns finish (each is bounded) so that what they
+        // started is held and released below, never left unclaimed.
+        while let Some(j) = set.join_next().await {
+            if let Ok(Ok(h)) = j {
+                let i = h.info();
+                out(
+                    json!({"event":"spawned","id":i.id,"pid":i.pid,"child_pid":i.child_pid,"socket":i.socket}),
+                );
+            }
+        }
+    }
+    // Startup Held events are implied by adopted/spawned lines; print the
+    // rest (child exits seen during startup, anything unusual).
+    while let Some(ev) = events.try_recv() {
+        if !matches!(
+            ev,
+            tower_client::Event::Held {
+                recovered: false,
+                ..
+            }
+        ) {
+            out_line(&ev.to_json());
+        }
+    }
+    if stop_signal.is_none() {
+        out(json!({"event":"ready","held":tower.len()}));
+        stop_signal = loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => out_line(&ev.to_json()),
+                    None => break None,
+                },
+                _ = sigint.recv() => break Some("SIGINT"),
+                _ = sigterm.recv() => break Some("SIGTERM"),
+            }
+        };
+    }
+
+    out(
+        json!({"event":"stopping","signal":stop_signal,"on_exit":match cli.on_exit { OnExit::Detach => "detach", OnExit::Terminate => "terminate" },"held":tower.len()}),
+    );
+    let mut failed = 0;
+    match cli.on_exit {
+        OnExit::Detach => {
+            for (id, r) in tower.detach_all(cli.hold).await {
+                if let Err(e) = r {
+                    failed += 1;
+                    eprintln!("minitower: detach {id}: {e}");
+                    out(json!({"event":"release_failed","id":id,"error":e.to_string()}));
+                }
+            }
+        }
+        OnExit::Terminate => {
+            let timeout = lease.kill_grace + Duration::from_secs(5);
+            for (id, r) in tower.terminate_all(timeout).await {
+                if let Err(e) = r {
+                    failed += 1;
+                    eprintln!("minitower: terminate {id}: {e}");
+                    out(json!({"event":"release_failed","id":id,"error":e.to_string()}));
+                }
+            }
+        }
+    }
+    // Report the detached/terminated/exited events of the release.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    while let Some(ev) = events.try_recv() {
+        out_line(&ev.to_json());
+    }
+    if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

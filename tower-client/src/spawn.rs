@@ -1,0 +1,514 @@
+//! Spawning a shellper (docs/CONVENTIONS.md, "Spawning a shellper").
+//!
+//! Pipeline: exec with the JSON config as the last argument (stdin and
+//! stdout pipes, stderr appended to `<id>.log`, every other descriptor
+//! closed at exec) → write the token line and close stdin → read the info
+//! line (bounded) → check the pid → record the shellper in the registry →
+//! connect → HELLO/WELCOME → ACQUIRE/GRANT → start its driver.
+//!
+//! A failure at any step kills whatever was started and verifies it is
+//! gone before returning an error that names the step and carries the tail
+//! of the shellper's log, where the shellper explains itself.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::process::Signal;
+use serde::Deserialize;
+use shellper_protocol::{LeaseConfig, Token};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::conn::{self, HelloOpts};
+use crate::driver::{ProcWatch, ShellperHandle, ShellperInfo};
+use crate::error::{Error, Result};
+use crate::procfs;
+use crate::registry::RegistryEntry;
+use crate::tower::Ctx;
+
+/// What to run in a new shellper.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    /// Program run in the PTY.
+    pub command: String,
+    pub args: Vec<String>,
+    /// Working directory; `None`: the Tower's.
+    pub cwd: Option<PathBuf>,
+    /// Start from the Tower's own environment (as codev does: the config's
+    /// `env` is the child's *whole* environment). Keep this on unless you
+    /// mean to build the environment from scratch.
+    pub inherit_env: bool,
+    /// Variables set on top (or instead, without `inherit_env`).
+    pub env: BTreeMap<String, String>,
+    pub cols: u16,
+    pub rows: u16,
+    /// Lease timings for this shellper; `None`: the Tower's.
+    pub lease: Option<LeaseConfig>,
+}
+
+impl SpawnSpec {
+    /// A spec running `command` in an 80×24 PTY with the Tower's
+    /// environment and working directory.
+    pub fn new(command: impl Into<String>) -> Self {
+        SpawnSpec {
+            command: command.into(),
+            args: Vec::new(),
+            cwd: None,
+            inherit_env: true,
+            env: BTreeMap::new(),
+            cols: 80,
+            rows: 24,
+            lease: None,
+        }
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets one environment variable of the child.
+    pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.env.insert(k.into(), v.into());
+        self
+    }
+
+    /// Sets the working directory.
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// Overrides the lease timings.
+    pub fn lease(mut self, lease: LeaseConfig) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+}
+
+/// Finds the shellper binary: `explicit` if given, else `shellper` next to
+/// the current executable (or its parent, for test binaries in `deps/`),
+/// else on `PATH`.
+pub fn resolve_shellper(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(Error::ShellperNotFound(format!(
+                "{} does not exist or is not a file",
+                p.display()
+            )))
+        };
+    }
+    let mut tried = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        for d in [Some(dir), dir.parent()].into_iter().flatten() {
+            let c = d.join("shellper");
+            if c.is_file() {
+                return Ok(c);
+            }
+            tried.push(c.display().to_string());
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            let c = d.join("shellper");
+            if c.is_file() {
+                return Ok(c);
+            }
+        }
+        tried.push("every directory of PATH".into());
+    }
+    Err(Error::ShellperNotFound(format!(
+        "looked at {}; build it (cargo build -p shellper) or pass its path",
+        tried.join(", ")
+    )))
+}
+
+/// The info line a shellper prints once its socket listens.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InfoLine {
+    pid: u32,
+    #[allow(dead_code)]
+    start_time: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The last `lines` lines of a log file (at most 8 KiB are read).
+pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return format!("(no log: {e})"),
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(8192)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    let tail = all[all.len().saturating_sub(lines)..].join("\n");
+    if tail.trim().is_empty() {
+        "(log is empty)".into()
+    } else {
+        tail
+    }
+}
+
+fn new_id(ctx: &Ctx) -> String {
+    loop {
+        let id = format!("sh-{:08x}", rand::random::<u32>());
+        let reg = ctx.registry.snapshot();
+        if reg.get(&id).is_none()
+            && !ctx.scope.socket_path(&id).exists()
+            && !ctx.scope.log_path(&id).exists()
+        {
+            return id;
+        }
+    }
+}
+
+/// Marks every descriptor from 3 up close-on-exec in the child, between fork
+/// and exec: a Tower may have inherited descriptors without CLOEXEC from its
+/// own parent (a shell, a test harness, a jobserver pipe) and a shellper
+/// must keep none of them (they would pin pipes their owners wait on).
+/// Marking rather than closing keeps std's own exec-error pipe working.
+fn close_inherited_fds(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec; it only
+    // makes raw syscalls (close_range, fcntl), which are async-signal-safe,
+    // and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+            let r = libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            );
+            if r != 0 {
+                // Kernels before 5.11: mark them one by one.
+                for fd in 3..4096 {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+struct Started {
+    id: String,
+    socket: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    /// Identity of the shellper once known.
+    ident: Option<(u32, u64)>,
+    registered: bool,
+}
+
+type StepErr = (&'static str, String);
+
+pub(crate) async fn spawn(ctx: &Arc<Ctx>, spec: SpawnSpec) -> Result<ShellperHandle> {
+    let id = new_id(ctx);
+    let mut st = Started {
+        socket: ctx.scope.socket_path(&id),
+        log: ctx.scope.log_path(&id),
+        id,
+        child: None,
+        ident: None,
+        registered: false,
+    };
+    match pipeline(ctx, &spec, &mut st).await {
+        Ok(h) => Ok(h),
+        Err((step, detail)) => {
+            let cleanup = cleanup(ctx, &mut st).await;
+            Err(Error::Spawn {
+                id: st.id.clone(),
+                step,
+                detail,
+                cleanup,
+                log_tail: log_tail(&st.log, 20),
+                log: st.log.clone(),
+            })
+        }
+    }
+}
+
+async fn pipeline(
+    ctx: &Arc<Ctx>,
+    spec: &SpawnSpec,
+    st: &mut Started,
+) -> std::result::Result<ShellperHandle, StepErr> {
+    let deadline = Instant::now() + ctx.cfg.spawn_timeout;
+    let lease = spec.lease.unwrap_or(ctx.cfg.lease);
+    let cwd = match &spec.cwd {
+        Some(c) => c.clone(),
+        None => std::env::current_dir().map_err(|e| ("prepare", format!("current dir: {e}")))?,
+    };
+    let mut env: BTreeMap<String, String> = if spec.inherit_env {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
+    env.extend(spec.env.clone());
+    env.entry("TERM".into())
+        .or_insert_with(|| "xterm-256color".into());
+    let ms = |d: Duration| d.as_millis() as u64;
+    let config = serde_json::json!({
+        "command": spec.command,
+        "args": spec.args,
+        "cwd": cwd.to_string_lossy(),
+        "env": env,
+        "cols": spec.cols,
+        "rows": spec.rows,
+        "socketPath": st.socket.to_string_lossy(),
+        "lease": {
+            "ttlMs": ms(lease.ttl),
+            "windowMs": ms(lease.window),
+            "claimMs": ms(lease.claim),
+            "killGraceMs": ms(lease.kill_grace),
+        },
+    })
+    .to_string();
+
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&st.log)
+        .map_err(|e| ("open log", format!("{}: {e}", st.log.display())))?;
+    let mut cmd = Command::new(&ctx.shellper_bin);
+    cmd.arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(false);
+    close_inherited_fds(&mut cmd);
+    let child = st.child.insert(
+        cmd.spawn()
+            .map_err(|e| ("exec", format!("{}: {e}", ctx.shellper_bin.display())))?,
+    );
+    let child_pid = child.id().ok_or(("exec", "exited at once".to_string()))?;
+
+    // Token: one line, then EOF.
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or(("write token", "no stdin pipe".into()))?;
+    let token = Token::from_bytes(rand::random());
+    let line = format!("{}\n", token.to_hex());
+    match tokio::time::timeout_at(deadline, stdin.write_all(line.as_bytes())).await {
+        Err(_) => return Err(("write token", "timed out".into())),
+        Ok(Err(e)) => return Err(("write token", e.to_string())),
+        Ok(Ok(())) => {}
+    }
+    drop(stdin);
+
+    // Info line.
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or(("read info line", "no stdout pipe".into()))?;
+    let mut reader = BufReader::new(stdout);
+    let mut info_line = String::new();
+    let n = match tokio::time::timeout_at(deadline, reader.read_line(&mut info_line)).await {
+        Err(_) => {
+            return Err((
+                "read info line",
+                format!("no info line within {:?}", ctx.cfg.spawn_timeout),
+            ));
+        }
+        Ok(Err(e)) => return Err(("read info line", e.to_string())),
+        Ok(Ok(n)) => n,
+    };
+    if n == 0 {
+        // Closed without a line: the shellper most likely exited; say how.
+        let status = tokio::time::timeout(Duration::from_millis(500), child.wait()).await;
+        let how = match status {
+            Ok(Ok(s)) => match (s.code(), s.signal()) {
+                (Some(c), _) => format!("the shellper exited with code {c} before reporting"),
+                (None, Some(sig)) => format!("the shellper was killed by signal {sig}"),
+                _ => "the shellper exited before reporting".into(),
+            },
+            _ => "stdout closed without an info line".into(),
+        };
+        return Err(("read info line", how));
+    }
+    drop(reader);
+    let info: InfoLine = serde_json::from_str(info_line.trim())
+        .map_err(|e| ("read info line", format!("{e}: {:?}", info_line.trim())))?;
+    if info.pid != child_pid {
+        return Err((
+            "read info line",
+            format!("reported pid {} but we started pid {child_pid}", info.pid),
+        ));
+    }
+    let ticks = procfs::start_ticks(child_pid)
+        .ok_or(("identity", format!("pid {child_pid} has no /proc entry")))?;
+    st.ident = Some((child_pid, ticks));
+
+    // Durable before acquiring: if this Tower dies right after GRANT, its
+    // successor finds the token and adopts the shellper.
+    let entry = RegistryEntry {
+        id: st.id.clone(),
+        token: token.to_hex(),
+        pid: child_pid,
+        start_ticks: ticks,
+        socket: st.socket.clone(),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        cwd: cwd.to_string_lossy().into_owned(),
+        created_at_ms: now_ms(),
+    };
+    ctx.registry
+        .commit(|r| r.upsert(entry))
+        .await
+        .map_err(|e| ("registry", e.to_string()))?;
+    st.registered = true;
+
+    let left = deadline.saturating_duration_since(Instant::now());
+    let mut c = conn::connect(&st.socket, HelloOpts::LEASE, left, true)
+        .await
+        .map_err(|e| ("connect", e.to_string()))?;
+    match &c.welcome.lease {
+        Some(l) if l.leased && l.shellper_pid == child_pid => {}
+        Some(l) => {
+            return Err((
+                "connect",
+                format!(
+                    "WELCOME says leased={} shellperPid={} (expected a leased shellper, pid {child_pid})",
+                    l.leased, l.shellper_pid
+                ),
+            ));
+        }
+        None => return Err(("connect", "WELCOME without the lease extension".into())),
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    let (grant, exit) = conn::acquire(&mut c, &token, ctx.holder.clone(), left)
+        .await
+        .map_err(|e| ("acquire", e.to_string()))?;
+
+    let info = ShellperInfo {
+        id: st.id.clone(),
+        pid: child_pid,
+        start_ticks: ticks,
+        child_pid: u32::try_from(c.welcome.pid).ok(),
+        socket: st.socket.clone(),
+        log: st.log.clone(),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        cwd: cwd.to_string_lossy().into_owned(),
+    };
+    let child = st
+        .child
+        .take()
+        .ok_or(("acquire", "internal: child handle missing".into()))?;
+    Ok(ctx.start_driver(info, token, c, grant, exit, ProcWatch::Child(child)))
+}
+
+/// Kills whatever a failed spawn started and verifies it is gone. Returns
+/// an empty string on success, else a sentence for the error message.
+async fn cleanup(ctx: &Arc<Ctx>, st: &mut Started) -> String {
+    let mut problems = Vec::new();
+    if let Some(mut child) = st.child.take() {
+        if let Some(pid) = child.id() {
+            let ticks = st.ident.map(|i| i.1).or_else(|| procfs::start_ticks(pid));
+            // Remember the tree before anything dies: once the shellper is
+            // gone its orphans are reparented and no longer look like ours.
+            let mut tree = procfs::descendants(pid);
+            // SIGTERM first: a real shellper runs its kill ladder on it.
+            if let Some(t) = ticks {
+                procfs::signal(pid, t, Signal::TERM);
+            }
+            let grace =
+                ctx.cfg.lease.kill_grace.min(Duration::from_secs(5)) + Duration::from_secs(1);
+            let exited = tokio::time::timeout(grace, child.wait()).await.is_ok();
+            if !exited {
+                for d in procfs::descendants(pid) {
+                    if !tree.contains(&d) {
+                        tree.push(d);
+                    }
+                }
+                let _ = child.start_kill();
+                if tokio::time::timeout(Duration::from_secs(2), child.wait())
+                    .await
+                    .is_err()
+                {
+                    problems.push(format!("shellper pid {pid} did not die on SIGKILL"));
+                }
+            }
+            // Anything of its tree still alive is killed through a pidfd
+            // pinned to its start time, then waited for.
+            let until = Instant::now() + Duration::from_secs(2);
+            loop {
+                let alive: Vec<_> = tree
+                    .iter()
+                    .filter(|(p, t)| procfs::same_process(*p, *t))
+                    .copied()
+                    .collect();
+                if alive.is_empty() {
+                    break;
+                }
+                if Instant::now() >= until {
+                    problems.push(format!(
+                        "survivors: {}",
+                        alive
+                            .iter()
+                            .map(|(p, _)| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                    break;
+                }
+                for (p, t) in &alive {
+                    procfs::signal(*p, *t, Signal::KILL);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        } else {
+            // Already reaped by an earlier wait: nothing runs.
+            let _ = child.wait().await;
+        }
+    }
+    if st.registered {
+        let id = st.id.clone();
+        if let Err(e) = ctx
+            .registry
+            .commit(|r| {
+                r.remove(&id);
+            })
+            .await
+        {
+            problems.push(format!("could not remove it from the registry: {e}"));
+        }
+    }
+    let _ = std::fs::remove_file(&st.socket);
+    if problems.is_empty() {
+        String::new()
+    } else {
+        format!(" (cleanup incomplete: {})", problems.join("; "))
+    }
+}
