@@ -265,7 +265,7 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
     };
     let survivors = report.survivors.len() as u32;
     if let Some(holder) = t.holder {
-        hub.send(
+        let sent = hub.send(
             holder,
             Frame::Terminated(Terminated {
                 reason: t.reason,
@@ -275,6 +275,7 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
                 sweeps: report.sweeps,
             }),
         );
+        tracing::info!(holder, sent, "TERMINATED report to the holder");
     }
     stop.cancel();
     hub.close_all();

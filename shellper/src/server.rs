@@ -50,6 +50,9 @@ pub use interprocess::local_socket::tokio::Listener;
 pub const MAX_CONNECTIONS: usize = 256;
 /// How long the writer keeps flushing queued frames after a close.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
+/// A peer that accepts no bytes for this long is disconnected (its writer
+/// ends). Long enough for a slow reader to take a full REPLAY.
+const WRITE_STALL: Duration = Duration::from_secs(30);
 /// Longest holder name kept from ACQUIRE.
 const MAX_HOLDER_NAME: usize = 256;
 
@@ -215,45 +218,51 @@ fn reject_frame(r: Reject) -> Frame {
     error_frame(code, r.to_string())
 }
 
-/// Writes frames from the outbox until it is closed and drained, the
-/// connection is cancelled and the flush time is up, or the peer is gone.
+/// Writes frames from the outbox, in priority order, until it is closed
+/// and drained, the connection is cancelled, or the peer stops reading for
+/// [`WRITE_STALL`]. Queued frames are written before a cancellation is
+/// noticed (biased select), so a last ERROR/TERMINATED/REVOKED pushed just
+/// before the cancel still reaches the peer.
 async fn writer(outbox: Arc<Outbox>, mut w: Half, cancel: CancellationToken) {
     let mut buf = bytes::BytesMut::new();
     loop {
         let next = tokio::select! {
+            biased;
             f = outbox.next() => f,
             () = cancel.cancelled() => break,
         };
         let Some(frame) = next else {
             break;
         };
-        buf.clear();
-        if let Err(e) = frame.encode_into(&mut buf) {
-            tracing::warn!(error = %e, "dropping unencodable frame");
-            continue;
-        }
-        let write = w.write_all(&buf);
-        let ok = tokio::select! {
-            r = write => r.is_ok(),
-            () = cancel.cancelled() => false,
-        };
-        if !ok {
+        if !write_frame(&mut w, &mut buf, &frame).await {
             return;
         }
     }
-    // Cancelled or closed: flush what is queued (ERROR, TERMINATED,
-    // REVOKED) for a bounded time, then end the connection.
+    // Cancelled or closed: flush what is still queued for a bounded time,
+    // then end the connection.
     outbox.close();
     let _ = tokio::time::timeout(FLUSH_ON_CLOSE, async {
         while let Some(frame) = outbox.next().await {
-            buf.clear();
-            if frame.encode_into(&mut buf).is_ok() && w.write_all(&buf).await.is_err() {
+            if !write_frame(&mut w, &mut buf, &frame).await {
                 return;
             }
         }
         let _ = w.shutdown().await;
     })
     .await;
+}
+
+/// Encodes and writes one frame; `false` if the connection is unusable.
+async fn write_frame(w: &mut Half, buf: &mut bytes::BytesMut, frame: &Frame) -> bool {
+    buf.clear();
+    if let Err(e) = frame.encode_into(buf) {
+        tracing::warn!(error = %e, "dropping unencodable frame");
+        return true;
+    }
+    matches!(
+        tokio::time::timeout(WRITE_STALL, w.write_all(buf)).await,
+        Ok(Ok(()))
+    )
 }
 
 struct Conn {
