@@ -884,6 +884,17 @@ impl Driver {
         self.finished = true;
         let id = self.id();
         let requested = self.terminate.is_some();
+        // Gone for good: forget it (before anyone is told, so a caller that
+        // wakes on the reply sees the registry without it), and remove a
+        // socket file a killed shellper could not remove itself.
+        let _ = self
+            .ctx
+            .registry
+            .commit(|r| {
+                r.remove(&id);
+            })
+            .await;
+        let _ = std::fs::remove_file(&self.handle.info.socket);
         if let Some(t) = self.terminate.as_mut()
             && let Some(reply) = t.reply.take()
         {
@@ -949,16 +960,6 @@ impl Driver {
                 reason,
             });
         }
-        // Gone for good: forget it, and remove a socket file a killed
-        // shellper could not remove itself.
-        let _ = self
-            .ctx
-            .registry
-            .commit(|r| {
-                r.remove(&id);
-            })
-            .await;
-        let _ = std::fs::remove_file(&self.handle.info.socket);
     }
 }
 

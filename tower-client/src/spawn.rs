@@ -48,6 +48,9 @@ pub struct SpawnSpec {
     pub inherit_env: bool,
     /// Variables set on top (or instead, without `inherit_env`).
     pub env: BTreeMap<String, String>,
+    /// Extra variables for the shellper process itself, which otherwise
+    /// inherits the Tower's environment (tests use it to tag the tree).
+    pub shellper_env: BTreeMap<String, String>,
     pub cols: u16,
     pub rows: u16,
     /// Lease timings for this shellper; `None`: the Tower's.
@@ -64,6 +67,7 @@ impl SpawnSpec {
             cwd: None,
             inherit_env: true,
             env: BTreeMap::new(),
+            shellper_env: BTreeMap::new(),
             cols: 80,
             rows: 24,
             lease: None,
@@ -83,6 +87,15 @@ impl SpawnSpec {
     /// Sets one environment variable of the child.
     pub fn env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
         self.env.insert(k.into(), v.into());
+        self
+    }
+
+    /// Sets one variable in both the child's and the shellper's own
+    /// environment (what a leak-guard tag needs).
+    pub fn tag_env(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        let (k, v) = (k.into(), v.into());
+        self.shellper_env.insert(k.clone(), v.clone());
+        self.env.insert(k, v);
         self
     }
 
@@ -305,6 +318,7 @@ async fn pipeline(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
+        .envs(&spec.shellper_env)
         .kill_on_drop(false);
     close_inherited_fds(&mut cmd);
     let child = st.child.insert(
