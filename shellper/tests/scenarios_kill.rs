@@ -34,12 +34,22 @@ fn ms(v: u64) -> Duration {
 
 fn torture(name: &str) -> (LeakGuard, Shellper) {
     let guard = LeakGuard::new(name).with_settle(ms(500));
-    let sh = Shellper::start_codev(&guard, "/bin/bash", &["-c", TORTURE], Some(FAST), serde_json::json!({}));
+    let sh = Shellper::start_codev(
+        &guard,
+        "/bin/bash",
+        &["-c", TORTURE],
+        Some(FAST),
+        serde_json::json!({}),
+    );
     let mut term = sh.connect();
     term.hello(ClientType::Terminal, true, true, true);
     term.wait_output("READY-42", T);
     // Let the double fork finish.
-    assert!(wait_for(T, || guard.survivors().len() >= 9), "{:?}", guard.survivors());
+    assert!(
+        wait_for(T, || guard.survivors().len() >= 9),
+        "{:?}",
+        guard.survivors()
+    );
     let stopped = guard.survivors().iter().filter(|p| p.state == 'T').count();
     assert!(stopped >= 1, "the stopped job exists");
     (guard, sh)
@@ -106,7 +116,13 @@ fn s06_terminate_confirms_death_of_the_whole_tree() {
 #[test]
 fn s06_terminate_with_stale_epoch_or_without_lease_is_refused() {
     let guard = LeakGuard::new("s06_refused");
-    let mut sh = Shellper::start_codev(&guard, "/bin/sh", &["-c", "exec sleep 1000"], Some(FAST), serde_json::json!({}));
+    let mut sh = Shellper::start_codev(
+        &guard,
+        "/bin/sh",
+        &["-c", "exec sleep 1000"],
+        Some(FAST),
+        serde_json::json!({}),
+    );
     let (mut holder, g) = sh.holder();
     let mut other = sh.connect();
     other.hello(ClientType::Tower, true, false, false);

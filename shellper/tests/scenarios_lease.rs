@@ -48,7 +48,10 @@ fn s01_holder_process_killed_tree_gone_after_window_not_before() {
     // SIGKILL it, as the kernel would for a crashed Tower.
     let fd = OwnedFd::from(holder.stream);
     let mut tower = Command::new("sleep");
-    tower.arg("1000").stdin(Stdio::from(fd)).stdout(Stdio::null());
+    tower
+        .arg("1000")
+        .stdin(Stdio::from(fd))
+        .stdout(Stdio::null());
     guard.apply(&mut tower);
     let mut proc = tower.spawn().expect("tower");
     // The Command still owns our copy of the fd: drop it, so the only
@@ -88,7 +91,13 @@ fn s01_holder_process_killed_tree_gone_after_window_not_before() {
 #[test]
 fn s01_holder_connection_dropped_starts_window_at_once() {
     let guard = LeakGuard::new("s01_drop");
-    let mut sh = Shellper::start_codev(&guard, "/bin/bash", &["-c", TREE], Some(FAST), serde_json::json!({}));
+    let mut sh = Shellper::start_codev(
+        &guard,
+        "/bin/bash",
+        &["-c", TREE],
+        Some(FAST),
+        serde_json::json!({}),
+    );
     let (holder, _g) = sh.holder();
     drop(holder);
     let t0 = Instant::now();
@@ -102,7 +111,13 @@ fn s01_holder_connection_dropped_starts_window_at_once() {
 
 fn paused_tower(pause: Duration) -> (LeakGuard, Shellper, Renewer) {
     let guard = LeakGuard::new("s03");
-    let sh = Shellper::start_codev(&guard, "/bin/bash", &["-c", TREE], Some(FAST), serde_json::json!({}));
+    let sh = Shellper::start_codev(
+        &guard,
+        "/bin/bash",
+        &["-c", TREE],
+        Some(FAST),
+        serde_json::json!({}),
+    );
     let (holder, g) = sh.holder();
     let r = Renewer::start(holder, g.epoch, ms(FAST.ttl / 3));
     std::thread::sleep(ms(500));
@@ -121,7 +136,10 @@ fn s03_tower_stopped_shorter_than_ttl_is_harmless() {
     assert_eq!(st.counters.lapses, 0);
     assert!(r.errors().is_empty(), "{:?}", r.errors());
     drop(r.finish());
-    assert_eq!(code(sh.wait_exit(ms(FAST.window + FAST.grace + 1500))), Some(11));
+    assert_eq!(
+        code(sh.wait_exit(ms(FAST.window + FAST.grace + 1500))),
+        Some(11)
+    );
     guard.finish();
 }
 
@@ -130,20 +148,33 @@ fn s03_tower_stopped_past_ttl_within_window_is_safe() {
     let (guard, mut sh, r) = paused_tower(ms(FAST.ttl + 500));
     std::thread::sleep(ms(500));
     let st = sh.status();
-    assert_eq!(st.phase, WirePhase::Held, "the silent holder revived the lease");
+    assert_eq!(
+        st.phase,
+        WirePhase::Held,
+        "the silent holder revived the lease"
+    );
     assert_eq!(st.counters.lapses, 1);
     assert_eq!(st.epoch, 1, "same epoch: renewed, not re-acquired");
     assert!(matches!(st.child, ChildState::Running));
     assert!(r.errors().is_empty(), "{:?}", r.errors());
     drop(r.finish());
-    assert_eq!(code(sh.wait_exit(ms(FAST.window + FAST.grace + 1500))), Some(11));
+    assert_eq!(
+        code(sh.wait_exit(ms(FAST.window + FAST.grace + 1500))),
+        Some(11)
+    );
     guard.finish();
 }
 
 #[test]
 fn s03_tower_stopped_past_ttl_plus_window_is_killed_and_told() {
     let guard = LeakGuard::new("s03_dead");
-    let mut sh = Shellper::start_codev(&guard, "/bin/bash", &["-c", TREE], Some(FAST), serde_json::json!({}));
+    let mut sh = Shellper::start_codev(
+        &guard,
+        "/bin/bash",
+        &["-c", TREE],
+        Some(FAST),
+        serde_json::json!({}),
+    );
     let (mut holder, g) = sh.holder();
     holder.renew(g.epoch, 1).expect("renew");
     let t0 = Instant::now();
@@ -174,7 +205,13 @@ fn s03_tower_stopped_past_ttl_plus_window_is_killed_and_told() {
 #[test]
 fn s04_shellper_stopped_past_its_deadline_does_not_kill_a_live_holder() {
     let guard = LeakGuard::new("s04");
-    let mut sh = Shellper::start_codev(&guard, "/bin/bash", &["-c", TREE], Some(FAST), serde_json::json!({}));
+    let mut sh = Shellper::start_codev(
+        &guard,
+        "/bin/bash",
+        &["-c", TREE],
+        Some(FAST),
+        serde_json::json!({}),
+    );
     let (holder, g) = sh.holder();
     let r = Renewer::start(holder, g.epoch, ms(FAST.ttl / 3));
     std::thread::sleep(ms(300));
@@ -192,7 +229,10 @@ fn s04_shellper_stopped_past_its_deadline_does_not_kill_a_live_holder() {
     let child = st.child_pid.expect("child") as i32;
     assert!(shellper_testkit::proc_alive(child));
     drop(r.finish());
-    assert_eq!(code(sh.wait_exit(ms(FAST.window + FAST.grace + 1500))), Some(11));
+    assert_eq!(
+        code(sh.wait_exit(ms(FAST.window + FAST.grace + 1500))),
+        Some(11)
+    );
     guard.finish();
 }
 
@@ -206,7 +246,13 @@ fn s07_spawner_dies_before_attaching_gone_after_claim_deadline() {
     };
     let guard = LeakGuard::new("s07");
     let t0 = Instant::now();
-    let mut sh = Shellper::start_codev(&guard, "/bin/bash", &["-c", TREE], Some(timing), serde_json::json!({}));
+    let mut sh = Shellper::start_codev(
+        &guard,
+        "/bin/bash",
+        &["-c", TREE],
+        Some(timing),
+        serde_json::json!({}),
+    );
     std::thread::sleep(ms(timing.claim - 300));
     assert!(sh.alive());
     let st = sh.status();
