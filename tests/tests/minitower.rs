@@ -1,0 +1,853 @@
+//! End-to-end scenarios through the `minitower` binary and real shellpers,
+//! each under a leak guard. Build the binaries first:
+//! `cargo build -p shellper -p tower-client` (or `cargo build --workspace --bins`).
+//!
+//! Timings are short (TTL 400–600 ms, windows 1–3 s) and every bound is
+//! generous: these run on a 2-core box next to other suites. The brief's
+//! "within window + grace + 100 ms" is checked with a wider margin here;
+//! "not before the window" is checked strictly.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shellper_protocol::frame::{Parsed, parse};
+use shellper_protocol::msg::{ClientType, ErrorCode, Hello, Renew, WirePhase};
+use shellper_protocol::{Frame, LEASE_PROTOCOL_VERSION, PROTOCOL_VERSION};
+use shellper_testkit::{LeakGuard, cargo_bin};
+use tower_client::Registry;
+
+/// A running minitower with its JSON event lines.
+struct Mini {
+    child: Child,
+    rx: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn scope_dir(tmp: &tempfile::TempDir, name: &str) -> PathBuf {
+    tmp.path().join(name)
+}
+
+impl Mini {
+    fn start(guard: &LeakGuard, scope: &Path, args: &[&str]) -> Mini {
+        let mut cmd = Command::new(cargo_bin("minitower"));
+        guard.apply(&mut cmd);
+        cmd.arg("--scope")
+            .arg(scope)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("minitower printed non-JSON {line:?}: {e}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let e2 = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                e2.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Mini {
+            child,
+            rx,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits for an event matching `pred` (all events are kept in `seen`).
+    fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return v.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => panic!(
+                    "no matching event within {timeout:?}; seen: {:#?}\nstderr: {}",
+                    self.seen,
+                    self.stderr.lock().unwrap()
+                ),
+            }
+        }
+    }
+
+    fn event(&mut self, name: &str, timeout: Duration) -> Value {
+        self.wait_for(timeout, |v| v["event"] == name)
+    }
+
+    /// Collects events for `d`.
+    fn collect_for(&mut self, d: Duration) {
+        let deadline = Instant::now() + d;
+        while let Ok(v) = self
+            .rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(v);
+        }
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.seen.iter().filter(|v| v["event"] == name).count()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // Drain what it printed last.
+                self.collect_for(Duration::from_millis(100));
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "minitower did not exit within {timeout:?}; stderr: {}",
+                self.stderr.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.child.wait().unwrap();
+    }
+
+    /// `(id, shellper pid)` of every spawned/adopted event so far.
+    fn shellpers(&self) -> Vec<(String, u32)> {
+        self.seen
+            .iter()
+            .filter(|v| v["event"] == "spawned" || v["event"] == "adopted")
+            .map(|v| {
+                (
+                    v["id"].as_str().unwrap().to_string(),
+                    v["pid"].as_u64().unwrap() as u32,
+                )
+            })
+            .collect()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Mini {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    tower_client::procfs::alive(pid)
+}
+
+fn all_alive(pids: &[(String, u32)]) -> bool {
+    pids.iter().all(|(_, p)| alive(*p))
+}
+
+/// Sends HELLO (tower, lease) then `frames` on a fresh connection and
+/// returns what comes back within `wait`.
+fn raw_exchange(socket: &Path, frames: &[Frame], wait: Duration) -> Vec<Frame> {
+    let mut s = UnixStream::connect(socket).unwrap();
+    let hello = Frame::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        client_type: ClientType::Tower,
+        lease: Some(LEASE_PROTOCOL_VERSION),
+        replay: Some(false),
+        data: Some(false),
+    });
+    s.write_all(&hello.to_bytes().unwrap()).unwrap();
+    for f in frames {
+        s.write_all(&f.to_bytes().unwrap()).unwrap();
+    }
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let deadline = Instant::now() + wait;
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    while Instant::now() < deadline {
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => {}
+        }
+        while let Ok(Parsed::Frame { frame, consumed }) = parse(&buf) {
+            buf.drain(..consumed);
+            out.push(frame);
+        }
+    }
+    out
+}
+
+fn status(socket: &Path) -> shellper_protocol::msg::Status {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(tower_client::query_status(socket, Duration::from_secs(2)))
+        .unwrap()
+}
+
+fn socket_of(scope: &Path, id: &str) -> PathBuf {
+    scope.join(format!("{id}.sock"))
+}
+
+const TREE: &str = "sleep 1000 & sleep 1000";
+
+/// Scenario 1: minitower SIGKILLed, no restart. Nothing dies before the
+/// window ends; every tree is gone within window + grace + margin.
+#[test]
+fn s01_minitower_sigkill_every_tree_dies_after_window_not_before() {
+    let guard = LeakGuard::new("s01_minitower");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_dir(&tmp, "scope");
+    let (window, grace) = (Duration::from_millis(2000), Duration::from_millis(500));
+    let mut m = Mini::start(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "500ms",
+            "--window",
+            "2s",
+            "--kill-grace",
+            "500ms",
+            "--spawn",
+            "3",
+            "--",
+            "sh",
+            "-c",
+            TREE,
+        ],
+    );
+    let ready = m.event("ready", Duration::from_secs(10));
+    assert_eq!(ready["held"], 3);
+    let sh = m.shellpers();
+    assert_eq!(sh.len(), 3);
+    std::thread::sleep(Duration::from_millis(200));
+    let before = guard.survivors().len();
+    assert!(before >= 1 + 3 * 4, "{before}");
+    m.kill9();
+    let t0 = Instant::now();
+    // Strictly: not one process of any tree dies before the window ends.
+    let mut first_loss = None;
+    while t0.elapsed() < window - Duration::from_millis(100) {
+        if guard.survivors().len() < before - 1 {
+            first_loss = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(first_loss, None, "a process died before the window");
+    assert!(all_alive(&sh));
+    let left = guard.wait_gone(window + grace + Duration::from_secs(3) - t0.elapsed());
+    let gone_at = t0.elapsed();
+    assert!(left.is_empty(), "survivors: {left:?}");
+    assert!(
+        gone_at <= window + grace + Duration::from_millis(1500),
+        "trees gone only after {gone_at:?}"
+    );
+    // A shellper killed by its window removes its socket; the registry
+    // still lists them (nobody is left to prune it) until the next Tower.
+    let reg = Registry::load(&scope.join("registry.json")).unwrap();
+    assert_eq!(reg.shellpers.len(), 3);
+    let mut next = Mini::start(&guard, &scope, &[]);
+    assert_eq!(next.event("ready", Duration::from_secs(5))["held"], 0);
+    assert_eq!(next.count("pruned"), 3);
+    next.signal(libc::SIGTERM);
+    assert!(next.wait_exit(Duration::from_secs(5)).success());
+    assert!(
+        Registry::load(&scope.join("registry.json"))
+            .unwrap()
+            .shellpers
+            .is_empty()
+    );
+    guard.finish();
+}
+
+/// Scenario 2: minitower SIGKILLed and restarted within the window: every
+/// shellper adopted (new epoch), none killed, the old epoch rejected, no
+/// PTY output lost while nobody held it.
+#[test]
+fn s02_minitower_restart_within_window_adopts_all_none_killed_old_epoch_rejected() {
+    let guard = LeakGuard::new("s02_minitower");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_dir(&tmp, "scope");
+    let counter = "i=0; while :; do echo n=$i; i=$((i+1)); sleep 0.05; done";
+    let mut a = Mini::start(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "500ms",
+            "--window",
+            "3s",
+            "--kill-grace",
+            "300ms",
+            "--spawn",
+            "3",
+            "--",
+            "sh",
+            "-c",
+            counter,
+        ],
+    );
+    a.event("ready", Duration::from_secs(10));
+    let sh = a.shellpers();
+    a.kill9();
+    std::thread::sleep(Duration::from_millis(1000)); // past the TTL, within the window
+    assert!(all_alive(&sh));
+
+    let mut b = Mini::start(&guard, &scope, &["--on-exit", "terminate"]);
+    let ready = b.event("ready", Duration::from_secs(5));
+    assert_eq!(ready["held"], 3, "{:#?}\n{}", b.seen, b.stderr());
+    assert_eq!(b.count("adopted"), 3);
+    for v in b.seen.iter().filter(|v| v["event"] == "adopted") {
+        assert_eq!(v["epoch"], 2, "re-acquire starts a new epoch: {v}");
+    }
+    let mut adopted: Vec<_> = b.shellpers();
+    adopted.sort();
+    let mut orig = sh.clone();
+    orig.sort();
+    assert_eq!(adopted, orig, "the same shellpers, none replaced");
+    assert!(all_alive(&sh));
+
+    // The old epoch is rejected.
+    let sock = socket_of(&scope, &sh[0].0);
+    let frames = raw_exchange(
+        &sock,
+        &[Frame::Renew(Renew { epoch: 1, seq: 1 })],
+        Duration::from_millis(500),
+    );
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(f, Frame::Error(e) if e.code == ErrorCode::StaleEpoch)),
+        "{frames:?}"
+    );
+    let st = status(&sock);
+    assert_eq!((st.epoch, st.phase), (2, WirePhase::Held));
+    assert_eq!(st.holder_peer_pid, Some(b.pid() as u32));
+
+    // No output lost: the replay counts from 0 without a gap, through the
+    // second without a holder.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let replay = rt.block_on(async {
+        let mut t = tower_client::Terminal::connect(&sock, Duration::from_secs(2))
+            .await
+            .unwrap();
+        match t.next().await {
+            Some(Ok(tower_client::Output::Replay(b))) => String::from_utf8_lossy(&b).into_owned(),
+            other => panic!("expected REPLAY: {other:?}"),
+        }
+    });
+    let nums: Vec<u64> = replay
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("n=")?.parse().ok())
+        .collect();
+    assert_eq!(nums.first(), Some(&0), "{replay:?}");
+    assert!(nums.len() >= 15, "{replay:?}");
+    for w in nums.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "output lost between {} and {}", w[0], w[1]);
+    }
+
+    b.collect_for(Duration::from_millis(1500));
+    assert_eq!(
+        b.count("lost") + b.count("lapsed") + b.count("revoked"),
+        0,
+        "{:#?}",
+        b.seen
+    );
+    b.signal(libc::SIGTERM);
+    assert!(b.wait_exit(Duration::from_secs(8)).success());
+    assert_eq!(b.count("terminated"), 3, "{:#?}", b.seen);
+    guard.with_settle(Duration::from_millis(300)).finish();
+}
+
+/// Scenario 3a: minitower stopped for less than the TTL: nothing happens.
+#[test]
+fn s03_minitower_sigstop_shorter_than_ttl_is_harmless() {
+    let guard = LeakGuard::new("s03a_minitower");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_dir(&tmp, "scope");
+    let mut m = Mini::start(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "600ms",
+            "--window",
+            "2s",
+            "--kill-grace",
+            "300ms",
+            "--spawn",
+            "2",
+            "--on-exit",
+            "terminate",
+            "--",
+            "sh",
+            "-c",
+            TREE,
+        ],
+    );
+    m.event("ready", Duration::from_secs(10));
+    let sh = m.shellpers();
+    m.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(250));
+    m.signal(libc::SIGCONT);
+    m.collect_for(Duration::from_millis(1500));
+    assert!(all_alive(&sh));
+    assert_eq!(m.count("lapsed") + m.count("lost"), 0, "{:#?}", m.seen);
+    for (id, _) in &sh {
+        let st = status(&socket_of(&scope, id));
+        assert_eq!((st.epoch, st.phase), (1, WirePhase::Held));
+        assert_eq!(st.counters.lapses, 0);
+    }
+    m.signal(libc::SIGTERM);
+    assert!(m.wait_exit(Duration::from_secs(8)).success());
+    guard.with_settle(Duration::from_millis(300)).finish();
+}
+
+/// Scenario 3b: stopped longer than the TTL but shorter than TTL + window:
+/// the leases lapse, and on SIGCONT the same holder revives them (same
+/// epoch); nothing is killed.
+#[test]
+fn s03_minitower_sigstop_past_ttl_within_window_is_safe() {
+    let guard = LeakGuard::new("s03b_minitower");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_dir(&tmp, "scope");
+    let mut m = Mini::start(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "400ms",
+            "--window",
+            "3s",
+            "--kill-grace",
+            "300ms",
+            "--spawn",
+            "2",
+            "--on-exit",
+            "terminate",
+            "--",
+            "sh",
+            "-c",
+            TREE,
+        ],
+    );
+    m.event("ready", Duration::from_secs(10));
+    let sh = m.shellpers();
+    m.signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1300));
+    for (id, _) in &sh {
+        let st = status(&socket_of(&scope, id));
+        assert_eq!(
+            st.phase,
+            WirePhase::Lapsed,
+            "lapsed while the Tower is stopped"
+        );
+    }
+    m.signal(libc::SIGCONT);
+    m.collect_for(Duration::from_millis(1500));
+    assert!(all_alive(&sh));
+    assert_eq!(m.count("lost") + m.count("revoked"), 0, "{:#?}", m.seen);
+    // It noticed, and recovered.
+    assert_eq!(m.count("lapsed"), 2, "{:#?}", m.seen);
+    assert!(
+        m.seen
+            .iter()
+            .any(|v| v["event"] == "held" && v["recovered"] == true)
+    );
+    for (id, _) in &sh {
+        let st = status(&socket_of(&scope, id));
+        assert_eq!(
+            (st.epoch, st.phase),
+            (1, WirePhase::Held),
+            "revived, same epoch"
+        );
+        assert!(st.counters.lapses >= 1);
+    }
+    m.signal(libc::SIGTERM);
+    assert!(m.wait_exit(Duration::from_secs(8)).success());
+    guard.with_settle(Duration::from_millis(300)).finish();
+}
+
+/// Scenario 3c: stopped past TTL + window: the trees are killed (not before
+/// TTL + window); on SIGCONT minitower reports the loss and keeps running.
+#[test]
+fn s03_minitower_sigstop_past_window_reports_loss_and_keeps_running() {
+    let guard = LeakGuard::new("s03c_minitower");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_dir(&tmp, "scope");
+    let mut m = Mini::start(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "400ms",
+            "--window",
+            "1s",
+            "--kill-grace",
+            "300ms",
+            "--spawn",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            TREE,
+        ],
+    );
+    m.event("ready", Duration::from_secs(10));
+    let sh = m.shellpers();
+    m.signal(libc::SIGSTOP);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(all_alive(&sh), "killed before TTL + window");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sh.iter().any(|(_, p)| alive(*p)) {
+        assert!(Instant::now() < deadline, "not killed past TTL + window");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(t0.elapsed() >= Duration::from_millis(1300));
+    m.signal(libc::SIGCONT);
+    for (id, _) in &sh {
+        let id = id.clone();
+        let lost = m.wait_for(Duration::from_secs(5), |v| {
+            v["event"] == "lost" && v["id"] == id
+        });
+        assert_eq!(lost["reason"], "window_expired", "{lost}");
+        m.wait_for(Duration::from_secs(5), |v| {
+            v["event"] == "exited" && v["what"] == "shellper" && v["id"] == id
+        });
+    }
+    // Still running, and nothing left to hold.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(m.child.try_wait().unwrap().is_none(), "minitower crashed");
+    assert!(
+        Registry::load(&scope.join("registry.json"))
+            .unwrap()
+            .shellpers
+            .is_empty()
+    );
+    m.signal(libc::SIGTERM);
+    let st = m.wait_exit(Duration::from_secs(5));
+    assert!(st.success(), "{st:?}: {}", m.stderr());
+    let stopping = m.event("stopping", Duration::from_secs(1));
+    assert_eq!(stopping["held"], 0);
+    guard.finish();
+}
+
+/// Scenario 6: `--on-exit terminate` kills every tree (escapees included)
+/// and confirms it before exiting 0; a plain SIGTERM (detach) keeps them
+/// for the next Tower.
+#[test]
+fn s06_minitower_detach_keeps_trees_and_terminate_confirms_death() {
+    let guard = LeakGuard::new("s06_minitower");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_dir(&tmp, "scope");
+    let escape =
+        "sleep 1000 & setsid sleep 1000 & sh -c 'trap \"\" TERM HUP; sleep 1000' & sleep 1000";
+    let mut a = Mini::start(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "500ms",
+            "--window",
+            "5s",
+            "--kill-grace",
+            "300ms",
+            "--spawn",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            escape,
+        ],
+    );
+    a.event("ready", Duration::from_secs(10));
+    let sh = a.shellpers();
+    a.signal(libc::SIGTERM);
+    assert!(a.wait_exit(Duration::from_secs(5)).success());
+    assert_eq!(a.count("detached"), 2, "{:#?}", a.seen);
+    std::thread::sleep(Duration::from_millis(700)); // > TTL: detached, not killed
+    assert!(all_alive(&sh));
+    let procs = guard.survivors().len();
+    assert!(procs >= 2 * 5, "{procs}");
+
+    let mut b = Mini::start(&guard, &scope, &["--on-exit", "terminate"]);
+    assert_eq!(b.event("ready", Duration::from_secs(5))["held"], 2);
+    b.signal(libc::SIGINT);
+    let st = b.wait_exit(Duration::from_secs(8));
+    assert!(st.success(), "{st:?} {}", b.stderr());
+    assert_eq!(b.count("terminated"), 2, "{:#?}", b.seen);
+    // Confirmed before exit: nothing is left right now.
+    let left = guard.survivors();
+    assert!(left.is_empty(), "{left:?}");
+    guard.with_settle(Duration::from_millis(100)).finish();
+}
+
+/// Scenario 7 through minitower: the spawner dies in the middle of
+/// spawning. Shellpers it started but never claimed die at their claim
+/// deadline, claimed ones at their window: nothing survives.
+#[test]
+fn s07_minitower_killed_mid_spawn_leaves_nothing() {
+    let guard = LeakGuard::new("s07_minitower_mid_spawn");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_dir(&tmp, "scope");
+    let mut m = Mini::start(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "400ms",
+            "--window",
+            "1s",
+            "--claim",
+            "1s",
+            "--kill-grace",
+            "300ms",
+            "--spawn",
+            "12",
+            "--",
+            "sh",
+            "-c",
+            TREE,
+        ],
+    );
+    m.event("spawned", Duration::from_secs(10));
+    m.kill9();
+    let left = guard.wait_gone(Duration::from_secs(6));
+    assert!(left.is_empty(), "{left:?}");
+    guard.finish();
+}
+
+/// A spawn that fails is reported with its step and the shellper's own
+/// explanation; minitower keeps running and nothing is left behind. A
+/// missing shellper binary is a clear error at start.
+#[test]
+fn s07_minitower_failed_spawn_reported_nothing_left() {
+    let guard = LeakGuard::new("s07_minitower_failed");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_dir(&tmp, "scope");
+    let mut m = Mini::start(
+        &guard,
+        &scope,
+        &[
+            "--spawn",
+            "1",
+            "--on-exit",
+            "terminate",
+            "--",
+            "/no/such/command",
+        ],
+    );
+    let ready = m.event("ready", Duration::from_secs(10));
+    if ready["held"] == 0 {
+        let f = m.event("spawn_failed", Duration::from_secs(1));
+        let err = f["error"].as_str().unwrap();
+        assert!(err.contains("failed at step"), "{err}");
+    }
+    m.signal(libc::SIGTERM);
+    assert!(m.wait_exit(Duration::from_secs(8)).success());
+    assert!(guard.survivors().is_empty());
+    assert!(
+        Registry::load(&scope.join("registry.json"))
+            .unwrap()
+            .shellpers
+            .is_empty()
+    );
+
+    let mut bad = Mini::start(&guard, &scope, &["--shellper", "/no/such/shellper"]);
+    let st = bad.wait_exit(Duration::from_secs(5));
+    assert_eq!(st.code(), Some(1));
+    assert!(
+        bad.stderr().contains("/no/such/shellper"),
+        "{}",
+        bad.stderr()
+    );
+    guard.finish();
+}
+
+/// Scenario 9: a second minitower on the same scope is refused (exit 3,
+/// naming the holder's pid) and touches nothing.
+#[test]
+fn s09_second_minitower_on_same_scope_is_refused_naming_pid() {
+    let guard = LeakGuard::new("s09_minitower_same");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_dir(&tmp, "scope");
+    let mut a = Mini::start(
+        &guard,
+        &scope,
+        &[
+            "--spawn",
+            "1",
+            "--on-exit",
+            "terminate",
+            "--",
+            "sh",
+            "-c",
+            TREE,
+        ],
+    );
+    a.event("ready", Duration::from_secs(10));
+    let mut b = Mini::start(&guard, &scope, &["--spawn", "1"]);
+    let st = b.wait_exit(Duration::from_secs(5));
+    assert_eq!(st.code(), Some(3));
+    let err = b.stderr();
+    assert!(err.contains(&format!("pid {}", a.pid())), "{err}");
+    assert!(
+        b.seen.is_empty(),
+        "the refused Tower did nothing: {:#?}",
+        b.seen
+    );
+    let sh = a.shellpers();
+    let st = status(&socket_of(&scope, &sh[0].0));
+    assert_eq!(st.counters.acquires, 1);
+    a.signal(libc::SIGTERM);
+    assert!(a.wait_exit(Duration::from_secs(8)).success());
+    guard.with_settle(Duration::from_millis(300)).finish();
+}
+
+/// Scenario 9: Towers of two scopes never touch each other's shellpers.
+#[test]
+fn s09_two_scopes_never_touch_each_other() {
+    let guard = LeakGuard::new("s09_minitower_two");
+    let tmp = tempfile::tempdir().unwrap();
+    let (s1, s2) = (scope_dir(&tmp, "one"), scope_dir(&tmp, "two"));
+    let args = [
+        "--ttl",
+        "500ms",
+        "--window",
+        "2s",
+        "--spawn",
+        "2",
+        "--on-exit",
+        "terminate",
+        "--",
+        "sh",
+        "-c",
+        TREE,
+    ];
+    let mut a = Mini::start(&guard, &s1, &args);
+    let mut b = Mini::start(&guard, &s2, &args);
+    a.event("ready", Duration::from_secs(10));
+    b.event("ready", Duration::from_secs(10));
+    let (sa, sb) = (a.shellpers(), b.shellpers());
+    // A terminates everything it holds; B's are untouched.
+    a.signal(libc::SIGTERM);
+    assert!(a.wait_exit(Duration::from_secs(8)).success());
+    assert!(sa.iter().all(|(_, p)| !alive(*p)));
+    b.collect_for(Duration::from_millis(800));
+    assert!(all_alive(&sb));
+    assert_eq!(b.count("lost") + b.count("revoked") + b.count("exited"), 0);
+    for (id, _) in &sb {
+        let st = status(&socket_of(&s2, id));
+        assert_eq!((st.epoch, st.counters.acquires), (1, 1));
+        assert_eq!(st.holder_peer_pid, Some(b.pid() as u32));
+    }
+    // A restarted Tower of scope one adopts nothing of scope two.
+    let mut a2 = Mini::start(&guard, &s1, &[]);
+    assert_eq!(a2.event("ready", Duration::from_secs(5))["held"], 0);
+    a2.signal(libc::SIGTERM);
+    assert!(a2.wait_exit(Duration::from_secs(5)).success());
+    b.signal(libc::SIGTERM);
+    assert!(b.wait_exit(Duration::from_secs(8)).success());
+    guard.with_settle(Duration::from_millis(300)).finish();
+}
+
+/// Scenario 12 (kept to 50 for the suite): minitower holds 50 shellpers
+/// without a lapse, and a restart adopts them all quickly.
+#[test]
+fn s12_minitower_holds_fifty_and_readopts_them_fast() {
+    let guard = LeakGuard::new("s12_minitower");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_dir(&tmp, "scope");
+    let mut a = Mini::start(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "1s",
+            "--window",
+            "5s",
+            "--kill-grace",
+            "300ms",
+            "--spawn",
+            "50",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    );
+    assert_eq!(a.event("ready", Duration::from_secs(30))["held"], 50);
+    a.collect_for(Duration::from_millis(2000));
+    assert_eq!(a.count("lapsed") + a.count("lost"), 0, "{:#?}", a.seen);
+    a.kill9();
+    let t = Instant::now();
+    let mut b = Mini::start(&guard, &scope, &["--on-exit", "terminate"]);
+    assert_eq!(b.event("ready", Duration::from_secs(10))["held"], 50);
+    let took = t.elapsed();
+    assert_eq!(b.count("adopted"), 50);
+    // Process start included; the adoption itself is a fraction of this.
+    assert!(
+        took < Duration::from_secs(2),
+        "restart to ready took {took:?}"
+    );
+    b.collect_for(Duration::from_millis(1500));
+    assert_eq!(b.count("lapsed") + b.count("lost"), 0, "{:#?}", b.seen);
+    b.signal(libc::SIGTERM);
+    assert!(b.wait_exit(Duration::from_secs(15)).success());
+    assert_eq!(b.count("terminated"), 50);
+    guard.with_settle(Duration::from_millis(500)).finish();
+}
