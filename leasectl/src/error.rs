@@ -24,8 +24,10 @@ pub enum Error {
 
     /// The scope could not be opened or its registry read (tower-client's
     /// error carries the path and the reason).
+    /// Boxed: tower-client's error is large and this one travels in every
+    /// `Result`.
     #[error("scope: {0}")]
-    Scope(#[from] tower_client::Error),
+    Scope(Box<tower_client::Error>),
 
     /// The `--tracked` input is neither a pid list nor codev's terminals JSON.
     #[error("tracked pids from {source_name}: {detail}")]

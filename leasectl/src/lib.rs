@@ -12,11 +12,25 @@
 //! * [`model`]: the JSON shapes (`schema_version` 1).
 //! * [`render`]: aligned tables, colour policy, the `show` report.
 //! * [`tracked`]: `--tracked` input (pid lines or codev's `/api/terminals`).
+//! * [`scan`]: one bounded, concurrent sweep of a scope.
+//! * [`procs`]: /proc facts proctree does not offer (socket owners,
+//!   shellper recognition, argv of a shellper).
+//! * [`orphans`], [`reap`], [`demo`]: the subcommands with logic of their own.
+//! * [`client`]: the authenticated terminate (ACQUIRE + RELEASE Terminate);
+//!   belongs in tower-client, kept here behind one function.
+//! * [`commands`]: wiring of every subcommand to its exit code.
 
 pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod demo;
 pub mod error;
 pub mod model;
+pub mod orphans;
+pub mod procs;
+pub mod reap;
 pub mod render;
+pub mod scan;
 pub mod tracked;
 
 pub use error::{Error, Result};

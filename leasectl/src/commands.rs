@@ -1,0 +1,412 @@
+//! The subcommands, each returning its exit code (see [`crate::cli`]).
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use tower_client::Scope;
+
+use crate::cli::{Cli, Command, EXIT_ERROR, EXIT_FOUND, EXIT_OK};
+use crate::error::{Error, Result};
+use crate::model::{ListDoc, Phase, SCHEMA_VERSION, ShellperView, ShowDoc};
+use crate::reap::{self, ReapReport, Target};
+use crate::render::{self, Palette};
+use crate::scan::{Scan, now_ms, scan_scope};
+use crate::{orphans, tracked};
+
+/// Runs the parsed command line; returns the exit code.
+pub async fn run(cli: Cli) -> Result<i32> {
+    let palette = Palette::detect(cli.color);
+    let scope = cli.scope.clone().unwrap_or_else(Scope::default_dir);
+    let timeout = cli.timeout;
+    match cli.command {
+        Command::List { json } => list(&scope, timeout, json, &palette).await,
+        Command::Show { id, json } => show(&scope, timeout, &id, json, &palette).await,
+        Command::Watch {
+            interval,
+            json,
+            count,
+        } => watch(&scope, timeout, interval, json, count, &palette).await,
+        Command::Orphans { json, tracked } => {
+            orphans_cmd(&scope, timeout, json, tracked.as_deref(), &palette).await
+        }
+        Command::Reap {
+            ids,
+            orphans,
+            tracked,
+            dry_run,
+            grace,
+            force,
+            json,
+        } => {
+            let opts = ReapOpts {
+                ids,
+                orphans,
+                tracked,
+                dry_run,
+                grace,
+                force,
+                json,
+            };
+            reap_cmd(&scope, timeout, opts, &palette).await
+        }
+        Command::Demo { minitower, window } => crate::demo::run(minitower, window, &palette).await,
+        Command::Completions { .. } => Ok(EXIT_OK),
+    }
+}
+
+/// Writes `s` to stdout (a closed pipe ends the process quietly: SIGPIPE is
+/// left at its default in `main`).
+pub fn out(s: &str) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(s.as_bytes()).map_err(Error::Output)?;
+    o.flush().map_err(Error::Output)
+}
+
+/// Pretty JSON plus a newline.
+pub fn json_out<T: Serialize>(v: &T) -> Result<()> {
+    // Invariant: our documents are plain structs of strings and numbers.
+    let s = serde_json::to_string_pretty(v).map_err(|e| Error::Output(e.into()))?;
+    out(&(s + "\n"))
+}
+
+fn warn_registry(scan: &Scan) {
+    if let Some(e) = &scan.registry_error {
+        eprintln!("leasectl: warning: {e}");
+    }
+}
+
+async fn list(scope: &Path, timeout: Duration, json: bool, p: &Palette) -> Result<i32> {
+    let scan = scan_scope(scope, timeout, None).await?;
+    warn_registry(&scan);
+    if json {
+        json_out(&ListDoc {
+            schema_version: SCHEMA_VERSION,
+            scope: scope.display().to_string(),
+            shellpers: &scan.shellpers,
+        })?;
+    } else {
+        out(&render::list_text(
+            p,
+            &scope.display().to_string(),
+            &scan.shellpers,
+        ))?;
+    }
+    Ok(EXIT_OK)
+}
+
+async fn show(scope: &Path, timeout: Duration, id: &str, json: bool, p: &Palette) -> Result<i32> {
+    let scan = scan_scope(scope, timeout, Some(id)).await?;
+    warn_registry(&scan);
+    let Some(v) = scan.shellpers.first() else {
+        return Err(Error::UnknownId {
+            id: id.to_string(),
+            scope: scope.to_path_buf(),
+        });
+    };
+    let tree = match v.pid {
+        Some(pid) => {
+            let (ticks, child) = (v.start_ticks, v.child_pid);
+            tokio::task::spawn_blocking(move || {
+                reap::tree_procs(&shellper_proctree::snapshot(), pid, ticks, child)
+            })
+            .await
+            .unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    if json {
+        json_out(&ShowDoc {
+            schema_version: SCHEMA_VERSION,
+            scope: scope.display().to_string(),
+            shellper: v,
+            tree: &tree,
+        })?;
+    } else {
+        out(&render::show_text(p, v, &tree))?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// One JSON line of `watch` (not on a terminal).
+#[derive(Debug, Serialize)]
+struct WatchEvent<'a> {
+    schema_version: u32,
+    ts_ms: u64,
+    /// `added`, `changed` (phase) or `removed`.
+    event: &'static str,
+    id: &'a str,
+    phase: Phase,
+    previous: Option<Phase>,
+    shellper: Option<&'a ShellperView>,
+}
+
+/// How many refreshes a changed phase stays highlighted.
+const HIGHLIGHT_REFRESHES: u64 = 3;
+
+async fn watch(
+    scope: &Path,
+    timeout: Duration,
+    interval: Duration,
+    json: bool,
+    count: Option<u64>,
+    p: &Palette,
+) -> Result<i32> {
+    let tty = std::io::stdout().is_terminal() && !json;
+    let mut prev: HashMap<String, Phase> = HashMap::new();
+    let mut changed_at: HashMap<String, u64> = HashMap::new();
+    let mut log: Vec<String> = Vec::new();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    if tty {
+        out("\x1b[?25l")?;
+    }
+    let mut iteration: u64 = 0;
+    let result = loop {
+        let scan = match scan_scope(scope, timeout, None).await {
+            Ok(s) => s,
+            Err(e) => break Err(e),
+        };
+        let ts = now_ms();
+        let mut lines = String::new();
+        let mut seen = Vec::new();
+        for v in &scan.shellpers {
+            seen.push(v.id.clone());
+            let before = prev.insert(v.id.clone(), v.phase);
+            let event = match before {
+                None => Some("added"),
+                Some(b) if b != v.phase => Some("changed"),
+                _ => None,
+            };
+            if let Some(event) = event {
+                if iteration > 0 {
+                    changed_at.insert(v.id.clone(), iteration);
+                    log.push(format!(
+                        "{} {} {} → {}",
+                        clock(ts),
+                        v.id,
+                        before.map_or("new", |b| b.as_str()),
+                        v.phase.as_str()
+                    ));
+                }
+                let ev = WatchEvent {
+                    schema_version: SCHEMA_VERSION,
+                    ts_ms: ts,
+                    event,
+                    id: &v.id,
+                    phase: v.phase,
+                    previous: before,
+                    shellper: Some(v),
+                };
+                lines.push_str(&serde_json::to_string(&ev).unwrap_or_default());
+                lines.push('\n');
+            }
+        }
+        let gone: Vec<String> = prev.keys().filter(|k| !seen.contains(k)).cloned().collect();
+        for id in gone {
+            let before = prev.remove(&id);
+            log.push(format!(
+                "{} {} {} → gone",
+                clock(ts),
+                id,
+                before.map_or("?", |b| b.as_str())
+            ));
+            let ev = WatchEvent {
+                schema_version: SCHEMA_VERSION,
+                ts_ms: ts,
+                event: "removed",
+                id: &id,
+                phase: Phase::Gone,
+                previous: before,
+                shellper: None,
+            };
+            lines.push_str(&serde_json::to_string(&ev).unwrap_or_default());
+            lines.push('\n');
+        }
+        let r = if tty {
+            let hl = |id: &str| {
+                changed_at
+                    .get(id)
+                    .is_some_and(|at| iteration - at < HIGHLIGHT_REFRESHES)
+            };
+            let mut screen = String::from("\x1b[H\x1b[2J");
+            screen.push_str(&p.paint(
+                render::Style::Bold,
+                &format!(
+                    "leasectl watch  scope {}  every {}  {}  (Ctrl-C quits)",
+                    scope.display(),
+                    render::short_duration(interval),
+                    clock(ts)
+                ),
+            ));
+            screen.push_str("\n\n");
+            if scan.shellpers.is_empty() {
+                screen.push_str("no shellpers\n");
+            } else {
+                screen.push_str(&render::list_table(p, &scan.shellpers, &hl));
+            }
+            if !log.is_empty() {
+                screen.push_str("\nrecent changes:\n");
+                let from = log.len().saturating_sub(8);
+                for l in &log[from..] {
+                    screen.push_str("  ");
+                    screen.push_str(l);
+                    screen.push('\n');
+                }
+            }
+            out(&screen)
+        } else {
+            out(&lines)
+        };
+        if let Err(e) = r {
+            break Err(e);
+        }
+        iteration += 1;
+        if count.is_some_and(|c| iteration >= c) {
+            break Ok(EXIT_OK);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = &mut ctrl_c => break Ok(EXIT_OK),
+        }
+    };
+    if tty {
+        let _ = out("\x1b[?25h");
+    }
+    result
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a Unix-epoch millisecond time.
+fn clock(ms: u64) -> String {
+    let s = crate::scan::rfc3339(ms);
+    s.get(11..23).unwrap_or(&s).to_string()
+}
+
+async fn orphans_cmd(
+    scope: &Path,
+    timeout: Duration,
+    json: bool,
+    tracked_arg: Option<&str>,
+    p: &Palette,
+) -> Result<i32> {
+    let tracked = tracked_arg.map(tracked::read_tracked).transpose()?;
+    let scan = scan_scope(scope, timeout, None).await?;
+    warn_registry(&scan);
+    let report = tokio::task::spawn_blocking(move || orphans::find(&scan, tracked.as_ref()))
+        .await
+        .map_err(|e| Error::Output(std::io::Error::other(e)))?;
+    if json {
+        json_out(&report)?;
+    } else {
+        out(&orphans::text(p, &report))?;
+    }
+    Ok(if report.orphans.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_FOUND
+    })
+}
+
+/// Options of `reap`.
+#[derive(Debug)]
+pub struct ReapOpts {
+    pub ids: Vec<String>,
+    pub orphans: bool,
+    pub tracked: Option<String>,
+    pub dry_run: bool,
+    pub grace: Duration,
+    pub force: bool,
+    pub json: bool,
+}
+
+async fn reap_cmd(scope: &Path, timeout: Duration, o: ReapOpts, p: &Palette) -> Result<i32> {
+    let tracked = o
+        .tracked
+        .as_deref()
+        .map(tracked::read_tracked)
+        .transpose()?;
+    let scan = scan_scope(scope, timeout, None).await?;
+    warn_registry(&scan);
+    let targets: Vec<Target> =
+        if o.orphans {
+            let report = orphans::find(&scan, tracked.as_ref());
+            reap::targets_from_orphans(&report, &scan)
+        } else {
+            let mut t = Vec::new();
+            for id in &o.ids {
+                let v = scan.shellpers.iter().find(|v| &v.id == id).ok_or_else(|| {
+                    Error::UnknownId {
+                        id: id.clone(),
+                        scope: scope.to_path_buf(),
+                    }
+                })?;
+                t.push(Target::from_view(v, &scan));
+            }
+            t
+        };
+    let snap = shellper_proctree::snapshot();
+    let plans: Vec<_> = targets
+        .iter()
+        .map(|t| reap::plan(t, &snap, o.force))
+        .collect();
+    let mut outcomes = Vec::new();
+    if o.dry_run {
+        for plan in plans {
+            outcomes.push(reap::Outcome {
+                plan,
+                executed: Vec::new(),
+                killed: Vec::new(),
+                survivors: Vec::new(),
+                clean: false,
+            });
+        }
+    } else {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (t, plan)) in targets.into_iter().zip(plans).enumerate() {
+            let grace = o.grace;
+            tasks.spawn(async move {
+                (
+                    i,
+                    reap::execute(&t, plan, grace, timeout.max(Duration::from_secs(1))).await,
+                )
+            });
+        }
+        let mut done: Vec<(usize, reap::Outcome)> = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            if let Ok(x) = r {
+                done.push(x);
+            }
+        }
+        done.sort_by_key(|(i, _)| *i);
+        outcomes = done.into_iter().map(|(_, o)| o).collect();
+    }
+    let report = ReapReport {
+        schema_version: SCHEMA_VERSION,
+        scope: scope.display().to_string(),
+        dry_run: o.dry_run,
+        targets: outcomes,
+    };
+    if o.json {
+        json_out(&report)?;
+    } else {
+        out(&reap::text(p, &report))?;
+    }
+    Ok(if report.all_clean() {
+        EXIT_OK
+    } else {
+        EXIT_FOUND
+    })
+}
+
+/// Maps an error to its exit code (always [`EXIT_ERROR`]) after printing it.
+pub fn report_error(e: &Error) -> i32 {
+    eprintln!("leasectl: {e}");
+    EXIT_ERROR
+}
+
+/// The default scope, for messages.
+pub fn default_scope() -> PathBuf {
+    Scope::default_dir()
+}

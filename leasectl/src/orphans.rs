@@ -1,0 +1,321 @@
+//! `leasectl orphans`: shellpers nobody looks after.
+//!
+//! Two sources, merged by pid:
+//!
+//! 1. the scope's sweep ([`crate::scan`]): lapsed or unclaimed leases, dead
+//!    holders, unreachable shellpers;
+//! 2. the whole process table: every `shellper` binary and every codev Node
+//!    `shellper-main.js` process, flagged when it listens on no socket that
+//!    still exists (nobody can ever reattach to it) and, with `--tracked`,
+//!    when neither its pid nor its child's pid is in the tracked list.
+//!
+//! A shellper that is younger than [`STARTUP_GRACE`] is never reported as
+//! socketless: it may not have bound its socket yet.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use serde::Serialize;
+use shellper_proctree::{ProcInfo, start_time_unix_ms};
+
+use crate::model::{Phase, SCHEMA_VERSION, ShellperView};
+use crate::procs::{self, Flavor, SocketOwners};
+use crate::render::{Cell, Palette, Style, short_duration, table, truncate};
+use crate::scan::{Scan, now_ms};
+
+/// A process this young is not yet expected to have a socket.
+pub const STARTUP_GRACE: Duration = Duration::from_secs(2);
+
+/// Why something is an orphan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Its lease lapsed; it dies when the window ends unless re-acquired.
+    Lapsed,
+    /// Nobody ever claimed it; it dies at the claim deadline.
+    Unclaimed,
+    /// Its holder's process is gone.
+    HolderDead,
+    /// It did not answer STATUS in time (stopped, wedged).
+    Unreachable,
+    /// Running, but listening on no socket that exists: nobody can reattach.
+    NoSocket,
+    /// Not in the `--tracked` list.
+    Untracked,
+}
+
+/// One orphan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Orphan {
+    /// Shellper id when it belongs to the scope, else `null`.
+    pub id: Option<String>,
+    pub pid: Option<u32>,
+    pub start_ticks: Option<u64>,
+    pub child_pid: Option<u32>,
+    /// `shellper` (ours) or `node` (codev's shellper-main.js).
+    pub flavor: Flavor,
+    /// Phase when it belongs to the scope, else `null`.
+    pub phase: Option<Phase>,
+    pub reasons: Vec<Reason>,
+    /// One human sentence.
+    pub detail: String,
+    pub socket: Option<String>,
+    pub command: String,
+    pub age_ms: Option<u64>,
+}
+
+/// A socket file with nothing alive behind it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StaleSocket {
+    pub id: String,
+    pub socket: String,
+}
+
+/// The `orphans` report.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrphanReport {
+    pub schema_version: u32,
+    pub scope: String,
+    pub orphans: Vec<Orphan>,
+    /// Informational: stale socket files hold no process and do not count.
+    pub stale_sockets: Vec<StaleSocket>,
+    /// Shellper processes seen system-wide (ours and codev's).
+    pub shellper_processes: usize,
+    /// Number of tracked pids given, or `null` without `--tracked`.
+    pub tracked: Option<usize>,
+}
+
+/// Scope-level reasons for one shellper.
+fn scope_reasons(v: &ShellperView) -> Vec<Reason> {
+    let mut r = Vec::new();
+    match v.phase {
+        Phase::Lapsed => r.push(Reason::Lapsed),
+        Phase::Unclaimed => r.push(Reason::Unclaimed),
+        Phase::Unreachable => r.push(Reason::Unreachable),
+        _ => {}
+    }
+    if v.holder_alive == Some(false) {
+        r.push(Reason::HolderDead);
+    }
+    r
+}
+
+fn scope_detail(v: &ShellperView) -> String {
+    let mut parts = Vec::new();
+    let ms = |x: u64| short_duration(Duration::from_millis(x));
+    match v.phase {
+        Phase::Lapsed => parts.push(format!(
+            "lease lapsed, kill in {}",
+            v.kill_in_ms.map(ms).unwrap_or_else(|| "?".into())
+        )),
+        Phase::Unclaimed => parts.push(format!(
+            "never claimed, claim deadline in {}",
+            v.claim_in_ms.map(ms).unwrap_or_else(|| "?".into())
+        )),
+        Phase::Unreachable => parts.push(format!(
+            "no STATUS answer{}",
+            v.proc_state
+                .as_ref()
+                .map(|s| format!(" (process {s})"))
+                .unwrap_or_default()
+        )),
+        _ => {}
+    }
+    if v.holder_alive == Some(false)
+        && let Some(h) = &v.holder
+    {
+        parts.push(format!(
+            "holder {}/{} is dead",
+            h.name,
+            h.peer_pid.unwrap_or(h.pid)
+        ));
+    }
+    parts.join("; ")
+}
+
+/// Builds the report from a sweep, the process table and the tracked pids.
+pub fn find(scan: &Scan, tracked: Option<&BTreeSet<u32>>) -> OrphanReport {
+    let snap = shellper_proctree::snapshot();
+    let owners = SocketOwners::scan(&snap);
+    let found = procs::find_shellpers(&snap, &owners);
+    find_with(scan, tracked, &snap, &found)
+}
+
+/// [`find`] over a given snapshot (for tests).
+pub fn find_with(
+    scan: &Scan,
+    tracked: Option<&BTreeSet<u32>>,
+    snap: &[ProcInfo],
+    found: &[procs::FoundShellper],
+) -> OrphanReport {
+    let tracked_set: Option<HashSet<u32>> = tracked.map(|t| t.iter().copied().collect());
+    let now = now_ms();
+    let mut orphans = Vec::new();
+    let mut stale = Vec::new();
+    let mut seen_pids: HashSet<u32> = HashSet::new();
+    for v in &scan.shellpers {
+        if v.phase == Phase::Dead {
+            stale.push(StaleSocket {
+                id: v.id.clone(),
+                socket: v.socket.clone(),
+            });
+            continue;
+        }
+        if let Some(p) = v.pid {
+            seen_pids.insert(p);
+        }
+        let mut reasons = scope_reasons(v);
+        let mut detail = scope_detail(v);
+        if let Some(t) = &tracked_set
+            && !procs::is_tracked(t, v.pid, v.child_pid)
+        {
+            reasons.push(Reason::Untracked);
+            if !detail.is_empty() {
+                detail.push_str("; ");
+            }
+            detail.push_str("not in the tracked list");
+        }
+        if reasons.is_empty() {
+            continue;
+        }
+        orphans.push(Orphan {
+            id: Some(v.id.clone()),
+            pid: v.pid,
+            start_ticks: v.start_ticks,
+            child_pid: v.child_pid,
+            flavor: Flavor::Shellper,
+            phase: Some(v.phase),
+            reasons,
+            detail,
+            socket: Some(v.socket.clone()),
+            command: v.command_line(),
+            age_ms: v.age_ms,
+        });
+    }
+    for f in found {
+        let pid = f.info.pid as u32;
+        if seen_pids.contains(&pid) {
+            continue;
+        }
+        let age_ms = start_time_unix_ms(f.info.start_ticks)
+            .ok()
+            .map(|ms| now.saturating_sub(ms));
+        let young = age_ms.is_some_and(|a| a < STARTUP_GRACE.as_millis() as u64);
+        let live_socket = f.listening.iter().find(|p| is_socket_file(p));
+        let child = procs::pty_child(snap, f.info.pid).map(|c| c as u32);
+        let mut reasons = Vec::new();
+        let mut detail = Vec::new();
+        if live_socket.is_none() && !young {
+            reasons.push(Reason::NoSocket);
+            detail.push(if f.listening.is_empty() {
+                "listens on no socket".to_string()
+            } else {
+                "its socket file was removed".to_string()
+            });
+        }
+        if let Some(t) = &tracked_set
+            && !procs::is_tracked(t, Some(pid), child)
+        {
+            reasons.push(Reason::Untracked);
+            detail.push("not in the tracked list".into());
+        }
+        if reasons.is_empty() {
+            continue;
+        }
+        orphans.push(Orphan {
+            id: None,
+            pid: Some(pid),
+            start_ticks: Some(f.info.start_ticks),
+            child_pid: child,
+            flavor: f.flavor,
+            phase: None,
+            reasons,
+            detail: detail.join("; "),
+            socket: live_socket.map(|p| p.display().to_string()),
+            command: f.info.cmdline.join(" "),
+            age_ms,
+        });
+    }
+    OrphanReport {
+        schema_version: SCHEMA_VERSION,
+        scope: scan.scope.display().to_string(),
+        orphans,
+        stale_sockets: stale,
+        shellper_processes: found.len(),
+        tracked: tracked.map(|t| t.len()),
+    }
+}
+
+fn is_socket_file(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// The human report.
+pub fn text(p: &Palette, r: &OrphanReport) -> String {
+    let mut out = String::new();
+    if r.orphans.is_empty() {
+        out.push_str(&format!(
+            "no orphans (scope {}, {} shellper process(es) seen{})\n",
+            r.scope,
+            r.shellper_processes,
+            r.tracked
+                .map(|n| format!(", {n} tracked pid(s)"))
+                .unwrap_or_default()
+        ));
+    } else {
+        let rows: Vec<Vec<Cell>> = r
+            .orphans
+            .iter()
+            .map(|o| {
+                vec![
+                    Cell::styled(o.id.clone().unwrap_or_else(|| "-".into()), Style::Cyan),
+                    Cell::plain(o.pid.map_or("-".into(), |p| p.to_string())),
+                    Cell::plain(o.child_pid.map_or("-".into(), |p| p.to_string())),
+                    Cell::plain(match o.flavor {
+                        Flavor::Shellper => "shellper",
+                        Flavor::Node => "node",
+                    }),
+                    Cell::styled(
+                        o.reasons
+                            .iter()
+                            .map(|x| reason_name(*x))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        Style::Yellow,
+                    ),
+                    Cell::plain(o.detail.clone()),
+                    Cell::plain(truncate(&o.command, 50)),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            p,
+            &["ID", "PID", "CHILD", "KIND", "REASONS", "DETAIL", "COMMAND"],
+            &rows,
+        ));
+        out.push_str(&format!(
+            "{} orphan(s); reap them with `leasectl reap --orphans` (try --dry-run first)\n",
+            r.orphans.len()
+        ));
+    }
+    for s in &r.stale_sockets {
+        out.push_str(&format!(
+            "stale socket (nothing alive): {} {}\n",
+            s.id, s.socket
+        ));
+    }
+    out
+}
+
+/// snake_case name of a reason.
+pub fn reason_name(r: Reason) -> &'static str {
+    match r {
+        Reason::Lapsed => "lapsed",
+        Reason::Unclaimed => "unclaimed",
+        Reason::HolderDead => "holder_dead",
+        Reason::Unreachable => "unreachable",
+        Reason::NoSocket => "no_socket",
+        Reason::Untracked => "untracked",
+    }
+}

@@ -1,0 +1,354 @@
+//! What /proc tells about shellpers that do not answer, and about shellper
+//! processes that have no socket at all.
+//!
+//! Built on `shellper_proctree` (snapshots, stat parsing, tree membership);
+//! the only /proc reading done here is what proctree does not offer:
+//!
+//! * `/proc/net/unix` and `/proc/PID/fd`: which process listens on a socket
+//!   path (a wedged shellper with no registry entry is still identified by
+//!   the socket it holds), and which paths a process listens on;
+//! * recognising shellper processes: our binary by comm/exe, codev's Node
+//!   `shellper-main.js` by its command line;
+//! * the codev/friendly invocation in a shellper's argv (command and cwd of
+//!   an unreachable shellper).
+//!
+//! Reading `cmdline` can block on a process in uninterruptible sleep (it
+//! takes the target's mm lock), so it is never read for state `D`: an
+//! inspector that hangs on the process table is the failure this tool
+//! replaces.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use shellper_proctree::tree::{TreeSpec, child_sessions, members};
+use shellper_proctree::{ProcInfo, read_cmdline};
+
+/// The comm of our shellper binary.
+pub const SHELLPER_COMM: &str = "shellper";
+/// The script name of codev's Node shellper.
+pub const LEGACY_SCRIPT: &str = "shellper-main.js";
+
+/// Which kind of shellper a process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
+    /// Our `shellper` binary.
+    Shellper,
+    /// codev's Node `shellper-main.js`.
+    Node,
+}
+
+/// A shellper process found in the process table.
+#[derive(Debug, Clone)]
+pub struct FoundShellper {
+    pub info: ProcInfo,
+    pub flavor: Flavor,
+    /// Paths of the unix sockets it listens on.
+    pub listening: Vec<PathBuf>,
+}
+
+/// argv of `pid` unless it is in uninterruptible sleep (see module docs).
+pub fn safe_cmdline(p: &ProcInfo) -> Vec<String> {
+    if p.state == 'D' || !p.is_live() {
+        return Vec::new();
+    }
+    read_cmdline(p.pid).unwrap_or_default()
+}
+
+/// Listening unix sockets: socket inode → bound path (from /proc/net/unix,
+/// entries with the `__SO_ACCEPTCON` flag).
+pub fn listening_unix_sockets() -> HashMap<u64, PathBuf> {
+    let Ok(text) = std::fs::read_to_string("/proc/net/unix") else {
+        return HashMap::new();
+    };
+    parse_net_unix(&text)
+}
+
+/// Parses `/proc/net/unix` (see [`listening_unix_sockets`]).
+pub fn parse_net_unix(text: &str) -> HashMap<u64, PathBuf> {
+    const ACCEPTCON: u32 = 0x0001_0000;
+    let mut out = HashMap::new();
+    for line in text.lines().skip(1) {
+        // Num RefCount Protocol Flags Type St Inode Path (Path may hold spaces)
+        let fields: Vec<&str> = line.split_ascii_whitespace().take(7).collect();
+        if fields.len() < 7 {
+            continue;
+        }
+        let flags = u32::from_str_radix(fields[3], 16).unwrap_or(0);
+        let Ok(inode) = fields[6].parse::<u64>() else {
+            continue;
+        };
+        // The path is whatever follows the 7th field.
+        let path = nth_field_rest(line, 7);
+        if flags & ACCEPTCON == 0 || path.is_empty() || path.starts_with('@') {
+            continue;
+        }
+        out.insert(inode, PathBuf::from(path));
+    }
+    out
+}
+
+/// The text after the first `n` whitespace-separated fields of `line`.
+fn nth_field_rest(line: &str, n: usize) -> &str {
+    let mut rest = line.trim_start();
+    for _ in 0..n {
+        match rest.find(|c: char| c.is_ascii_whitespace()) {
+            Some(i) => rest = rest[i..].trim_start(),
+            None => return "",
+        }
+    }
+    rest.trim_end()
+}
+
+/// Socket inodes held open by `pid` (`/proc/PID/fd/* -> socket:[N]`).
+/// Empty for processes we cannot inspect (other users).
+pub fn socket_inodes_of(pid: i32) -> Vec<u64> {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Which processes listen on which paths: built once per sweep, and only
+/// when some shellper did not answer (it reads every process's fd table).
+#[derive(Debug, Default)]
+pub struct SocketOwners {
+    by_path: HashMap<PathBuf, i32>,
+    by_pid: HashMap<i32, Vec<PathBuf>>,
+}
+
+impl SocketOwners {
+    /// Scans `/proc/net/unix` and the fds of every live process in `snap`.
+    pub fn scan(snap: &[ProcInfo]) -> Self {
+        let listening = listening_unix_sockets();
+        let mut owners = SocketOwners::default();
+        if listening.is_empty() {
+            return owners;
+        }
+        let me = std::process::id() as i32;
+        for p in snap.iter().filter(|p| p.is_live() && p.pid != me) {
+            for inode in socket_inodes_of(p.pid) {
+                if let Some(path) = listening.get(&inode) {
+                    owners.by_path.entry(path.clone()).or_insert(p.pid);
+                    owners.by_pid.entry(p.pid).or_default().push(path.clone());
+                }
+            }
+        }
+        owners
+    }
+
+    /// The process listening on `path` (compared as given and canonicalised).
+    pub fn owner_of(&self, path: &Path) -> Option<i32> {
+        self.by_path.get(path).copied().or_else(|| {
+            let canon = std::fs::canonicalize(path).ok()?;
+            self.by_path
+                .iter()
+                .find(|(p, _)| std::fs::canonicalize(p).ok().as_deref() == Some(&canon))
+                .map(|(_, pid)| *pid)
+        })
+    }
+
+    /// Paths `pid` listens on.
+    pub fn paths_of(&self, pid: i32) -> Vec<PathBuf> {
+        self.by_pid.get(&pid).cloned().unwrap_or_default()
+    }
+}
+
+/// Classifies a process as a shellper (or not). `exe_name` is the file name
+/// of `/proc/PID/exe`, if readable.
+pub fn classify(comm: &str, exe_name: Option<&str>, argv: &[String]) -> Option<Flavor> {
+    let exe_is_shellper = exe_name.is_some_and(|e| e == SHELLPER_COMM || e == "shellper (deleted)");
+    if comm == SHELLPER_COMM || exe_is_shellper {
+        return Some(Flavor::Shellper);
+    }
+    // codev runs `node …/shellper-main.js CONFIG`; argv[0] may also be
+    // rewritten (`exec -a`), so look at the first three words of the first
+    // two arguments: an interpreter named node*, then the script.
+    let words: Vec<&str> = argv
+        .iter()
+        .take(2)
+        .flat_map(|a| a.split_ascii_whitespace())
+        .take(3)
+        .collect();
+    let base = |w: &str| w.rsplit('/').next().unwrap_or(w).to_string();
+    let node = words.first().is_some_and(|w| base(w).starts_with("node")) || comm == "node";
+    if node && words.iter().any(|w| base(w) == LEGACY_SCRIPT) {
+        return Some(Flavor::Node);
+    }
+    None
+}
+
+/// Every live shellper process (ours and codev's) in `snap`, other than
+/// ourselves, with the sockets each listens on.
+pub fn find_shellpers(snap: &[ProcInfo], owners: &SocketOwners) -> Vec<FoundShellper> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    for p in snap
+        .iter()
+        .filter(|p| p.is_live() && p.pid != me && p.pid > 1)
+    {
+        // Kernel threads have no exe and no cmdline; skip the reads.
+        let exe = std::fs::read_link(format!("/proc/{}/exe", p.pid)).ok();
+        let Some(exe) = exe else { continue };
+        let exe_name = exe.file_name().map(|n| n.to_string_lossy().into_owned());
+        let argv = safe_cmdline(p);
+        if let Some(flavor) = classify(&p.comm, exe_name.as_deref(), &argv) {
+            let mut info = p.clone();
+            info.cmdline = argv;
+            out.push(FoundShellper {
+                info,
+                flavor,
+                listening: owners.paths_of(p.pid),
+            });
+        }
+    }
+    out
+}
+
+/// Command, args and cwd of the PTY command, read from a shellper's argv:
+/// codev's invocation (JSON config as the last argument) or the friendly
+/// one (`shellper … -- CMD ARGS…`).
+pub fn invocation_from_argv(argv: &[String]) -> Option<(String, Vec<String>, Option<String>)> {
+    if let Some(last) = argv.last()
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(last)
+        && let Some(cmd) = v.get("command").and_then(|c| c.as_str())
+    {
+        let args = v
+            .get("args")
+            .and_then(|a| a.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let cwd = v.get("cwd").and_then(|c| c.as_str()).map(str::to_string);
+        return Some((cmd.to_string(), args, cwd));
+    }
+    let dash = argv.iter().position(|a| a == "--")?;
+    let cmd = argv.get(dash + 1)?.clone();
+    Some((cmd, argv[dash + 2..].to_vec(), None))
+}
+
+/// The PTY child of shellper `pid`: its direct child that leads its own
+/// session.
+pub fn pty_child(snap: &[ProcInfo], pid: i32) -> Option<i32> {
+    child_sessions(snap, pid).first().copied()
+}
+
+/// A shellper's tree in `snap`: the shellper itself first, then every
+/// member by proctree's rules (descendants, and the child's session).
+pub fn tree_of(
+    snap: &[ProcInfo],
+    pid: i32,
+    start_ticks: Option<u64>,
+    child_pid: Option<i32>,
+) -> Vec<ProcInfo> {
+    let mut sessions = child_sessions(snap, pid);
+    sessions.extend(child_pid.filter(|c| *c > 1));
+    sessions.sort_unstable();
+    sessions.dedup();
+    let spec = TreeSpec {
+        root: pid,
+        root_start_ticks: start_ticks,
+        sessions,
+    };
+    let mut out: Vec<ProcInfo> = snap
+        .iter()
+        .filter(|p| p.pid == pid && p.is_live() && start_ticks.is_none_or(|t| t == p.start_ticks))
+        .cloned()
+        .collect();
+    let mut rest = members(snap, &spec);
+    rest.sort_by_key(|p| p.pid);
+    out.extend(rest);
+    out
+}
+
+/// Pids in `tracked` form a set; a shellper is tracked if its own pid or
+/// its child's pid is in it.
+pub fn is_tracked(tracked: &HashSet<u32>, pid: Option<u32>, child: Option<u32>) -> bool {
+    pid.is_some_and(|p| tracked.contains(&p)) || child.is_some_and(|c| tracked.contains(&c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_net_unix() {
+        let text = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+0000000000000000: 00000002 00000000 00010000 0001 01 4242 /tmp/s/sh-00000001.sock\n\
+0000000000000000: 00000003 00000000 00000000 0001 03 4243 /tmp/s/sh-00000001.sock\n\
+0000000000000000: 00000002 00000000 00010000 0001 01 4244 /tmp/with space/x.sock\n\
+0000000000000000: 00000002 00000000 00010000 0001 01 4245 @abstract\n\
+0000000000000000: 00000002 00000000 00010000 0001 01 4246\n";
+        let m = parse_net_unix(text);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(m[&4242], PathBuf::from("/tmp/s/sh-00000001.sock"));
+        assert_eq!(m[&4244], PathBuf::from("/tmp/with space/x.sock"));
+    }
+
+    #[test]
+    fn classifies_shellpers() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(classify("shellper", None, &[]), Some(Flavor::Shellper));
+        assert_eq!(
+            classify("tokio-rt", Some("shellper"), &[]),
+            Some(Flavor::Shellper)
+        );
+        assert_eq!(
+            classify(
+                "node",
+                Some("node"),
+                &s(&["/usr/bin/node", "/opt/codev/dist/shellper-main.js", "{}"])
+            ),
+            Some(Flavor::Node)
+        );
+        assert_eq!(
+            classify("sleep", Some("sleep"), &s(&["node shellper-main.js", "60"])),
+            Some(Flavor::Node)
+        );
+        assert_eq!(
+            classify("grep", Some("grep"), &s(&["grep", "shellper-main.js"])),
+            None
+        );
+        assert_eq!(
+            classify(
+                "sh",
+                Some("dash"),
+                &s(&["sh", "-c", "exec -a node\\ shellper-main.js sleep 60"])
+            ),
+            None
+        );
+        assert_eq!(classify("bash", Some("bash"), &s(&["bash"])), None);
+    }
+
+    #[test]
+    fn reads_invocations() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let codev = s(&[
+            "shellper",
+            "/ignored.js",
+            r#"{"command":"bash","args":["-l"],"cwd":"/tmp","env":{},"cols":80,"rows":24,"socketPath":"/x"}"#,
+        ]);
+        assert_eq!(
+            invocation_from_argv(&codev),
+            Some(("bash".into(), vec!["-l".into()], Some("/tmp".into())))
+        );
+        let friendly = s(&["shellper", "--socket", "/x", "--", "sleep", "60"]);
+        assert_eq!(
+            invocation_from_argv(&friendly),
+            Some(("sleep".into(), vec!["60".into()], None))
+        );
+        assert_eq!(invocation_from_argv(&s(&["shellper"])), None);
+    }
+}

@@ -1,0 +1,569 @@
+//! `leasectl reap`: take shellper trees down in the right order, and prove it.
+//!
+//! Per target, the gentlest method that can work comes first:
+//!
+//! 1. **authenticated terminate** when the scope's registry has the token
+//!    and the shellper answers: ACQUIRE + RELEASE Terminate; the shellper
+//!    runs its own ladder and reports TERMINATED;
+//! 2. **SIGTERM (+SIGCONT)** to the shellper: it runs the same ladder
+//!    (legacy shellpers, unknown tokens, a stopped shellper);
+//! 3. **the kill ladder from outside** (`proctree::kill_tree_from_outside`)
+//!    when the shellper did not finish within `--grace` (wedged, or not our
+//!    shellper at all, like codev's Node one): tree first, shellper last.
+//!
+//! Before acting, the tree is recorded (pid and start time of every member);
+//! afterwards each recorded process must be gone (zombies count as gone) and
+//! the child's session must be empty. Anything left is SIGKILLed by identity
+//! and reported. A held shellper is refused without `--force`: acquiring its
+//! lease evicts a live Tower.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use shellper_proctree::{
+    LinuxTable, OutsidePlan, ProcInfo, ProcessTable, RealClock, Sig, kill_tree_from_outside,
+    read_stat,
+};
+use shellper_protocol::Token;
+
+use crate::client::{TerminateOutcome, terminate_with_token};
+use crate::model::{Phase, ShellperView, TreeProc};
+use crate::orphans::OrphanReport;
+use crate::procs;
+use crate::render::{Palette, Style};
+use crate::scan::Scan;
+
+/// A step of a reap plan, gentlest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    AuthTerminate,
+    Sigterm,
+    OutsideLadder,
+    RemoveStaleSocket,
+}
+
+impl Method {
+    fn describe(self) -> &'static str {
+        match self {
+            Method::AuthTerminate => "authenticated terminate (token from the registry)",
+            Method::Sigterm => "SIGTERM+SIGCONT to the shellper (it runs its own ladder)",
+            Method::OutsideLadder => "kill ladder from outside (tree first, shellper last)",
+            Method::RemoveStaleSocket => "remove the stale socket file",
+        }
+    }
+}
+
+/// One thing to reap.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub label: String,
+    pub id: Option<String>,
+    pub socket: Option<PathBuf>,
+    pub pid: Option<u32>,
+    pub start_ticks: Option<u64>,
+    pub child_pid: Option<u32>,
+    pub phase: Option<Phase>,
+    pub reachable: bool,
+    pub holder: Option<String>,
+    pub token: Option<Token>,
+    pub kill_grace: Duration,
+}
+
+impl Target {
+    /// A target from a scope sweep entry (token from the registry).
+    pub fn from_view(v: &ShellperView, scan: &Scan) -> Target {
+        Target {
+            label: v.id.clone(),
+            id: Some(v.id.clone()),
+            socket: Some(PathBuf::from(&v.socket)),
+            pid: v.pid,
+            start_ticks: v.start_ticks,
+            child_pid: v.child_pid,
+            phase: Some(v.phase),
+            reachable: v.reachable,
+            holder: v.holder.as_ref().map(|h| {
+                format!(
+                    "{}/{}{}",
+                    h.name,
+                    h.peer_pid.unwrap_or(h.pid),
+                    if v.holder_alive == Some(false) {
+                        " (dead)"
+                    } else {
+                        ""
+                    }
+                )
+            }),
+            token: scan.entry(&v.id).and_then(|e| e.token().ok()),
+            kill_grace: Duration::from_millis(v.timings.as_ref().map_or(3000, |t| t.kill_grace_ms)),
+        }
+    }
+}
+
+/// The plan for one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub target: String,
+    pub id: Option<String>,
+    pub pid: Option<u32>,
+    pub phase: Option<Phase>,
+    /// Why nothing will be done (held without --force, no process).
+    pub refused: Option<String>,
+    pub steps: Vec<Method>,
+    /// The tree as it is now (shellper first).
+    pub tree: Vec<TreeProc>,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepResult {
+    pub method: Method,
+    pub ok: bool,
+    pub detail: String,
+    pub elapsed_ms: u64,
+}
+
+/// What happened to one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    #[serde(flatten)]
+    pub plan: Plan,
+    pub executed: Vec<StepResult>,
+    /// Processes of the recorded tree that are gone now.
+    pub killed: Vec<TreeProc>,
+    /// Processes still alive (must be empty).
+    pub survivors: Vec<TreeProc>,
+    pub clean: bool,
+}
+
+/// The `reap` report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReapReport {
+    pub schema_version: u32,
+    pub scope: String,
+    pub dry_run: bool,
+    pub targets: Vec<Outcome>,
+}
+
+impl ReapReport {
+    /// Exit-code decision: every target done and clean, nothing refused.
+    pub fn all_clean(&self) -> bool {
+        self.targets
+            .iter()
+            .all(|t| t.plan.refused.is_none() && (self.dry_run || t.clean))
+    }
+}
+
+fn tree_proc(p: &ProcInfo, shellper: Option<u32>, child: Option<u32>) -> TreeProc {
+    let role = if Some(p.pid as u32) == shellper {
+        "shellper"
+    } else if Some(p.pid as u32) == child {
+        "child"
+    } else {
+        "descendant"
+    };
+    let cmdline = if p.cmdline.is_empty() {
+        procs::safe_cmdline(p)
+    } else {
+        p.cmdline.clone()
+    };
+    TreeProc {
+        pid: p.pid,
+        ppid: p.ppid,
+        pgid: p.pgid,
+        sid: p.sid,
+        state: p.state.to_string(),
+        start_ticks: p.start_ticks,
+        comm: p.comm.clone(),
+        cmdline,
+        role,
+    }
+}
+
+/// The tree of `pid` as [`TreeProc`]s (shellper first). Shared with `show`.
+pub fn tree_procs(
+    snap: &[ProcInfo],
+    pid: u32,
+    start_ticks: Option<u64>,
+    child: Option<u32>,
+) -> Vec<TreeProc> {
+    procs::tree_of(snap, pid as i32, start_ticks, child.map(|c| c as i32))
+        .iter()
+        .map(|p| tree_proc(p, Some(pid), child))
+        .collect()
+}
+
+/// Plans one target.
+pub fn plan(t: &Target, snap: &[ProcInfo], force: bool) -> Plan {
+    let mut p = Plan {
+        target: t.label.clone(),
+        id: t.id.clone(),
+        pid: t.pid,
+        phase: t.phase,
+        refused: None,
+        steps: Vec::new(),
+        tree: Vec::new(),
+    };
+    let Some(pid) = t.pid else {
+        if t.phase == Some(Phase::Dead) && t.socket.is_some() {
+            p.steps.push(Method::RemoveStaleSocket);
+        } else {
+            p.refused = Some("no process found for it".into());
+        }
+        return p;
+    };
+    p.tree = tree_procs(snap, pid, t.start_ticks, t.child_pid);
+    if p.tree.is_empty() {
+        p.refused = Some(format!("process {pid} is gone already"));
+        return p;
+    }
+    if t.phase == Some(Phase::Held) && !force {
+        p.refused = Some(format!(
+            "its lease is held by {}; --force evicts the holder",
+            t.holder.as_deref().unwrap_or("a live Tower")
+        ));
+        return p;
+    }
+    if t.reachable && t.token.is_some() && t.phase != Some(Phase::Terminating) {
+        p.steps.push(Method::AuthTerminate);
+    }
+    p.steps.push(Method::Sigterm);
+    p.steps.push(Method::OutsideLadder);
+    p
+}
+
+/// True while that exact process is alive.
+fn alive(t: &TreeProc) -> bool {
+    read_stat(t.pid).is_some_and(|p| p.start_ticks == t.start_ticks && p.is_live())
+}
+
+/// Live processes now in the recorded tree or in the child's session.
+fn leftovers(recorded: &[TreeProc], child: Option<u32>) -> Vec<TreeProc> {
+    let mut out: Vec<TreeProc> = recorded.iter().filter(|t| alive(t)).cloned().collect();
+    if let Some(c) = child.filter(|c| *c > 1) {
+        let me = std::process::id() as i32;
+        for p in shellper_proctree::snapshot() {
+            if p.sid == c as i32
+                && p.is_live()
+                && p.pid != me
+                && !out.iter().any(|o| o.pid == p.pid)
+            {
+                out.push(tree_proc(&p, None, Some(c)));
+            }
+        }
+    }
+    out
+}
+
+/// Polls until the recorded tree is gone or `bound` passes; true if gone.
+async fn wait_gone(recorded: &[TreeProc], child: Option<u32>, bound: Duration) -> bool {
+    let end = Instant::now() + bound;
+    loop {
+        let left = {
+            let r = recorded.to_vec();
+            tokio::task::spawn_blocking(move || leftovers(&r, child))
+                .await
+                .unwrap_or_default()
+        };
+        if left.is_empty() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Executes a plan.
+pub async fn execute(t: &Target, plan: Plan, grace: Duration, handshake: Duration) -> Outcome {
+    let mut executed = Vec::new();
+    let recorded = plan.tree.clone();
+    let child = t.child_pid;
+    let shellper = recorded.iter().find(|p| p.role == "shellper").cloned();
+    let mut done = false;
+    for &m in &plan.steps {
+        if done {
+            break;
+        }
+        let start = Instant::now();
+        let (ok, detail) = match m {
+            Method::RemoveStaleSocket => match &t.socket {
+                Some(s) => match std::fs::remove_file(s) {
+                    Ok(()) => (true, format!("removed {}", s.display())),
+                    Err(e) => (false, format!("removing {}: {e}", s.display())),
+                },
+                None => (false, "no socket path".into()),
+            },
+            Method::AuthTerminate => {
+                let (Some(socket), Some(token)) = (&t.socket, &t.token) else {
+                    continue;
+                };
+                let ladder = t.kill_grace + grace + Duration::from_secs(1);
+                match terminate_with_token(socket, token, handshake, ladder).await {
+                    Ok(TerminateOutcome::Terminated(r)) => {
+                        let gone = wait_gone(&recorded, child, grace).await;
+                        (
+                            gone,
+                            format!(
+                                "TERMINATED: {:?}, {} signalled, {} survivor(s), {} ms, {} sweep(s){}",
+                                r.reason,
+                                r.signalled,
+                                r.survivors,
+                                r.elapsed_ms,
+                                r.sweeps,
+                                if gone {
+                                    ""
+                                } else {
+                                    "; tree still alive after --grace"
+                                }
+                            ),
+                        )
+                    }
+                    Ok(TerminateOutcome::Closed) => {
+                        let gone = wait_gone(&recorded, child, grace).await;
+                        (gone, "connection closed without a report".into())
+                    }
+                    Err(e) => (false, e.to_string()),
+                }
+            }
+            Method::Sigterm => match &shellper {
+                Some(s) if alive(s) => {
+                    let table = LinuxTable;
+                    let r = table
+                        .signal(s.pid, s.start_ticks, Sig::Term)
+                        .and_then(|_| table.signal(s.pid, s.start_ticks, Sig::Cont));
+                    match r {
+                        Err(e) => (false, e.to_string()),
+                        Ok(_) => {
+                            let gone = wait_gone(&recorded, child, grace).await;
+                            (
+                                gone,
+                                if gone {
+                                    "the shellper took its tree down".into()
+                                } else {
+                                    format!("tree still alive after {grace:?}")
+                                },
+                            )
+                        }
+                    }
+                }
+                _ => (false, "the shellper is gone; its tree is not".into()),
+            },
+            Method::OutsideLadder => {
+                let rec = recorded.clone();
+                let sp = shellper.clone();
+                let r =
+                    tokio::task::spawn_blocking(move || outside(sp.as_ref(), &rec, child, grace))
+                        .await
+                        .unwrap_or_else(|e| (false, format!("ladder task failed: {e}")));
+                let gone = wait_gone(&recorded, child, Duration::from_millis(500)).await;
+                (gone && r.0, r.1)
+            }
+        };
+        executed.push(StepResult {
+            method: m,
+            ok,
+            detail,
+            elapsed_ms: start.elapsed().as_millis() as u64,
+        });
+        done = ok;
+    }
+    let survivors = leftovers(&recorded, child);
+    let killed: Vec<TreeProc> = recorded
+        .iter()
+        .filter(|r| !survivors.iter().any(|s| s.pid == r.pid))
+        .cloned()
+        .collect();
+    // The shellper removes its socket on an orderly exit; after SIGKILL the
+    // file stays and nothing answers on it: remove it so `list` is clean.
+    if survivors.is_empty()
+        && let Some(s) = &t.socket
+        && s.exists()
+        && std::os::unix::net::UnixStream::connect(s).is_err()
+        && !plan.steps.contains(&Method::RemoveStaleSocket)
+    {
+        let _ = std::fs::remove_file(s);
+    }
+    let clean = plan.refused.is_none() && survivors.is_empty();
+    Outcome {
+        plan,
+        executed,
+        killed,
+        survivors,
+        clean,
+    }
+}
+
+/// The outside ladder, then SIGKILL by identity of anything recorded that
+/// is still alive (escaped members reparented away once the shellper died).
+fn outside(
+    shellper: Option<&TreeProc>,
+    recorded: &[TreeProc],
+    child: Option<u32>,
+    grace: Duration,
+) -> (bool, String) {
+    let table = LinuxTable;
+    let mut detail = String::new();
+    if let Some(s) = shellper.filter(|s| alive(s)) {
+        let mut plan = OutsidePlan::new(s.pid, Some(s.start_ticks), grace);
+        plan.extra_sessions = child.map(|c| c as i32).into_iter().collect();
+        match kill_tree_from_outside(&table, &RealClock, &plan) {
+            Ok(r) => {
+                detail = format!(
+                    "{} signalled, {} SIGKILLed, shellper {:?}, {} survivor(s)",
+                    r.tree.signalled,
+                    r.tree.sigkilled,
+                    r.shellper,
+                    r.tree.survivors.len()
+                );
+            }
+            Err(e) => detail = e.to_string(),
+        }
+    }
+    let mut extra = 0;
+    for _ in 0..20 {
+        let left = leftovers(recorded, child);
+        if left.is_empty() {
+            break;
+        }
+        for p in &left {
+            let _ = table.signal(p.pid, p.start_ticks, Sig::Kill);
+            extra += 1;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if extra > 0 {
+        if !detail.is_empty() {
+            detail.push_str("; ");
+        }
+        detail.push_str(&format!("{extra} SIGKILL(s) by identity to leftovers"));
+    }
+    let clean = leftovers(recorded, child).is_empty();
+    (
+        clean,
+        if detail.is_empty() {
+            "nothing left to kill".into()
+        } else {
+            detail
+        },
+    )
+}
+
+/// Targets for `reap --orphans`: every orphan and every stale socket.
+pub fn targets_from_orphans(r: &OrphanReport, scan: &Scan) -> Vec<Target> {
+    let mut out = Vec::new();
+    for o in &r.orphans {
+        if let Some(id) = &o.id
+            && let Some(v) = scan.shellpers.iter().find(|v| &v.id == id)
+        {
+            out.push(Target::from_view(v, scan));
+            continue;
+        }
+        out.push(Target {
+            label: format!("pid {}", o.pid.unwrap_or(0)),
+            id: None,
+            socket: o.socket.as_ref().map(PathBuf::from),
+            pid: o.pid,
+            start_ticks: o.start_ticks,
+            child_pid: o.child_pid,
+            phase: None,
+            reachable: false,
+            holder: None,
+            token: None,
+            kill_grace: Duration::from_secs(3),
+        });
+    }
+    for s in &r.stale_sockets {
+        if let Some(v) = scan.shellpers.iter().find(|v| v.id == s.id) {
+            out.push(Target::from_view(v, scan));
+        }
+    }
+    out
+}
+
+/// Human report.
+pub fn text(p: &Palette, r: &ReapReport) -> String {
+    let mut out = String::new();
+    if r.targets.is_empty() {
+        out.push_str("nothing to reap\n");
+        return out;
+    }
+    for t in &r.targets {
+        let head = format!(
+            "{} (pid {}, {})",
+            t.plan.target,
+            t.plan.pid.map_or("-".into(), |x| x.to_string()),
+            t.plan.phase.map_or("process", |ph| ph.as_str())
+        );
+        out.push_str(&p.paint(Style::Bold, &head));
+        out.push('\n');
+        if let Some(why) = &t.plan.refused {
+            out.push_str(&format!("  {} {why}\n", p.paint(Style::Yellow, "refused:")));
+            continue;
+        }
+        if r.dry_run {
+            out.push_str("  plan:\n");
+            for (i, m) in t.plan.steps.iter().enumerate() {
+                out.push_str(&format!(
+                    "    {}. {}{}\n",
+                    i + 1,
+                    m.describe(),
+                    if i > 0 && *m != Method::RemoveStaleSocket {
+                        " (if the previous step did not finish)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            out.push_str(&format!("  tree ({} process(es)):\n", t.plan.tree.len()));
+            for pr in &t.plan.tree {
+                out.push_str(&format!(
+                    "    {:>7} {:<10} pgid {:>7} sid {:>7} {}\n",
+                    pr.pid,
+                    pr.role,
+                    pr.pgid,
+                    pr.sid,
+                    crate::render::truncate(&pr.cmdline.join(" "), 60)
+                ));
+            }
+            continue;
+        }
+        for s in &t.executed {
+            out.push_str(&format!(
+                "  {} {} ({} ms): {}\n",
+                if s.ok {
+                    p.paint(Style::Green, "ok  ")
+                } else {
+                    p.paint(Style::Yellow, "next")
+                },
+                s.method.describe(),
+                s.elapsed_ms,
+                s.detail
+            ));
+        }
+        out.push_str(&format!("  killed {} process(es):", t.killed.len()));
+        for k in &t.killed {
+            out.push_str(&format!(" {}({})", k.pid, k.comm));
+        }
+        out.push('\n');
+        if t.survivors.is_empty() {
+            out.push_str(&format!(
+                "  {}\n",
+                p.paint(Style::Green, "verified: nothing of the tree survives")
+            ));
+        } else {
+            out.push_str(&format!(
+                "  {} {}\n",
+                p.paint(Style::Red, "SURVIVORS:"),
+                t.survivors
+                    .iter()
+                    .map(|s| format!("{}({}) state {}", s.pid, s.comm, s.state))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    out
+}
