@@ -272,7 +272,10 @@ fn s01_minitower_sigkill_every_tree_dies_after_window_not_before() {
     assert_eq!(sh.len(), 3);
     std::thread::sleep(Duration::from_millis(200));
     let before = guard.survivors().len();
-    assert!(before >= 1 + 3 * 4, "{before}");
+    assert!(
+        before > 3 * 4,
+        "minitower + 3 × (shellper, sh, 2 sleeps): {before}"
+    );
     m.kill9();
     let t0 = Instant::now();
     // Strictly: not one process of any tree dies before the window ends.

@@ -72,18 +72,10 @@ pub enum Error {
     },
 
     /// Spawning a shellper failed. Whatever was started has been killed and
-    /// confirmed gone before this error is returned (unless `cleanup` says
-    /// otherwise).
-    #[error("spawning shellper {id} failed at step `{step}`: {detail}{cleanup}\n--- last lines of {} ---\n{log_tail}", log.display())]
-    Spawn {
-        id: String,
-        step: &'static str,
-        detail: String,
-        /// Empty when cleanup succeeded, else a sentence about what survived.
-        cleanup: String,
-        log: PathBuf,
-        log_tail: String,
-    },
+    /// confirmed gone before this error is returned (unless the failure's
+    /// `cleanup` says otherwise).
+    #[error("{0}")]
+    Spawn(Box<SpawnFailure>),
 
     /// The shellper binary could not be found.
     #[error("cannot find the shellper binary: {0}")]
@@ -107,4 +99,20 @@ impl Error {
             source,
         }
     }
+}
+
+/// Details of a failed spawn (boxed in [`Error::Spawn`] to keep `Result`s
+/// small).
+#[derive(Debug, thiserror::Error)]
+#[error("spawning shellper {id} failed at step `{step}`: {detail}{cleanup}\n--- last lines of {} ---\n{log_tail}", log.display())]
+pub struct SpawnFailure {
+    pub id: String,
+    /// The step that failed: `prepare`, `open log`, `exec`, `write token`,
+    /// `read info line`, `identity`, `registry`, `connect` or `acquire`.
+    pub step: &'static str,
+    pub detail: String,
+    /// Empty when cleanup succeeded, else a sentence about what survived.
+    pub cleanup: String,
+    pub log: PathBuf,
+    pub log_tail: String,
 }

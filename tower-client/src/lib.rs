@@ -55,7 +55,7 @@ pub use conn::query_status;
 pub use driver::{
     Event, ExitWhat, LeaseState, ProcExit, ShellperHandle, ShellperInfo, TerminateReport,
 };
-pub use error::{Error, Result};
+pub use error::{Error, Result, SpawnFailure};
 pub use registry::{Registry, RegistryEntry};
 pub use scope::{InstanceLock, Scope};
 pub use shellper_protocol::{LeaseConfig, Token};

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use crate::conn::{self, HelloOpts};
 use crate::driver::{ProcWatch, ShellperHandle, ShellperInfo};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SpawnFailure};
 use crate::procfs;
 use crate::registry::RegistryEntry;
 use crate::tower::Ctx;
@@ -256,14 +256,14 @@ pub(crate) async fn spawn(ctx: &Arc<Ctx>, spec: SpawnSpec) -> Result<ShellperHan
         Ok(h) => Ok(h),
         Err((step, detail)) => {
             let cleanup = cleanup(ctx, &mut st).await;
-            Err(Error::Spawn {
+            Err(Error::Spawn(Box::new(SpawnFailure {
                 id: st.id.clone(),
                 step,
                 detail,
                 cleanup,
                 log_tail: log_tail(&st.log, 20),
                 log: st.log.clone(),
-            })
+            })))
         }
     }
 }
