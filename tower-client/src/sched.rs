@@ -15,8 +15,9 @@
 //! * while a renewal is unanswered, another is sent every interval (the
 //!   shellper revives a silently lapsed lease on a renewal from the same
 //!   connection);
-//! * a lease whose renewal has been unanswered for half an interval is
-//!   reported [`Health::Unresponsive`]; one whose last known expiry
+//! * a lease due for renewal while its previous renewal is still
+//!   unanswered (a whole interval of silence) is reported
+//!   [`Health::Unresponsive`]; one whose last known expiry
 //!   (acknowledgment instant + `expires_in`, an upper bound of the
 //!   shellper's own expiry) has passed is reported [`Health::Lapsed`]; the
 //!   next acknowledgment reports [`Health::Held`] again.
@@ -70,6 +71,10 @@ enum State {
 struct Entry<T> {
     target: T,
     interval: Duration,
+    /// Jitter factor (0.9..1.1) of the next renewal, drawn when the
+    /// previous one is sent so that the retry instant and the post-ack
+    /// instant differ only by the round trip.
+    jitter: f32,
     next_renew: Instant,
     /// Upper bound of the shellper's expiry instant.
     expiry: Instant,
@@ -77,15 +82,45 @@ struct Entry<T> {
     unacked_since: Option<Instant>,
     /// Send instant of the renewal with `seq`.
     last_sent: Instant,
+    /// When this lease's live heap item fires.
+    queued: Instant,
     seq: u64,
     generation: u32,
     state: State,
 }
 
+/// Multiplicative hasher for the scheduler's integer keys (SipHash's DoS
+/// resistance buys nothing for keys we allocate ourselves).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type KeyMap<V> = HashMap<Key, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 /// The pure scheduling core. See the module docs for the rules.
+///
+/// Each lease has exactly one live heap item. An acknowledgment never
+/// touches the heap: the item queued when the renewal was sent fires at
+/// `send + jitter × interval`, the post-ack due time is `ack + jitter ×
+/// interval`, and the difference (the round trip) is within the coalescing
+/// slack; a slow ack just re-queues the item once. One pop and one push per
+/// renewal.
 #[derive(Debug)]
 pub struct Scheduler<T> {
-    entries: HashMap<Key, Entry<T>>,
+    entries: KeyMap<Entry<T>>,
     heap: BinaryHeap<Reverse<(Instant, Key, u32)>>,
     batch: Vec<(Key, u32)>,
     rng: SmallRng,
@@ -102,7 +137,7 @@ impl<T> Scheduler<T> {
     /// tests, random in production).
     pub fn new(seed: u64) -> Self {
         Scheduler {
-            entries: HashMap::new(),
+            entries: KeyMap::default(),
             heap: BinaryHeap::new(),
             batch: Vec::new(),
             rng: SmallRng::seed_from_u64(seed),
@@ -140,8 +175,8 @@ impl<T> Scheduler<T> {
         (map + heap) / n
     }
 
-    fn jittered(&mut self, d: Duration) -> Duration {
-        d.mul_f64(self.rng.random_range(0.9..1.1))
+    fn draw(&mut self) -> f32 {
+        self.rng.random_range(0.9f32..1.1f32)
     }
 
     /// Starts scheduling a lease just granted at `now` with `expires_in`.
@@ -154,31 +189,33 @@ impl<T> Scheduler<T> {
         expires_in: Duration,
         now: Instant,
     ) {
-        let first = self.jittered(interval);
+        let jitter = self.draw();
         let generation = self
             .entries
             .get(&key)
             .map_or(0, |e| e.generation.wrapping_add(1));
-        let e = Entry {
+        let mut e = Entry {
             target,
             interval,
-            next_renew: now + first,
+            jitter,
+            next_renew: now + interval.mul_f32(jitter),
             expiry: now + expires_in,
             unacked_since: None,
             last_sent: now,
+            queued: now,
             seq: 0,
             generation,
             state: State::Held,
         };
-        let at = Self::wake_at(&e);
+        e.queued = Self::wake_at(&e);
+        self.heap.push(Reverse((e.queued, key, generation)));
         self.entries.insert(key, e);
-        self.heap.push(Reverse((at, key, generation)));
         self.maybe_compact();
     }
 
     /// Stops scheduling a lease; returns its target.
     pub fn remove(&mut self, key: Key) -> Option<T> {
-        // Its heap items become stale and are skipped when popped.
+        // Its heap item becomes stale and is skipped when popped.
         let t = self.entries.remove(&key).map(|e| e.target);
         self.maybe_compact();
         t
@@ -194,15 +231,10 @@ impl<T> Scheduler<T> {
         now: Instant,
         sink: &mut S,
     ) -> Option<Duration> {
-        let jitter = {
-            let e = self.entries.get(&key)?;
-            if seq == 0 || seq > e.seq {
-                return None; // not a renewal we sent
-            }
-            e.interval
-        };
-        let next = self.jittered(jitter);
         let e = self.entries.get_mut(&key)?;
+        if seq == 0 || seq > e.seq {
+            return None; // not a renewal we sent
+        }
         let rtt = (seq == e.seq).then(|| now.saturating_duration_since(e.last_sent));
         e.unacked_since = if seq == e.seq {
             None
@@ -210,34 +242,31 @@ impl<T> Scheduler<T> {
             Some(e.last_sent)
         };
         e.expiry = now + expires_in;
-        e.next_renew = now + next;
+        e.next_renew = now + e.interval.mul_f32(e.jitter);
         if e.state != State::Held {
             e.state = State::Held;
             sink.health(&e.target, Health::Held);
         }
-        e.generation = e.generation.wrapping_add(1);
+        // The live item fires at or before the new due time (it was queued
+        // for send + jitter × interval); only an earlier due time (a
+        // shortened expiry) needs a new item.
         let at = Self::wake_at(e);
-        let generation = e.generation;
-        self.heap.push(Reverse((at, key, generation)));
-        self.maybe_compact();
+        if at < e.queued {
+            e.generation = e.generation.wrapping_add(1);
+            e.queued = at;
+            let g = e.generation;
+            self.heap.push(Reverse((at, key, g)));
+            self.maybe_compact();
+        }
         rtt
     }
 
-    fn unresponsive_after(e: &Entry<T>) -> Duration {
-        e.interval / 2
-    }
-
     fn wake_at(e: &Entry<T>) -> Instant {
-        let mut t = e.next_renew;
         if e.state != State::Lapsed {
-            t = t.min(e.expiry);
+            e.next_renew.min(e.expiry)
+        } else {
+            e.next_renew
         }
-        if e.state == State::Held
-            && let Some(s) = e.unacked_since
-        {
-            t = t.min(s + Self::unresponsive_after(e));
-        }
-        t
     }
 
     /// When the driver must call [`fire`](Self::fire) next (`None` when
@@ -261,6 +290,7 @@ impl<T> Scheduler<T> {
         let mut sent = 0;
         let batch = std::mem::take(&mut self.batch);
         for &(key, generation) in &batch {
+            let next_jitter = self.draw();
             let Some(e) = self.entries.get_mut(&key) else {
                 continue;
             };
@@ -270,19 +300,21 @@ impl<T> Scheduler<T> {
             if e.state != State::Lapsed && now >= e.expiry {
                 e.state = State::Lapsed;
                 sink.health(&e.target, Health::Lapsed);
-            } else if e.state == State::Held
-                && let Some(s) = e.unacked_since
-                && now >= s + Self::unresponsive_after(e)
-            {
-                e.state = State::Unresponsive;
-                sink.health(
-                    &e.target,
-                    Health::Unresponsive {
-                        waited: now.saturating_duration_since(s),
-                    },
-                );
             }
             if horizon >= e.next_renew {
+                // Due again with the previous renewal still unanswered: a
+                // whole interval without RENEWED.
+                if e.state == State::Held
+                    && let Some(s) = e.unacked_since
+                {
+                    e.state = State::Unresponsive;
+                    sink.health(
+                        &e.target,
+                        Health::Unresponsive {
+                            waited: now.saturating_duration_since(s),
+                        },
+                    );
+                }
                 e.seq += 1;
                 if !sink.renew(&e.target, e.seq) {
                     self.entries.remove(&key);
@@ -291,12 +323,14 @@ impl<T> Scheduler<T> {
                 sent += 1;
                 e.last_sent = now;
                 e.unacked_since.get_or_insert(now);
-                // Retry cadence while unanswered; an ack re-bases it.
-                e.next_renew = now + e.interval;
+                // Retry instant if unanswered; an ack moves it by the round
+                // trip only.
+                e.jitter = next_jitter;
+                e.next_renew = now + e.interval.mul_f32(next_jitter);
             }
-            e.generation = e.generation.wrapping_add(1);
-            let at = Self::wake_at(e);
-            self.heap.push(Reverse((at, key, e.generation)));
+            e.queued = Self::wake_at(e);
+            let item = Reverse((e.queued, key, e.generation));
+            self.heap.push(item);
         }
         self.batch = batch;
         sent
@@ -309,7 +343,7 @@ impl<T> Scheduler<T> {
             let live: Vec<_> = self
                 .entries
                 .iter()
-                .map(|(k, e)| Reverse((Self::wake_at(e), *k, e.generation)))
+                .map(|(k, e)| Reverse((e.queued, *k, e.generation)))
                 .collect();
             self.heap = BinaryHeap::from(live);
         }
