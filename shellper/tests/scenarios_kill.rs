@@ -50,8 +50,9 @@ fn torture(name: &str) -> (LeakGuard, Shellper) {
         "{:?}",
         guard.survivors()
     );
-    let stopped = guard.survivors().iter().filter(|p| p.state == 'T').count();
-    assert!(stopped >= 1, "the stopped job exists");
+    // SIGSTOP takes effect when the target next runs: poll for it.
+    let stopped = wait_for(T, || guard.survivors().iter().any(|p| p.state == 'T'));
+    assert!(stopped, "the stopped job exists");
     (guard, sh)
 }
 
