@@ -438,8 +438,11 @@ impl Renewer {
         let (s, p, o, e) = (stop.clone(), pause.clone(), ok.clone(), errors.clone());
         let handle = std::thread::spawn(move || {
             let mut seq = 0;
+            let mut last: Option<Instant> = None;
             while !s.load(Ordering::SeqCst) {
-                if !p.load(Ordering::SeqCst) {
+                let due = last.is_none_or(|t| t.elapsed() >= every);
+                if due && !p.load(Ordering::SeqCst) {
+                    last = Some(Instant::now());
                     seq += 1;
                     client.send(&Frame::Renew(Renew { epoch, seq }));
                     let r = client.recv_until(Duration::from_secs(10), |f| match f {
@@ -455,7 +458,8 @@ impl Renewer {
                         other => e.lock().expect("lock").push(format!("{other:?}")),
                     }
                 }
-                std::thread::sleep(every);
+                // Fine-grained, so a "resumed" Tower renews at once.
+                std::thread::sleep(Duration::from_millis(5));
             }
             client
         });
