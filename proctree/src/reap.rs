@@ -59,7 +59,10 @@ pub fn reap_zombies() -> Vec<(i32, ChildExit)> {
         // __WALL: also reap children whose exit signal is not SIGCHLD
         // (clone(2) users); a subreaper inherits whatever the tree made.
         let opts = WaitOptions::NOHANG | WaitOptions::from_bits_retain(libc::__WALL as u32);
-        match rustix::process::waitpid(None, opts) {
+        // `wait`, not `waitpid(None, ..)`: rustix maps `waitpid(None)` to
+        // wait4(0), "any child in my process group", which misses the PTY
+        // child (it leads its own session) and every setsid escapee.
+        match rustix::process::wait(opts) {
             Ok(Some((pid, status))) => {
                 if let Some(how) = classify(status) {
                     out.push((pid.as_raw_nonzero().get(), how));

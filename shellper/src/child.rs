@@ -4,7 +4,7 @@
 //! tree is reparented to it and must be reaped by it; a `waitpid(-1)` loop
 //! would steal the PTY child's status from any per-child waiter (tokio's
 //! `Child::wait`). So the child is spawned with a *std* `Child` handle that is
-//! dropped at once (std never reaps on drop), and [`reap_exited`] (run by the
+//! dropped at once (std never reaps on drop), and [`shellper_proctree::reap_zombies`] (run by the
 //! child actor on every SIGCHLD and once a second as a safety net) collects
 //! every exit and routes the PTY child's status. Until it is reaped the
 //! child's pid cannot be recycled, which is what makes `kill(pid)` for SIGNAL
@@ -144,38 +144,6 @@ pub fn exit_report(status: ChildExit) -> (ExitMsg, ChildState) {
             },
         ),
     }
-}
-
-/// Most children reaped in one call, so a fork storm cannot hold the event
-/// loop; the next SIGCHLD or poll continues.
-const REAP_BATCH: usize = 4096;
-
-/// Reaps every exited child without blocking: the PTY child and every
-/// orphan adopted as subreaper. This is the shellper's only `wait`.
-///
-/// It calls `wait4(-1, WNOHANG|__WALL)` (rustix `wait`). Note that rustix's
-/// `waitpid(None, …)` is `wait4(0, …)`, "any child *in my process group*",
-/// which never sees the PTY child (it leads its own session): do not use it
-/// for a subreaper.
-pub fn reap_exited() -> Vec<(i32, ChildExit)> {
-    let mut out = Vec::new();
-    let opts = rustix::process::WaitOptions::NOHANG
-        | rustix::process::WaitOptions::from_bits_retain(libc::__WALL as u32);
-    while out.len() < REAP_BATCH {
-        match rustix::process::wait(opts) {
-            Ok(Some((pid, status))) => {
-                let how = if let Some(sig) = status.terminating_signal() {
-                    ChildExit::Signaled(sig)
-                } else {
-                    ChildExit::Exited(status.exit_status().unwrap_or(0))
-                };
-                out.push((pid.as_raw_nonzero().get(), how));
-            }
-            // None: children exist, none exited. ECHILD: no children.
-            Ok(None) | Err(_) => break,
-        }
-    }
-    out
 }
 
 /// Requests to the child actor.
@@ -389,7 +357,7 @@ impl ChildActor {
     }
 
     fn reap(&mut self) {
-        for (pid, status) in reap_exited() {
+        for (pid, status) in shellper_proctree::reap_zombies() {
             match self.current.as_mut() {
                 Some(c) if c.pid == pid && c.status.is_none() => {
                     tracing::info!(pid, ?status, "PTY child exited");
@@ -523,7 +491,7 @@ mod tests {
         drop(child);
         let mut got = Vec::new();
         for _ in 0..200 {
-            got.extend(reap_exited());
+            got.extend(shellper_proctree::reap_zombies());
             if got.iter().any(|(p, _)| *p == pid) {
                 break;
             }

@@ -10,21 +10,17 @@ use std::time::Duration;
 
 use shellper_proctree::{KillPlan, KillReport, LinuxTable, RealClock, kill_tree};
 
-use crate::child::reap_exited;
-
-/// Runs the ladder synchronously (call it from `spawn_blocking`). The reap
-/// hook is the shellper's one reaper, so zombies of the tree are collected
-/// while it sweeps.
+/// Runs the ladder synchronously (call it from `spawn_blocking`).
+///
+/// The ladder does not reap: the child actor is the shellper's one reaper
+/// (it must see the PTY child's status to report EXIT), and it keeps running
+/// on SIGCHLD while the ladder sweeps. Zombies count as gone for the ladder.
 pub fn run_ladder(sessions: Vec<i32>, grace: Duration) -> KillReport {
     let me = std::process::id() as i32;
     let mut plan = KillPlan::new(me, None, grace);
     plan.tree.sessions = sessions;
     plan.tree.root_start_ticks = shellper_proctree::read_stat(me).map(|p| p.start_ticks);
-    let report = kill_tree(&LinuxTable, &RealClock, &plan, &mut || {
-        for (pid, how) in reap_exited() {
-            tracing::debug!(pid, ?how, "reaped during the kill ladder");
-        }
-    });
+    let report = kill_tree(&LinuxTable, &RealClock, &plan, &mut || {});
     if report.is_clean() {
         tracing::info!(
             signalled = report.signalled,
