@@ -40,6 +40,7 @@ Examples:
   curl -s localhost:4100/api/terminals | leasectl orphans --tracked -
   leasectl reap --orphans --dry-run      what would be killed, and how
   leasectl reap sh-0123abcd --force      terminate even though it is held
+  leasectl reap --pid 4242               a socketless or codev Node shellper, by pid
   leasectl demo                          the whole story in under a minute
   leasectl completions bash > ~/.local/share/bash-completion/completions/leasectl
 
@@ -122,6 +123,9 @@ pub enum Command {
         /// Pids another registry knows (one per line, or codev's /api/terminals JSON); `-` reads stdin
         #[arg(long, value_name = "FILE|-")]
         tracked: Option<String>,
+        /// Only the scope: do not search the process table for shellpers elsewhere
+        #[arg(long)]
+        scope_only: bool,
     },
     /// Take shellper trees down: authenticated terminate, else SIGTERM, else the
     /// kill ladder from outside; then verify through /proc that nothing survives
@@ -130,16 +134,22 @@ pub enum Command {
         /// Shellper ids to reap
         #[arg(
             value_name = "ID",
-            required_unless_present = "orphans",
+            required_unless_present_any = ["orphans", "pid"],
             conflicts_with = "orphans"
         )]
         ids: Vec<String>,
+        /// Reap a shellper process by pid (ours or codev's Node one; no socket needed)
+        #[arg(long, value_name = "PID", conflicts_with = "orphans")]
+        pid: Vec<u32>,
         /// Reap everything `leasectl orphans` reports
         #[arg(long)]
         orphans: bool,
         /// With --orphans: pids another registry knows (see `orphans --tracked`)
         #[arg(long, value_name = "FILE|-", conflicts_with = "ids")]
         tracked: Option<String>,
+        /// With --orphans: only the scope's orphans, not socketless shellpers elsewhere
+        #[arg(long)]
+        scope_only: bool,
         /// Print the plan, touch nothing
         #[arg(long)]
         dry_run: bool,
@@ -192,6 +202,8 @@ mod tests {
         assert!(Cli::try_parse_from(["leasectl", "reap", "--orphans", "sh-1"]).is_err());
         assert!(Cli::try_parse_from(["leasectl", "reap", "sh-00000001", "sh-00000002"]).is_ok());
         assert!(Cli::try_parse_from(["leasectl", "reap", "--orphans", "--dry-run"]).is_ok());
+        assert!(Cli::try_parse_from(["leasectl", "reap", "--pid", "42"]).is_ok());
+        assert!(Cli::try_parse_from(["leasectl", "reap", "--pid", "42", "--orphans"]).is_err());
         assert!(Cli::try_parse_from(["leasectl", "reap", "sh-1", "--tracked", "-"]).is_err());
     }
 

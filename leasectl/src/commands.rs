@@ -29,13 +29,27 @@ pub async fn run(cli: Cli) -> Result<i32> {
             json,
             count,
         } => watch(&scope, timeout, interval, json, count, &palette).await,
-        Command::Orphans { json, tracked } => {
-            orphans_cmd(&scope, timeout, json, tracked.as_deref(), &palette).await
+        Command::Orphans {
+            json,
+            tracked,
+            scope_only,
+        } => {
+            orphans_cmd(
+                &scope,
+                timeout,
+                json,
+                tracked.as_deref(),
+                scope_only,
+                &palette,
+            )
+            .await
         }
         Command::Reap {
             ids,
+            pid,
             orphans,
             tracked,
+            scope_only,
             dry_run,
             grace,
             force,
@@ -43,8 +57,10 @@ pub async fn run(cli: Cli) -> Result<i32> {
         } => {
             let opts = ReapOpts {
                 ids,
+                pids: pid,
                 orphans,
                 tracked,
+                scope_only,
                 dry_run,
                 grace,
                 force,
@@ -85,6 +101,7 @@ async fn list(scope: &Path, timeout: Duration, json: bool, p: &Palette) -> Resul
         json_out(&ListDoc {
             schema_version: SCHEMA_VERSION,
             scope: scope.display().to_string(),
+            tower: &scan.tower,
             shellpers: &scan.shellpers,
         })?;
     } else {
@@ -289,14 +306,16 @@ async fn orphans_cmd(
     timeout: Duration,
     json: bool,
     tracked_arg: Option<&str>,
+    scope_only: bool,
     p: &Palette,
 ) -> Result<i32> {
     let tracked = tracked_arg.map(tracked::read_tracked).transpose()?;
     let scan = scan_scope(scope, timeout, None).await?;
     warn_registry(&scan);
-    let report = tokio::task::spawn_blocking(move || orphans::find(&scan, tracked.as_ref()))
-        .await
-        .map_err(|e| Error::Output(std::io::Error::other(e)))?;
+    let report =
+        tokio::task::spawn_blocking(move || orphans::find(&scan, tracked.as_ref(), scope_only))
+            .await
+            .map_err(|e| Error::Output(std::io::Error::other(e)))?;
     if json {
         json_out(&report)?;
     } else {
@@ -313,8 +332,10 @@ async fn orphans_cmd(
 #[derive(Debug)]
 pub struct ReapOpts {
     pub ids: Vec<String>,
+    pub pids: Vec<u32>,
     pub orphans: bool,
     pub tracked: Option<String>,
+    pub scope_only: bool,
     pub dry_run: bool,
     pub grace: Duration,
     pub force: bool,
@@ -331,7 +352,7 @@ async fn reap_cmd(scope: &Path, timeout: Duration, o: ReapOpts, p: &Palette) -> 
     warn_registry(&scan);
     let targets: Vec<Target> =
         if o.orphans {
-            let report = orphans::find(&scan, tracked.as_ref());
+            let report = orphans::find(&scan, tracked.as_ref(), o.scope_only);
             reap::targets_from_orphans(&report, &scan)
         } else {
             let mut t = Vec::new();
@@ -343,6 +364,9 @@ async fn reap_cmd(scope: &Path, timeout: Duration, o: ReapOpts, p: &Palette) -> 
                     }
                 })?;
                 t.push(Target::from_view(v, &scan));
+            }
+            for pid in &o.pids {
+                t.push(reap::target_from_pid(*pid, &scan)?);
             }
             t
         };

@@ -37,6 +37,10 @@ pub enum Error {
     #[error("no shellper {id} in scope {}: see `leasectl --scope {} list`", scope.display(), scope.display())]
     UnknownId { id: String, scope: PathBuf },
 
+    /// `reap --pid` named a process that is not a shellper.
+    #[error("pid {pid} is not a shellper to reap: {why}")]
+    NotAShellper { pid: u32, why: String },
+
     /// Talking to a shellper failed during reap (authenticated terminate).
     #[error("shellper {id}: {step}: {detail}")]
     Protocol {

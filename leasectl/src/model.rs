@@ -260,6 +260,8 @@ impl ShellperView {
 pub struct ListDoc<'a> {
     pub schema_version: u32,
     pub scope: String,
+    /// The scope's Tower (instance lock holder).
+    pub tower: &'a crate::scan::TowerView,
     pub shellpers: &'a [ShellperView],
 }
 

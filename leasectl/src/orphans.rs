@@ -85,8 +85,15 @@ pub struct OrphanReport {
     pub tracked: Option<usize>,
 }
 
+/// True when the scope's Tower is gone and `v` is one of its shellpers
+/// waiting in vain: after a Tower's death the shellper forgets its holder
+/// (the connection closed), so this comes from `tower.lock` instead.
+fn tower_gone(v: &ShellperView, scan: &Scan) -> bool {
+    scan.tower.pid.is_none() && v.in_registry && matches!(v.phase, Phase::Lapsed | Phase::Unclaimed)
+}
+
 /// Scope-level reasons for one shellper.
-fn scope_reasons(v: &ShellperView) -> Vec<Reason> {
+fn scope_reasons(v: &ShellperView, scan: &Scan) -> Vec<Reason> {
     let mut r = Vec::new();
     match v.phase {
         Phase::Lapsed => r.push(Reason::Lapsed),
@@ -94,13 +101,13 @@ fn scope_reasons(v: &ShellperView) -> Vec<Reason> {
         Phase::Unreachable => r.push(Reason::Unreachable),
         _ => {}
     }
-    if v.holder_alive == Some(false) {
+    if v.holder_alive == Some(false) || tower_gone(v, scan) {
         r.push(Reason::HolderDead);
     }
     r
 }
 
-fn scope_detail(v: &ShellperView) -> String {
+fn scope_detail(v: &ShellperView, scan: &Scan) -> String {
     let mut parts = Vec::new();
     let ms = |x: u64| short_duration(Duration::from_millis(x));
     match v.phase {
@@ -129,15 +136,29 @@ fn scope_detail(v: &ShellperView) -> String {
             h.name,
             h.peer_pid.unwrap_or(h.pid)
         ));
+    } else if tower_gone(v, scan) {
+        parts.push(format!(
+            "its Tower is gone (nobody holds tower.lock{})",
+            scan.tower
+                .last_pid
+                .map(|p| format!("; last Tower pid {p}"))
+                .unwrap_or_default()
+        ));
     }
     parts.join("; ")
 }
 
 /// Builds the report from a sweep, the process table and the tracked pids.
-pub fn find(scan: &Scan, tracked: Option<&BTreeSet<u32>>) -> OrphanReport {
+/// With `scope_only`, the process table is not searched for shellpers
+/// outside the scope.
+pub fn find(scan: &Scan, tracked: Option<&BTreeSet<u32>>, scope_only: bool) -> OrphanReport {
     let snap = shellper_proctree::snapshot();
-    let owners = SocketOwners::scan(&snap);
-    let found = procs::find_shellpers(&snap, &owners);
+    let found = if scope_only {
+        Vec::new()
+    } else {
+        let owners = SocketOwners::scan(&snap);
+        procs::find_shellpers(&snap, &owners)
+    };
     find_with(scan, tracked, &snap, &found)
 }
 
@@ -155,17 +176,21 @@ pub fn find_with(
     let mut seen_pids: HashSet<u32> = HashSet::new();
     for v in &scan.shellpers {
         if v.phase == Phase::Dead {
-            stale.push(StaleSocket {
-                id: v.id.clone(),
-                socket: v.socket.clone(),
-            });
+            // A registry entry without a socket file holds nothing; the
+            // Tower prunes it on its next start.
+            if is_socket_file(std::path::Path::new(&v.socket)) {
+                stale.push(StaleSocket {
+                    id: v.id.clone(),
+                    socket: v.socket.clone(),
+                });
+            }
             continue;
         }
         if let Some(p) = v.pid {
             seen_pids.insert(p);
         }
-        let mut reasons = scope_reasons(v);
-        let mut detail = scope_detail(v);
+        let mut reasons = scope_reasons(v, scan);
+        let mut detail = scope_detail(v, scan);
         if let Some(t) = &tracked_set
             && !procs::is_tracked(t, v.pid, v.child_pid)
         {

@@ -108,8 +108,11 @@ pub struct Plan {
     pub id: Option<String>,
     pub pid: Option<u32>,
     pub phase: Option<Phase>,
-    /// Why nothing will be done (held without --force, no process).
+    /// Why nothing will be done although something may be running (held
+    /// without --force, no process found): counts as "not clean".
     pub refused: Option<String>,
+    /// Why nothing needs doing (already gone): counts as clean.
+    pub note: Option<String>,
     pub steps: Vec<Method>,
     /// The tree as it is now (shellper first).
     pub tree: Vec<TreeProc>,
@@ -151,7 +154,7 @@ impl ReapReport {
     pub fn all_clean(&self) -> bool {
         self.targets
             .iter()
-            .all(|t| t.plan.refused.is_none() && (self.dry_run || t.clean))
+            .all(|t| t.plan.refused.is_none() && (self.dry_run || t.clean || t.plan.note.is_some()))
     }
 }
 
@@ -202,12 +205,15 @@ pub fn plan(t: &Target, snap: &[ProcInfo], force: bool) -> Plan {
         pid: t.pid,
         phase: t.phase,
         refused: None,
+        note: None,
         steps: Vec::new(),
         tree: Vec::new(),
     };
     let Some(pid) = t.pid else {
-        if t.phase == Some(Phase::Dead) && t.socket.is_some() {
+        if t.phase == Some(Phase::Dead) && t.socket.as_ref().is_some_and(|s| s.exists()) {
             p.steps.push(Method::RemoveStaleSocket);
+        } else if t.phase == Some(Phase::Dead) {
+            p.note = Some("nothing to do: no process, no socket file".into());
         } else {
             p.refused = Some("no process found for it".into());
         }
@@ -215,7 +221,7 @@ pub fn plan(t: &Target, snap: &[ProcInfo], force: bool) -> Plan {
     };
     p.tree = tree_procs(snap, pid, t.start_ticks, t.child_pid);
     if p.tree.is_empty() {
-        p.refused = Some(format!("process {pid} is gone already"));
+        p.note = Some(format!("nothing to do: process {pid} is gone already"));
         return p;
     }
     if t.phase == Some(Phase::Held) && !force {
@@ -451,6 +457,49 @@ fn outside(
     )
 }
 
+/// A target given by pid (`reap --pid`): it must be a shellper process
+/// (ours or codev's), so a typo never takes down an unrelated tree. A pid
+/// of one of the scope's shellpers becomes that shellper's target (token
+/// and all).
+pub fn target_from_pid(pid: u32, scan: &Scan) -> crate::error::Result<Target> {
+    if let Some(v) = scan.shellpers.iter().find(|v| v.pid == Some(pid)) {
+        return Ok(Target::from_view(v, scan));
+    }
+    let not = |why: &str| crate::error::Error::NotAShellper {
+        pid,
+        why: why.to_string(),
+    };
+    let info = read_stat(pid as i32)
+        .filter(|p| p.is_live())
+        .ok_or_else(|| not("no such live process"))?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let exe_name = exe
+        .as_ref()
+        .and_then(|e| e.file_name())
+        .map(|n| n.to_string_lossy().into_owned());
+    let argv = procs::safe_cmdline(&info);
+    if procs::classify(&info.comm, exe_name.as_deref(), &argv).is_none() {
+        return Err(not(&format!(
+            "`{}` is neither a shellper binary nor a shellper-main.js process",
+            argv.join(" ")
+        )));
+    }
+    let snap = shellper_proctree::snapshot();
+    Ok(Target {
+        label: format!("pid {pid}"),
+        id: None,
+        socket: None,
+        pid: Some(pid),
+        start_ticks: Some(info.start_ticks),
+        child_pid: procs::pty_child(&snap, pid as i32).map(|c| c as u32),
+        phase: None,
+        reachable: false,
+        holder: None,
+        token: None,
+        kill_grace: Duration::from_secs(3),
+    })
+}
+
 /// Targets for `reap --orphans`: every orphan and every stale socket.
 pub fn targets_from_orphans(r: &OrphanReport, scan: &Scan) -> Vec<Target> {
     let mut out = Vec::new();
@@ -501,6 +550,10 @@ pub fn text(p: &Palette, r: &ReapReport) -> String {
         out.push('\n');
         if let Some(why) = &t.plan.refused {
             out.push_str(&format!("  {} {why}\n", p.paint(Style::Yellow, "refused:")));
+            continue;
+        }
+        if let Some(note) = &t.plan.note {
+            out.push_str(&format!("  {note}\n"));
             continue;
         }
         if r.dry_run {

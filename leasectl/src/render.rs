@@ -195,9 +195,15 @@ pub fn holder_text(s: &ShellperView) -> (String, Style) {
         None => ("-".into(), Style::Plain),
         Some(h) => {
             let pid = h.peer_pid.unwrap_or(h.pid);
+            // "minitower@77" already names its pid.
+            let who = if h.name.ends_with(&format!("@{pid}")) {
+                h.name.clone()
+            } else {
+                format!("{}/{pid}", h.name)
+            };
             match s.holder_alive {
-                Some(false) => (format!("{}/{pid} (dead)", h.name), Style::Red),
-                _ => (format!("{}/{pid}", h.name), Style::Plain),
+                Some(false) => (format!("{who} (dead)"), Style::Red),
+                _ => (who, Style::Plain),
             }
         }
     }

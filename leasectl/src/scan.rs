@@ -43,6 +43,18 @@ pub struct Scan {
     pub registry_error: Option<String>,
     /// Every shellper, sorted by id.
     pub shellpers: Vec<ShellperView>,
+    /// The scope's Tower: the pid holding `tower.lock` (from /proc/locks),
+    /// and whether one holds it at all.
+    pub tower: TowerView,
+}
+
+/// The scope's Tower as seen from outside.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TowerView {
+    /// pid holding the instance lock, `null` when no Tower runs.
+    pub pid: Option<u32>,
+    /// The pid written in `tower.lock` when nobody holds it: the last Tower.
+    pub last_pid: Option<u32>,
 }
 
 impl Scan {
@@ -83,6 +95,7 @@ pub async fn scan_scope(dir: &Path, timeout: Duration, only: Option<&str>) -> Re
         registry: None,
         registry_error: None,
         shellpers: Vec::new(),
+        tower: TowerView::default(),
     };
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -104,6 +117,13 @@ pub async fn scan_scope(dir: &Path, timeout: Duration, only: Option<&str>) -> Re
             tracing::warn!("{e}");
             scan.registry_error = Some(e.to_string());
         }
+    }
+    let lock = scope.lock_path();
+    scan.tower.pid = procs::flock_holder(&lock);
+    if scan.tower.pid.is_none() {
+        scan.tower.last_pid = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
     }
     let mut cands: BTreeMap<String, Candidate> = BTreeMap::new();
     let rd = std::fs::read_dir(dir).map_err(|e| Error::io("listing scope", dir, e))?;
@@ -288,6 +308,9 @@ fn from_proc(
     match found {
         None => {
             v.phase = Phase::Dead;
+            if !c.socket_exists {
+                v.error = Some("stale registry entry: no socket file, no process".into());
+            }
             if let Some(e) = &c.entry
                 && e.created_at_ms > 0
             {
@@ -313,7 +336,13 @@ fn from_proc(
                 v.args = args;
                 v.cwd = cwd;
             }
-            if let Ok(ms) = start_time_unix_ms(p.start_ticks) {
+            let registry_ms = c
+                .entry
+                .as_ref()
+                .filter(|_| source == PidSource::Registry)
+                .map(|e| e.created_at_ms)
+                .filter(|ms| *ms > 0);
+            if let Some(ms) = registry_ms.or_else(|| start_time_unix_ms(p.start_ticks).ok()) {
                 v.started_at_ms = Some(ms);
                 v.started_at = Some(rfc3339(ms));
                 v.age_ms = Some(now.saturating_sub(ms));
