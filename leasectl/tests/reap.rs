@@ -1,0 +1,242 @@
+#![allow(clippy::unwrap_used)]
+//! `reap`: each method of the ladder on real trees, verified through /proc
+//! (the LeakGuard's own scan is the independent check).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use shellper_testkit::LeakGuard;
+
+fn methods(t: &Value) -> Vec<(String, bool)> {
+    t["executed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["method"].as_str().unwrap().to_string(),
+                s["ok"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// s05 + s06 (Tower down): the escape-torture tree of a lapsed shellper is
+/// reaped with an authenticated terminate (token from the registry), and
+/// not one process of it survives.
+#[test]
+fn s05_reap_escape_torture_tree_leaves_zero_survivors() {
+    let guard = LeakGuard::new("leasectl_reap_torture");
+    let (_tmp, scope) = scope();
+    let mut tower = start_tower(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "500ms",
+            "--window",
+            "60s",
+            "--kill-grace",
+            "300ms",
+            "--spawn",
+            "1",
+        ],
+        &["sh", "-c", TORTURE],
+    );
+    let sp = tower.spawned[0].clone();
+    assert!(wait_until(Duration::from_secs(5), || tagged_pids(&guard)
+        .len()
+        >= 7));
+    tower.kill();
+    let tree_before: Vec<i32> = tagged_pids(&guard);
+    assert!(tree_before.len() >= 6, "{tree_before:?}");
+
+    let (code, doc) =
+        run_json(leasectl(&guard, &scope).args(["reap", &sp.id, "--json", "--grace", "3s"]));
+    assert_eq!(code, 0, "{doc}");
+    let t = &doc["targets"][0];
+    assert_eq!(methods(t), [("auth_terminate".to_string(), true)], "{t}");
+    assert!(
+        t["executed"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Requested"),
+        "{t}"
+    );
+    assert_eq!(t["survivors"].as_array().unwrap().len(), 0);
+    assert_eq!(t["clean"], true);
+    let killed: Vec<i64> = t["killed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["pid"].as_i64().unwrap())
+        .collect();
+    for pid in &tree_before {
+        assert!(
+            killed.contains(&i64::from(*pid)),
+            "{pid} not reported killed: {killed:?}"
+        );
+    }
+    // Independent check: the guard's /proc scan finds nothing alive.
+    assert!(guard.wait_gone(Duration::from_secs(2)).is_empty());
+    // The socket file is gone; `list` shows only the stale registry entry.
+    assert!(!scope.join(format!("{}.sock", sp.id)).exists());
+    guard.finish();
+}
+
+/// A held shellper is refused without --force (acquiring evicts its
+/// Tower); --dry-run prints the plan and touches nothing; with --force the
+/// authenticated terminate evicts the Tower and takes the tree down.
+#[test]
+fn reap_refuses_held_without_force_and_dry_run_touches_nothing() {
+    let guard = LeakGuard::new("leasectl_reap_held");
+    let (_tmp, scope) = scope();
+    let mut tower = start_tower(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "1s",
+            "--window",
+            "60s",
+            "--kill-grace",
+            "300ms",
+            "--spawn",
+            "1",
+        ],
+        &["sleep", "600"],
+    );
+    let sp = tower.spawned[0].clone();
+    let (code, doc) = run_json(leasectl(&guard, &scope).args(["reap", &sp.id, "--json"]));
+    assert_eq!(code, 1, "{doc}");
+    let refused = doc["targets"][0]["refused"].as_str().unwrap();
+    assert!(refused.contains("held by minitower"), "{refused}");
+    assert!(refused.contains("--force"));
+
+    let out = leasectl(&guard, &scope)
+        .args(["reap", &sp.id, "--force", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let plan = String::from_utf8(out.stdout).unwrap();
+    assert!(plan.contains("1. authenticated terminate"), "{plan}");
+    assert!(plan.contains("2. SIGTERM"), "{plan}");
+    assert!(plan.contains("3. kill ladder from outside"), "{plan}");
+    assert!(plan.contains(&format!("{}", sp.child_pid)), "{plan}");
+    // Nothing was touched.
+    let (_, list) = run_json(leasectl(&guard, &scope).args(["list", "--json"]));
+    assert_eq!(entry(&list, &sp.id)["phase"], "held");
+
+    let (code, doc) =
+        run_json(leasectl(&guard, &scope).args(["reap", &sp.id, "--force", "--json"]));
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(
+        methods(&doc["targets"][0]),
+        [("auth_terminate".to_string(), true)]
+    );
+    // Only minitower is left.
+    assert!(wait_until(Duration::from_secs(3), || tagged_pids(&guard)
+        == [tower.pid as i32]));
+    tower.kill();
+    guard.finish();
+}
+
+/// s06 (Tower down, shellper wedged): a SIGSTOPped shellper gets SIGTERM +
+/// SIGCONT and runs its own ladder; a codev Node shellper that ignores
+/// SIGTERM (and whose children do too) needs the ladder from outside. Zero
+/// survivors either way. `--pid` refuses a process that is not a shellper.
+#[test]
+fn s06_reap_stopped_and_stubborn_legacy_shellpers() {
+    let guard = LeakGuard::new("leasectl_reap_wedged");
+    let (_tmp, scope) = scope();
+    let mut tower = start_tower(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "1s",
+            "--window",
+            "60s",
+            "--kill-grace",
+            "300ms",
+            "--spawn",
+            "1",
+        ],
+        &["sh", "-c", TORTURE],
+    );
+    let sp = tower.spawned[0].clone();
+    assert!(wait_until(Duration::from_secs(5), || tagged_pids(&guard)
+        .len()
+        >= 7));
+    tower.kill();
+    signal(sp.pid, libc::SIGSTOP);
+    let (code, doc) = run_json(leasectl(&guard, &scope).args([
+        "--timeout",
+        "300ms",
+        "reap",
+        &sp.id,
+        "--json",
+        "--grace",
+        "3s",
+    ]));
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(
+        methods(&doc["targets"][0]),
+        [("sigterm".to_string(), true)],
+        "unreachable: no authenticated terminate; the shellper's own ladder after SIGCONT"
+    );
+    assert!(
+        guard.wait_gone(Duration::from_secs(2)).is_empty(),
+        "{:?}",
+        guard.survivors()
+    );
+
+    let mut node = fake_node_shellper(&guard, true);
+    assert!(wait_until(Duration::from_secs(3), || tagged_pids(&guard)
+        .len()
+        >= 3));
+    let (code, doc) = run_json(leasectl(&guard, &scope).args([
+        "reap",
+        "--pid",
+        &node.id().to_string(),
+        "--json",
+        "--grace",
+        "300ms",
+    ]));
+    assert_eq!(code, 0, "{doc}");
+    let t = &doc["targets"][0];
+    assert_eq!(
+        methods(t),
+        [
+            ("sigterm".to_string(), false),
+            ("outside_ladder".to_string(), true)
+        ],
+        "{t}"
+    );
+    assert!(t["killed"].as_array().unwrap().len() >= 3, "{t}");
+    let _ = node.wait();
+    assert!(
+        guard.wait_gone(Duration::from_secs(2)).is_empty(),
+        "{:?}",
+        guard.survivors()
+    );
+
+    // Not a shellper: refused with exit 2, nothing signalled.
+    let mut plain = std::process::Command::new("sleep");
+    plain.arg("600");
+    guard.apply(&mut plain);
+    let mut plain = plain.spawn().unwrap();
+    let out = leasectl(&guard, &scope)
+        .args(["reap", "--pid", &plain.id().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a shellper"));
+    assert!(shellper_testkit::proc_alive(plain.id() as i32));
+    let _ = plain.kill();
+    let _ = plain.wait();
+    guard.finish();
+}
