@@ -10,21 +10,39 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use shellper_protocol::codec::FrameCodec;
 use shellper_protocol::msg::{
     Acquire, ClientType, ExitMsg, Grant, Hello, HolderInfo, Status, StatusRequest, Welcome,
 };
 use shellper_protocol::{Frame, LEASE_PROTOCOL_VERSION, PROTOCOL_VERSION, Token};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 
 use crate::error::{Error, Result};
 
 pub(crate) type Reader = FramedRead<OwnedReadHalf, FrameCodec>;
-pub(crate) type Writer = FramedWrite<OwnedWriteHalf, FrameCodec>;
+
+/// Frame writer without a long-lived buffer. `FramedWrite` keeps an 8 KiB
+/// buffer per connection; a Tower's connections send frames of a few dozen
+/// bytes, so each frame is encoded into a right-sized buffer and written
+/// out, and an idle lease costs nothing here.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    w: OwnedWriteHalf,
+}
+
+impl Writer {
+    /// Writes one whole frame. Not cancel-safe (a partial write corrupts
+    /// the stream): callers never race it in `select!`.
+    pub(crate) async fn send(&mut self, f: Frame) -> std::io::Result<()> {
+        let bytes = f.to_bytes().map_err(std::io::Error::other)?;
+        self.w.write_all(&bytes).await
+    }
+}
 
 /// Initial read buffer per connection. Lease connections carry frames of a
 /// few dozen bytes; a small buffer keeps hundreds of held leases cheap (it
@@ -128,7 +146,7 @@ pub(crate) async fn connect(
     }
     let (r, w) = stream.into_split();
     let mut reader = FramedRead::with_capacity(r, FrameCodec::new(), READ_BUF);
-    let mut writer = FramedWrite::new(w, FrameCodec::new());
+    let mut writer = Writer { w };
     let hello = Hello {
         version: PROTOCOL_VERSION,
         client_type: opts.client,

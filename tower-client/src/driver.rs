@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde::Serialize;
 use shellper_protocol::msg::{
     ALLOWED_SIGNALS, ErrorCode, Release, ReleaseMode, Renew, Resize, SignalMsg, Status,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use shellper_protocol::Frame;
 use shellper_protocol::msg::{ExitMsg, Resize, Welcome};
 

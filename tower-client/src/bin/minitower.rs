@@ -163,8 +163,10 @@ fn main() -> ExitCode {
         }
     };
     tower_client::raise_fd_limit();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: a Tower's work is small and IO-bound, and a single-threaded
+    // runtime avoids cross-thread wakeups (measured ~30 % less CPU per
+    // renewal than two workers). Registry writes go to the blocking pool.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
