@@ -535,7 +535,7 @@ impl Driver {
         }
         let proc = std::mem::replace(&mut self.proc, ProcWatch::Done);
         proc.reap_in_background();
-        self.ctx.forget(&self.handle.info.id);
+        self.ctx.forget(&self.handle);
     }
 
     async fn write(&mut self, f: Frame) -> bool {
@@ -702,6 +702,10 @@ impl Driver {
             }
             Frame::Released(r) => {
                 if let Some(reply) = self.detach.take() {
+                    // No longer held: gone from the Tower's map before the
+                    // caller hears about it.
+                    self.ctx.forget(&self.handle);
+                    self.set_state(ST_ENDED);
                     self.emit(Event::Detached {
                         id: self.id(),
                         kill_in_ms: r.kill_in_ms,
@@ -767,6 +771,8 @@ impl Driver {
         if self.finished {
             return;
         }
+        self.ctx.forget(&self.handle);
+        self.set_state(ST_ENDED);
         self.emit(Event::Revoked {
             id: self.id(),
             old_epoch,
@@ -884,6 +890,8 @@ impl Driver {
         self.finished = true;
         let id = self.id();
         let requested = self.terminate.is_some();
+        self.ctx.forget(&self.handle);
+        self.set_state(ST_ENDED);
         // Gone for good: forget it (before anyone is told, so a caller that
         // wakes on the reply sees the registry without it), and remove a
         // socket file a killed shellper could not remove itself.

@@ -97,8 +97,16 @@ impl Ctx {
         self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn forget(&self, id: &str) {
-        self.handles().remove(id);
+    /// Removes a driver's handle from the map, unless the id is now held by
+    /// a newer driver (re-adopted after a detach).
+    pub(crate) fn forget(&self, inner: &Arc<HandleInner>) {
+        let mut map = self.handles();
+        if map
+            .get(&inner.info.id)
+            .is_some_and(|h| Arc::ptr_eq(&h.inner, inner))
+        {
+            map.remove(&inner.info.id);
+        }
     }
 
     /// Registers a granted lease and starts its driver.

@@ -170,7 +170,92 @@ async fn s03_displaced_holder_is_revoked_and_does_not_reacquire() {
     assert_eq!(st.counters.acquires, 2);
     let res = b.terminate_all(Duration::from_secs(5)).await;
     assert!(res.iter().all(|(_, r)| r.is_ok()), "{res:?}");
+    // A stopped holding it but still reaps its child: no zombie stays.
+    let pid = h.info().pid;
+    let t = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(t.elapsed() < Duration::from_secs(2), "zombie left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     guard.with_settle(Duration::from_millis(500)).finish();
+}
+
+/// Scenario 2, the hard case: a shellper that does not answer during
+/// adoption (stopped) is reported and left alone, not killed; once it runs
+/// again, a second adoption pass takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s02_unadoptable_shellper_is_reported_and_left_alone() {
+    let guard = LeakGuard::new("s02_lib_unadoptable");
+    let tmp = scope_tmp();
+    let (a, _ev) = open(tmp.path(), lease(400, 3000, 300));
+    let h1 = a.spawn(spec(&guard, SLEEPER)).await.unwrap();
+    let h2 = a.spawn(spec(&guard, SLEEPER)).await.unwrap();
+    let stopped = h2.info().pid;
+    a.abandon();
+    // SAFETY: kill(2) on a shellper we spawned and still watch.
+    assert_eq!(unsafe { libc::kill(stopped as i32, libc::SIGSTOP) }, 0);
+    let mut cfg = config(lease(400, 3000, 300));
+    cfg.connect_timeout = Duration::from_millis(300);
+    let (b, _ev) = Tower::open(Scope::open(tmp.path()).unwrap(), cfg).unwrap();
+    let t = Instant::now();
+    let rep = b.adopt_all().await;
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "bounded by the connect timeout"
+    );
+    assert_eq!(rep.adopted.len(), 1);
+    assert_eq!(rep.adopted[0].id(), h1.id());
+    assert_eq!(rep.failed.len(), 1);
+    assert_eq!(rep.failed[0].entry.id, h2.id());
+    assert!(
+        matches!(rep.failed[0].error, Error::Timeout { .. }),
+        "{}",
+        rep.failed[0].error
+    );
+    assert!(alive(stopped), "not adoptable is not a reason to kill");
+    assert_eq!(b.registry().shellpers.len(), 2, "kept for a later attempt");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(stopped as i32, libc::SIGCONT) }, 0);
+    let rep = b.adopt_all().await;
+    assert_eq!(
+        (rep.adopted.len(), rep.already_held),
+        (1, 1),
+        "{:?}",
+        rep.failed
+    );
+    let res = b.terminate_all(Duration::from_secs(5)).await;
+    assert!(res.iter().all(|(_, r)| r.is_ok()), "{res:?}");
+    guard.with_settle(Duration::from_millis(500)).finish();
+}
+
+/// Release: detach with a hold longer than the window keeps the shellper
+/// alive past its window, and a Tower can take it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s06_detach_with_long_hold_outlives_the_window() {
+    let guard = LeakGuard::new("s06_lib_detach");
+    let tmp = scope_tmp();
+    let (a, mut ev) = open(tmp.path(), lease(300, 1000, 300));
+    let h = a.spawn(spec(&guard, SLEEPER)).await.unwrap();
+    let kill_in = h.detach(Some(Duration::from_millis(3000))).await.unwrap();
+    assert!(kill_in >= Duration::from_millis(2900), "{kill_in:?}");
+    let e = wait_event(&mut ev, Duration::from_secs(1), |e| {
+        matches!(e, Event::Detached { .. })
+    })
+    .await;
+    assert_eq!(e.id(), h.id());
+    assert!(a.is_empty());
+    assert_eq!(a.registry().shellpers.len(), 1, "detached stays adoptable");
+    a.abandon();
+    tokio::time::sleep(Duration::from_millis(1800)).await; // > TTL + window
+    assert!(alive(h.info().pid), "the hold outlasts the window");
+    let (b, _ev) = open(tmp.path(), lease(300, 1000, 300));
+    let rep = b.adopt_all().await;
+    assert_eq!(rep.adopted.len(), 1, "{:?}", rep.failed);
+    rep.adopted[0]
+        .terminate(Duration::from_secs(5))
+        .await
+        .unwrap();
+    guard.with_settle(Duration::from_millis(300)).finish();
 }
 
 /// Scenario 6 (library): terminate returns only once the whole tree is
@@ -191,6 +276,9 @@ async fn s06_terminate_confirms_whole_tree_dead() {
     assert_eq!(report.survivors, 0);
     assert!(report.signalled >= 5, "{report:?}");
     assert_eq!(rep.exit.code, Some(0));
+    // Reaped by us (its parent): not even a zombie is left.
+    let pid = h.info().pid;
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     // Confirmed means confirmed: nothing of the tree is alive right now.
     assert!(guard.survivors().is_empty(), "{:?}", guard.survivors());
     assert!(t.elapsed() < Duration::from_secs(3));
