@@ -202,9 +202,10 @@ impl Tower {
     /// Takes the scope's instance lock, loads its registry (a corrupt one is
     /// an error) and starts the renewal scheduler.
     pub fn open(scope: Scope, cfg: TowerConfig) -> Result<(Tower, Events)> {
+        // Configuration errors first: they need no lock and change nothing.
+        let shellper_bin = spawn::resolve_shellper(cfg.shellper_bin.as_deref())?;
         let lock = scope.lock()?;
         let reg = scope.read_registry()?;
-        let shellper_bin = spawn::resolve_shellper(cfg.shellper_bin.as_deref())?;
         let (sched_tx, sched_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let rtt = Arc::new(Mutex::new(RttSamples::default()));

@@ -196,7 +196,7 @@ async fn s02_unadoptable_shellper_is_reported_and_left_alone() {
     assert_eq!(unsafe { libc::kill(stopped as i32, libc::SIGSTOP) }, 0);
     let mut cfg = config(lease(400, 3000, 300));
     cfg.connect_timeout = Duration::from_millis(300);
-    let (b, _ev) = Tower::open(Scope::open(tmp.path()).unwrap(), cfg).unwrap();
+    let (b, _ev) = open_cfg(tmp.path(), cfg).unwrap();
     let t = Instant::now();
     let rep = b.adopt_all().await;
     assert!(
@@ -374,7 +374,7 @@ async fn s07_failed_spawns_leave_nothing_behind() {
     let mut cfg = config(lease(500, 2000, 300));
     cfg.shellper_bin = Some(tmp.path().join("missing"));
     assert!(matches!(
-        Tower::open(Scope::open(&scope_dir).unwrap(), cfg),
+        open_cfg(&scope_dir, cfg),
         Err(Error::ShellperNotFound(_))
     ));
     guard.with_settle(Duration::from_millis(200)).finish();

@@ -28,7 +28,25 @@ pub fn config(lease: LeaseConfig) -> TowerConfig {
 }
 
 pub fn open(dir: &Path, lease: LeaseConfig) -> (Tower, Events) {
-    Tower::open(Scope::open(dir).expect("scope"), config(lease)).expect("tower")
+    open_cfg(dir, config(lease)).expect("tower")
+}
+
+/// Opens a Tower, retrying briefly while the scope is locked: after
+/// `abandon()` in this process, a concurrent test's fork (between fork and
+/// exec the child shares every descriptor, the lock's included) can hold
+/// the flock for a moment. A real Tower never re-opens its scope in-process.
+pub fn open_cfg(dir: &Path, cfg: TowerConfig) -> tower_client::Result<(Tower, Events)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match Tower::open(Scope::open(dir).expect("scope"), cfg.clone()) {
+            Err(tower_client::Error::ScopeLocked { .. })
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// `sh -c script` in a shellper, tagged for the leak guard (both the
