@@ -61,7 +61,7 @@ pub use scope::{InstanceLock, Scope};
 pub use shellper_protocol::{LeaseConfig, Token};
 pub use spawn::{SpawnSpec, resolve_shellper};
 pub use terminal::{Output, Terminal, TerminalReader, TerminalWriter};
-pub use tower::{AdoptFailure, AdoptReport, Events, Tower, TowerConfig};
+pub use tower::{AdoptFailure, AdoptReport, Events, TERMINATE_CONCURRENCY, Tower, TowerConfig};
 
 /// Raises the soft limit on open descriptors to the hard limit and returns
 /// the new soft limit. A Tower needs two descriptors per held shellper (its

@@ -8,7 +8,7 @@
 //! | `<id>.sock` | a shellper's socket (0600) |
 //! | `<id>.log` | its log (shellper tracing + stderr) |
 //! | `tower.lock` | instance lock: `flock(LOCK_EX\|LOCK_NB)`, holds the owner's pid |
-//! | `registry.json` | the [`Registry`](crate::Registry), 0600 |
+//! | `registry.json` | the [`Registry`], 0600 |
 //!
 //! Opening a scope never takes the lock: read-only tools (`leasectl`) open a
 //! scope to read its registry and query shellpers while a Tower holds it.

@@ -77,7 +77,7 @@ enum OnExit {
 #[command(name = "minitower", version, after_help = AFTER_HELP)]
 struct Cli {
     /// Scope directory (created 0700). Default: $XDG_RUNTIME_DIR/shellper,
-    /// else $TMPDIR/shellper-<uid>.
+    /// else `$TMPDIR/shellper-<uid>`.
     #[arg(long, value_name = "DIR")]
     scope: Option<PathBuf>,
 
