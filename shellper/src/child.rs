@@ -84,6 +84,18 @@ pub fn spawn_pty(spec: &SpawnSpec) -> Result<PtyChild> {
         command: spec.command.clone(),
         detail,
     };
+    // exec reports a missing cwd as a bare ENOENT, indistinguishable from a
+    // missing command: check the directory first so the error names it.
+    match std::fs::metadata(&spec.cwd) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(fail(format!(
+                "working directory {:?} is not a directory",
+                spec.cwd
+            )));
+        }
+        Err(e) => return Err(fail(format!("working directory {:?}: {e}", spec.cwd))),
+    }
     let (pty, pts) = pty_process::blocking::open().map_err(|e| fail(format!("open PTY: {e}")))?;
     pty.resize(pty_process::Size::new(spec.rows, spec.cols))
         .map_err(|e| fail(format!("set size: {e}")))?;
@@ -458,6 +470,25 @@ fn signal_pid(pid: i32, sig: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_working_directory_is_named_in_the_error() {
+        let spec = SpawnSpec {
+            command: "/bin/sh".into(),
+            args: vec![],
+            cwd: "/nonexistent/shellper-test-dir".into(),
+            env: None,
+            cols: 80,
+            rows: 24,
+        };
+        let err = spawn_pty(&spec)
+            .expect_err("cwd does not exist")
+            .to_string();
+        assert!(
+            err.contains("working directory") && err.contains("/nonexistent/shellper-test-dir"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn exit_reports_are_codev_style() {
