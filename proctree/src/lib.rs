@@ -42,6 +42,8 @@
 //! * [`snapshot`]`() -> Vec<ProcInfo>`, [`read_stat`]`(pid)`,
 //!   [`read_proc`]`(pid)` (with cmdline), [`same_process`]`(pid, start_ticks)`,
 //!   [`environ_contains`]`(pid, key, value)`, [`start_time_unix_ms`].
+//! * [`pidfd_for`]`(pid, start_ticks) -> Option<OwnedFd>`: a pidfd pinned
+//!   to that exact live process (to watch the exit of one we did not spawn).
 //!
 //! # API for operators
 //!
@@ -77,5 +79,5 @@ pub use procfs::{
     start_time_unix_ms,
 };
 pub use reap::{ChildExit, become_subreaper, reap_zombies};
-pub use table::{Delivery, LinuxTable, ProcessTable, Sig};
+pub use table::{Delivery, LinuxTable, ProcessTable, Sig, pidfd_for};
 pub use tree::{TreeSpec, members};

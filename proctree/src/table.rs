@@ -9,6 +9,7 @@
 //! and run for real against [`LinuxTable`].
 
 use std::io;
+use std::os::fd::OwnedFd;
 
 use rustix::process::{Pid, PidfdFlags, Signal};
 use serde::{Deserialize, Serialize};
@@ -71,6 +72,27 @@ pub trait ProcessTable {
     fn cmdline(&self, _pid: i32) -> Option<Vec<String>> {
         None
     }
+}
+
+/// A pidfd for the live process `(pid, start_ticks)`, or `None` if that
+/// process is gone, is a zombie, or the pid now names another process.
+///
+/// The pidfd is opened first and the start time checked afterwards: the
+/// pidfd pins one process, so a successful check proves it pins the one we
+/// meant (a recycled pid is never mistaken for it). Meant for watching a
+/// process we did not spawn (a pidfd becomes readable when the process
+/// exits), e.g. a shellper a restarted Tower adopts. Also `None` where
+/// pidfds are unavailable (kernel before 5.3, ENOSYS) or descriptors ran
+/// out; [`LinuxTable::signal`] is the way to *signal* such a process.
+pub fn pidfd_for(pid: i32, start_ticks: u64) -> Option<OwnedFd> {
+    if pid <= 0 {
+        return None;
+    }
+    let p = Pid::from_raw(pid)?;
+    let fd = rustix::process::pidfd_open(p, PidfdFlags::empty()).ok()?;
+    procfs::read_stat(pid)
+        .is_some_and(|s| s.start_ticks == start_ticks && s.is_live())
+        .then_some(fd)
 }
 
 /// The real Linux table: `/proc` for listing, pidfds for signalling.
@@ -192,5 +214,44 @@ mod tests {
         );
         assert!(t.alive(me.pid, me.start_ticks));
         assert!(!t.alive(me.pid, me.start_ticks + 1));
+    }
+
+    #[test]
+    fn pidfd_for_pins_only_the_live_process_with_that_start_time() {
+        let me = procfs::read_stat(std::process::id() as i32).expect("self");
+        assert!(pidfd_for(me.pid, me.start_ticks).is_some());
+        assert!(pidfd_for(me.pid, me.start_ticks + 1).is_none(), "recycled");
+        assert!(pidfd_for(0, 0).is_none() && pidfd_for(-1, 0).is_none());
+
+        // A child: readable pidfd once it exits; no pidfd for its zombie.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        let st = procfs::read_stat(pid).expect("child stat");
+        let fd = pidfd_for(pid, st.start_ticks).expect("pidfd of live child");
+        let readable = |fd: &OwnedFd, ms: i32| {
+            use std::os::fd::AsRawFd;
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, and `fd` outlives the call.
+            unsafe { libc::poll(&mut p, 1, ms) == 1 }
+        };
+        assert!(!readable(&fd, 0), "not readable while it runs");
+        assert_eq!(
+            LinuxTable
+                .signal(pid, st.start_ticks, Sig::Kill)
+                .expect("kill"),
+            Delivery::Sent
+        );
+        assert!(readable(&fd, 900), "readable once it exited");
+        // Not reaped yet: a zombie has no pidfd to offer.
+        assert!(pidfd_for(pid, st.start_ticks).is_none(), "zombie");
+        child.wait().expect("reap");
+        assert!(pidfd_for(pid, st.start_ticks).is_none(), "gone");
     }
 }

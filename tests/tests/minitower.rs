@@ -184,7 +184,7 @@ impl Drop for Mini {
 }
 
 fn alive(pid: u32) -> bool {
-    tower_client::procfs::alive(pid)
+    shellper_proctree::read_stat(pid as i32).is_some_and(|p| p.is_live())
 }
 
 fn all_alive(pids: &[(String, u32)]) -> bool {

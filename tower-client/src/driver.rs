@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Serialize;
+use shellper_proctree::{LinuxTable, ProcessTable, Sig};
 use shellper_protocol::msg::{
     ALLOWED_SIGNALS, ErrorCode, Release, ReleaseMode, Renew, Resize, SignalMsg, Status,
     StatusRequest, TerminateReason, Terminated,
@@ -642,11 +643,7 @@ impl Driver {
                     // kill ladder all the same; death is confirmed by its
                     // process disappearing (and exit code 0 when ours).
                     let info = &self.handle.info;
-                    crate::procfs::signal(
-                        info.pid,
-                        info.start_ticks,
-                        rustix::process::Signal::TERM,
-                    );
+                    let _ = LinuxTable.signal(info.pid as i32, info.start_ticks, Sig::Term);
                 }
             }
         }
@@ -865,7 +862,7 @@ impl Driver {
             t.deadline = Instant::now() + Duration::from_secs(86_400 * 365);
             if let Some(reply) = t.reply.take() {
                 let info = &self.handle.info;
-                let alive = crate::procfs::same_process(info.pid, info.start_ticks);
+                let alive = LinuxTable.alive(info.pid as i32, info.start_ticks);
                 let _ = reply.send(Err(Error::Terminate {
                     id: info.id.clone(),
                     detail: format!(

@@ -14,7 +14,9 @@
 //!   shellpers a Tower holds, their identities and tokens (a corrupt
 //!   registry is an error, never "empty");
 //! * [`query_status`]: one bounded STATUS query of a socket;
-//! * [`procfs::same_process`]: is this registry entry's process still alive?
+//! * is this registry entry's process still alive? Ask `shellper-proctree`:
+//!   `LinuxTable.alive(pid, start_ticks)` ([`shellper_proctree::ProcessTable`]),
+//!   which checks the start time, so a recycled pid is never taken for it.
 //!
 //! # For Towers
 //! [`Tower::open`] locks a scope and starts the single renewal scheduler;
@@ -40,7 +42,6 @@
 //! ```
 
 pub mod error;
-pub mod procfs;
 pub mod registry;
 pub mod sched;
 pub mod scope;

@@ -20,8 +20,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::process::Signal;
 use serde::Deserialize;
+use shellper_proctree::{LinuxTable, ProcessTable, Sig, TreeSpec, members, read_stat, snapshot};
 use shellper_protocol::{LeaseConfig, Token};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -30,7 +30,6 @@ use tokio::time::Instant;
 use crate::conn::{self, HelloOpts};
 use crate::driver::{ProcWatch, ShellperHandle, ShellperInfo};
 use crate::error::{Error, Result, SpawnFailure};
-use crate::procfs;
 use crate::registry::RegistryEntry;
 use crate::tower::Ctx;
 
@@ -380,7 +379,7 @@ async fn pipeline(
             format!("reported pid {} but we started pid {child_pid}", info.pid),
         ));
     }
-    let ticks = procfs::start_ticks(child_pid)
+    let ticks = start_ticks(child_pid)
         .ok_or(("identity", format!("pid {child_pid} has no /proc entry")))?;
     st.ident = Some((child_pid, ticks));
 
@@ -443,25 +442,57 @@ async fn pipeline(
     Ok(ctx.start_driver(info, token, c, grant, exit, ProcWatch::Child(child)))
 }
 
+/// Start time of `pid` in clock ticks since boot, if it exists.
+fn start_ticks(pid: u32) -> Option<u64> {
+    read_stat(pid as i32).map(|p| p.start_ticks)
+}
+
+/// The live tree of shellper `root` as `(pid, start_ticks)` pairs, by
+/// proctree's membership rules: its descendants, plus every process in a
+/// session led by one of them (the PTY child `setsid`s, and so may the
+/// jobs it starts; their members stay in those sessions even when they
+/// escaped to PID 1). Grows the set of sessions until it stops changing.
+fn tree_of(root: u32, root_start_ticks: Option<u64>) -> Vec<(i32, u64)> {
+    let snap = snapshot();
+    let mut spec = TreeSpec {
+        root: root as i32,
+        root_start_ticks,
+        sessions: Vec::new(),
+    };
+    loop {
+        let tree = members(&snap, &spec);
+        let mut led: Vec<i32> = tree
+            .iter()
+            .filter(|p| p.pid == p.sid)
+            .map(|p| p.sid)
+            .collect();
+        led.sort_unstable();
+        if led == spec.sessions {
+            return tree.iter().map(|p| (p.pid, p.start_ticks)).collect();
+        }
+        spec.sessions = led;
+    }
+}
+
 /// Kills whatever a failed spawn started and verifies it is gone. Returns
 /// an empty string on success, else a sentence for the error message.
 async fn cleanup(ctx: &Arc<Ctx>, st: &mut Started) -> String {
     let mut problems = Vec::new();
     if let Some(mut child) = st.child.take() {
         if let Some(pid) = child.id() {
-            let ticks = st.ident.map(|i| i.1).or_else(|| procfs::start_ticks(pid));
+            let ticks = st.ident.map(|i| i.1).or_else(|| start_ticks(pid));
             // Remember the tree before anything dies: once the shellper is
             // gone its orphans are reparented and no longer look like ours.
-            let mut tree = procfs::descendants(pid);
+            let mut tree = tree_of(pid, ticks);
             // SIGTERM first: a real shellper runs its kill ladder on it.
             if let Some(t) = ticks {
-                procfs::signal(pid, t, Signal::TERM);
+                let _ = LinuxTable.signal(pid as i32, t, Sig::Term);
             }
             let grace =
                 ctx.cfg.lease.kill_grace.min(Duration::from_secs(5)) + Duration::from_secs(1);
             let exited = tokio::time::timeout(grace, child.wait()).await.is_ok();
             if !exited {
-                for d in procfs::descendants(pid) {
+                for d in tree_of(pid, ticks) {
                     if !tree.contains(&d) {
                         tree.push(d);
                     }
@@ -480,7 +511,7 @@ async fn cleanup(ctx: &Arc<Ctx>, st: &mut Started) -> String {
             loop {
                 let alive: Vec<_> = tree
                     .iter()
-                    .filter(|(p, t)| procfs::same_process(*p, *t))
+                    .filter(|(p, t)| LinuxTable.alive(*p, *t))
                     .copied()
                     .collect();
                 if alive.is_empty() {
@@ -498,7 +529,7 @@ async fn cleanup(ctx: &Arc<Ctx>, st: &mut Started) -> String {
                     break;
                 }
                 for (p, t) in &alive {
-                    procfs::signal(*p, *t, Signal::KILL);
+                    let _ = LinuxTable.signal(*p, *t, Sig::Kill);
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -524,5 +555,34 @@ async fn cleanup(ctx: &Arc<Ctx>, st: &mut Started) -> String {
         String::new()
     } else {
         format!(" (cleanup incomplete: {})", problems.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_of_finds_children_and_kill_by_identity_ends_them() {
+        let me = std::process::id();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("spawn sleep");
+        let cpid = child.id();
+        let ct = start_ticks(cpid).expect("child stat");
+        assert!(tree_of(me, start_ticks(me)).contains(&(cpid as i32, ct)));
+        assert!(LinuxTable.alive(cpid as i32, ct));
+        assert_eq!(
+            LinuxTable.signal(cpid as i32, ct, Sig::Kill).expect("kill"),
+            shellper_proctree::Delivery::Sent
+        );
+        child.wait().expect("reap");
+        assert!(!LinuxTable.alive(cpid as i32, ct));
+        assert!(
+            !tree_of(me, start_ticks(me))
+                .iter()
+                .any(|(p, _)| *p == cpid as i32)
+        );
     }
 }

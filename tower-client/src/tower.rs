@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::Token;
 use crate::conn::{self, HelloOpts};
 use crate::driver::{
     Ctl, CtlSink, CtlTx, Driver, Event, HandleInner, ProcWatch, ShellperHandle, ShellperInfo,
@@ -23,7 +24,6 @@ use crate::registry::{Registry, RegistryEntry, RegistryStore};
 use crate::sched::{self, RttSamples, SchedMsg};
 use crate::scope::{InstanceLock, Scope};
 use crate::spawn::{self, SpawnSpec};
-use crate::{Token, procfs};
 
 /// How many terminations [`Tower::terminate_all`] runs at once.
 pub const TERMINATE_CONCURRENCY: usize = 16;
@@ -402,7 +402,7 @@ async fn collect<T: 'static>(mut set: JoinSet<(String, T)>) -> Vec<(String, T)> 
 async fn adopt_one(ctx: &Arc<Ctx>, e: &RegistryEntry) -> Result<Option<ShellperHandle>> {
     // Pin the process first, then check it is the one we registered: a
     // recycled pid is never mistaken for our shellper.
-    let Some(pidfd) = procfs::pidfd_for(e.pid, e.start_ticks) else {
+    let Some(pidfd) = shellper_proctree::pidfd_for(e.pid as i32, e.start_ticks) else {
         return Ok(None);
     };
     let token = e.token().map_err(|err| Error::RegistryCorrupt {

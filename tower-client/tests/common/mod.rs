@@ -84,7 +84,7 @@ pub fn drain(events: &mut Events) -> Vec<Event> {
 }
 
 pub fn alive(pid: u32) -> bool {
-    tower_client::procfs::alive(pid)
+    shellper_proctree::read_stat(pid as i32).is_some_and(|p| p.is_live())
 }
 
 /// A temporary directory usable as a scope (private: 0700).
