@@ -16,12 +16,9 @@
 //! * [`procs`]: /proc facts proctree does not offer (socket owners,
 //!   shellper recognition, argv of a shellper).
 //! * [`orphans`], [`reap`], [`demo`]: the subcommands with logic of their own.
-//! * [`client`]: the authenticated terminate (ACQUIRE + RELEASE Terminate);
-//!   belongs in tower-client, kept here behind one function.
 //! * [`commands`]: wiring of every subcommand to its exit code.
 
 pub mod cli;
-pub mod client;
 pub mod commands;
 pub mod demo;
 pub mod error;

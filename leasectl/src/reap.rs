@@ -26,8 +26,8 @@ use shellper_proctree::{
     read_stat,
 };
 use shellper_protocol::Token;
+use tower_client::{TerminateOutcome, terminate_with_token};
 
-use crate::client::{TerminateOutcome, terminate_with_token};
 use crate::model::{Phase, ShellperView, TreeProc};
 use crate::orphans::OrphanReport;
 use crate::procs;
@@ -307,7 +307,8 @@ pub async fn execute(t: &Target, plan: Plan, grace: Duration, handshake: Duratio
                     continue;
                 };
                 let ladder = t.kill_grace + grace + Duration::from_secs(1);
-                match terminate_with_token(socket, token, handshake, ladder).await {
+                match terminate_with_token(socket, token, "leasectl-reap", handshake, ladder).await
+                {
                     Ok(TerminateOutcome::Terminated(r)) => {
                         let gone = wait_gone(&recorded, child, grace).await;
                         (

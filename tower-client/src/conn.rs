@@ -1,5 +1,6 @@
 //! Connections to a shellper's socket: connect with a deadline, HELLO /
-//! WELCOME, ACQUIRE / GRANT, and the public status query.
+//! WELCOME, ACQUIRE / GRANT, and the public one-shot operations: the status
+//! query and the authenticated terminate.
 //!
 //! Every step has a deadline because a stopped or wedged shellper still
 //! accepts connections (the kernel queues them) but never answers; a Tower
@@ -13,7 +14,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use shellper_protocol::codec::FrameCodec;
 use shellper_protocol::msg::{
-    Acquire, ClientType, ExitMsg, Grant, Hello, HolderInfo, Status, StatusRequest, Welcome,
+    Acquire, ClientType, ExitMsg, Grant, Hello, HolderInfo, Release, ReleaseMode, Status,
+    StatusRequest, Terminated, Welcome,
 };
 use shellper_protocol::{Frame, LEASE_PROTOCOL_VERSION, PROTOCOL_VERSION, Token};
 use tokio::io::AsyncWriteExt;
@@ -278,6 +280,99 @@ pub async fn query_status(socket: &Path, timeout: Duration) -> Result<Status> {
             Frame::Status(s) => return Ok(*s),
             // Anything else (EXIT, unknown types) is not for us.
             _ => continue,
+        }
+    }
+}
+
+/// How an authenticated terminate ([`terminate_with_token`]) ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TerminateOutcome {
+    /// The shellper ran its kill ladder and reported TERMINATED.
+    Terminated(Terminated),
+    /// It accepted RELEASE and closed the connection without a report (it
+    /// may have exited before sending one). Not a confirmation: check the
+    /// process (pid + start time) to know whether it is gone.
+    Closed,
+}
+
+/// Terminates the shellper on `socket` with its lease `token`, from outside
+/// any [`Tower`](crate::Tower): connect, peer uid check, HELLO
+/// `{clientType:"tower", lease:1, replay:false, data:false}`, WELCOME,
+/// ACQUIRE (as `holder`, with this process's pid), GRANT, RELEASE{epoch,
+/// Terminate}, then wait for TERMINATED.
+///
+/// **This evicts a live holder.** ACQUIRE with the right token always wins:
+/// a Tower holding the lease gets REVOKED and loses the shellper. That is
+/// why `leasectl reap` refuses a held shellper unless given `--force`; a
+/// Tower terminates its own shellpers with
+/// [`ShellperHandle::terminate`](crate::ShellperHandle::terminate).
+///
+/// `handshake` bounds connect..GRANT (a stopped or wedged shellper accepts
+/// connections but never answers: that is [`Error::Timeout`], never a
+/// hang); `ladder` bounds the wait for TERMINATED after RELEASE (give the
+/// shellper's kill grace plus a margin). A legacy shellper (WELCOME says
+/// `leased:false`) is refused before the token is sent; a wrong token is
+/// [`Error::Refused`]. The token is never sent to another user's socket.
+///
+/// ```no_run
+/// # async fn f(token: tower_client::Token) -> tower_client::Result<()> {
+/// use std::time::Duration;
+/// use tower_client::{TerminateOutcome, terminate_with_token};
+/// let socket = std::path::Path::new("/run/user/1000/shellper/sh-0a1b2c3d.sock");
+/// match terminate_with_token(socket, &token, "my-tool", Duration::from_secs(1), Duration::from_secs(5)).await? {
+///     TerminateOutcome::Terminated(r) => println!("{} signalled, {} survivors", r.signalled, r.survivors),
+///     TerminateOutcome::Closed => println!("closed without a report: check /proc"),
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn terminate_with_token(
+    socket: &Path,
+    token: &Token,
+    holder: &str,
+    handshake: Duration,
+    ladder: Duration,
+) -> Result<TerminateOutcome> {
+    let deadline = Instant::now() + handshake;
+    let mut conn = connect(socket, HelloOpts::LEASE, handshake, false).await?;
+    if conn.welcome.lease.as_ref().is_some_and(|l| !l.leased) {
+        return Err(conn_err(
+            socket,
+            "WELCOME",
+            "legacy shellper (no lease, no token)",
+        ));
+    }
+    let holder = HolderInfo {
+        name: holder.to_string(),
+        pid: std::process::id(),
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    let (grant, _exit) = acquire(&mut conn, token, holder, left).await?;
+    let deadline = Instant::now() + ladder;
+    let release = Frame::Release(Release {
+        epoch: grant.epoch,
+        mode: ReleaseMode::Terminate,
+    });
+    match tokio::time::timeout_at(deadline, conn.writer.send(release)).await {
+        Err(_) => return Err(timeout_err(socket, "RELEASE", ladder)),
+        Ok(Err(e)) => return Err(conn_err(socket, "RELEASE", e)),
+        Ok(Ok(())) => {}
+    }
+    loop {
+        match tokio::time::timeout_at(deadline, conn.reader.next()).await {
+            Err(_) => return Err(timeout_err(socket, "TERMINATED", ladder)),
+            Ok(None) => return Ok(TerminateOutcome::Closed),
+            Ok(Some(Err(e))) => return Err(conn_err(socket, "TERMINATED", e)),
+            Ok(Some(Ok(Frame::Terminated(t)))) => return Ok(TerminateOutcome::Terminated(t)),
+            Ok(Some(Ok(Frame::Error(m)))) => {
+                return Err(Error::Refused {
+                    socket: socket.to_path_buf(),
+                    step: "RELEASE",
+                    code: m.code,
+                    message: m.message,
+                });
+            }
+            // EXIT, RENEWED, unknown types: not the answer we wait for.
+            Ok(Some(Ok(_))) => continue,
         }
     }
 }

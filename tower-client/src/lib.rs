@@ -18,6 +18,10 @@
 //!   `LinuxTable.alive(pid, start_ticks)` ([`shellper_proctree::ProcessTable`]),
 //!   which checks the start time, so a recycled pid is never taken for it.
 //!
+//! And one operation that is not read-only: [`terminate_with_token`], the
+//! authenticated terminate of a shellper whose token you hold (`leasectl
+//! reap`). It evicts a live holder; see its docs.
+//!
 //! # For Towers
 //! [`Tower::open`] locks a scope and starts the single renewal scheduler;
 //! [`Tower::spawn`] starts a shellper for a [`SpawnSpec`];
@@ -52,7 +56,7 @@ mod spawn;
 mod terminal;
 mod tower;
 
-pub use conn::query_status;
+pub use conn::{TerminateOutcome, query_status, terminate_with_token};
 pub use driver::{
     Event, ExitWhat, LeaseState, ProcExit, ShellperHandle, ShellperInfo, TerminateReport,
 };

@@ -380,6 +380,79 @@ async fn s07_failed_spawns_leave_nothing_behind() {
     guard.with_settle(Duration::from_millis(200)).finish();
 }
 
+/// `terminate_with_token` from outside any Tower (what `leasectl reap`
+/// does): a wrong token is refused and changes nothing; the right one
+/// evicts the holding Tower (REVOKED) and the shellper takes its whole
+/// tree down, reporting TERMINATED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_with_token_evicts_the_holder_and_ends_the_tree() {
+    use tower_client::{TerminateOutcome, Token, terminate_with_token};
+    let guard = LeakGuard::new("terminate_with_token");
+    let tmp = scope_tmp();
+    let (tower, mut ev) = open(tmp.path(), lease(400, 3000, 300));
+    let h = tower.spawn(spec(&guard, SLEEPER)).await.unwrap();
+    let pid = h.info().pid;
+    let socket = h.info().socket.clone();
+    let token = Scope::open_existing(tmp.path())
+        .unwrap()
+        .read_registry()
+        .unwrap()
+        .shellpers[0]
+        .token()
+        .unwrap();
+    let (handshake, ladder) = (Duration::from_secs(2), Duration::from_secs(5));
+
+    let wrong = Token::from_bytes([9; 32]);
+    match terminate_with_token(&socket, &wrong, "test", handshake, ladder).await {
+        Err(Error::Refused { step: "GRANT", .. }) => {}
+        other => panic!("expected a refused ACQUIRE, got {other:?}"),
+    }
+    let missing = tmp.path().join("sh-ffffffff.sock");
+    assert!(matches!(
+        terminate_with_token(&missing, &token, "test", handshake, ladder).await,
+        Err(Error::Conn {
+            step: "connect",
+            ..
+        })
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(alive(pid));
+    assert_eq!(
+        h.status().await.unwrap().epoch,
+        1,
+        "still held by the Tower"
+    );
+    assert!(guard.survivors().len() >= 4, "shellper + sh + 2 sleeps");
+
+    let t = Instant::now();
+    let out = terminate_with_token(&socket, &token, "test", handshake, ladder)
+        .await
+        .unwrap();
+    let TerminateOutcome::Terminated(report) = out else {
+        panic!("expected a TERMINATED report, got {out:?}");
+    };
+    assert_eq!(
+        report.reason,
+        shellper_protocol::msg::TerminateReason::Requested
+    );
+    assert_eq!(report.survivors, 0);
+    assert!(report.signalled >= 3, "{report:?}");
+    assert!(t.elapsed() < ladder);
+    let e = wait_event(&mut ev, Duration::from_secs(3), |e| {
+        matches!(e, Event::Revoked { .. })
+    })
+    .await;
+    assert_eq!(e.id(), h.id());
+    // The shellper exits after its report; the Tower (its parent) reaps it.
+    let t = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(t.elapsed() < Duration::from_secs(3), "shellper still there");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(tower.is_empty());
+    guard.with_settle(Duration::from_millis(300)).finish();
+}
+
 /// Scenario 7: the spawner dies before attaching (it started the shellper
 /// and gave it a token, then nothing). The shellper is gone after its
 /// claim deadline, and not before.
