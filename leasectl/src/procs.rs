@@ -284,44 +284,6 @@ pub fn tree_of(
     out
 }
 
-/// The pid holding a `flock` on `path`, from `/proc/locks`, or `None` if
-/// nobody holds one.
-///
-/// This is how leasectl tells whether a scope's Tower is alive without
-/// touching `tower.lock` itself: probing with `flock(LOCK_SH|LOCK_NB)`
-/// would, for an instant, make a starting Tower's `LOCK_EX|LOCK_NB` fail
-/// and refuse to start.
-pub fn flock_holder(path: &Path) -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    let text = std::fs::read_to_string("/proc/locks").ok()?;
-    parse_proc_locks(&text, meta.dev(), meta.ino())
-}
-
-/// Parses `/proc/locks` for a FLOCK on (`dev`, `ino`).
-pub fn parse_proc_locks(text: &str, dev: u64, ino: u64) -> Option<u32> {
-    let (major, minor) = (libc::major(dev) as u64, libc::minor(dev) as u64);
-    for line in text.lines() {
-        // "1: FLOCK  ADVISORY  WRITE 1234 00:2f:5678 0 EOF" (blocked
-        // waiters carry "->" after the number and are skipped).
-        let f: Vec<&str> = line.split_ascii_whitespace().collect();
-        if f.len() < 6 || f[1] != "FLOCK" || f[1] == "->" {
-            continue;
-        }
-        let mut id = f[5].split(':');
-        let (Some(ma), Some(mi), Some(i)) = (id.next(), id.next(), id.next()) else {
-            continue;
-        };
-        let same = u64::from_str_radix(ma, 16).ok() == Some(major)
-            && u64::from_str_radix(mi, 16).ok() == Some(minor)
-            && i.parse::<u64>().ok() == Some(ino);
-        if same {
-            return f[4].parse().ok();
-        }
-    }
-    None
-}
-
 /// Pids in `tracked` form a set; a shellper is tracked if its own pid or
 /// its child's pid is in it.
 pub fn is_tracked(tracked: &HashSet<u32>, pid: Option<u32>, child: Option<u32>) -> bool {
@@ -387,17 +349,6 @@ mod tests {
             None
         );
         assert_eq!(classify("bash", Some("bash"), &s(&["bash"])), None);
-    }
-
-    #[test]
-    fn parses_proc_locks() {
-        let dev = libc::makedev(0, 0x2f);
-        let text = "1: POSIX  ADVISORY  WRITE 99 00:2f:5678 0 EOF\n\
-2: FLOCK  ADVISORY  WRITE 1234 00:2f:5678 0 EOF\n\
-3: FLOCK  ADVISORY  WRITE 4321 00:2f:9999 0 EOF\n";
-        assert_eq!(parse_proc_locks(text, dev, 5678), Some(1234));
-        assert_eq!(parse_proc_locks(text, dev, 1), None);
-        assert_eq!(parse_proc_locks(text, libc::makedev(8, 1), 5678), None);
     }
 
     #[test]

@@ -119,7 +119,10 @@ pub async fn scan_scope(dir: &Path, timeout: Duration, only: Option<&str>) -> Re
         }
     }
     let lock = scope.lock_path();
-    scan.tower.pid = procs::flock_holder(&lock);
+    scan.tower.pid = scope.lock_holder().unwrap_or_else(|e| {
+        tracing::warn!("{e}");
+        None
+    });
     if scan.tower.pid.is_none() {
         scan.tower.last_pid = std::fs::read_to_string(&lock)
             .ok()

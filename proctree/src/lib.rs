@@ -44,6 +44,8 @@
 //!   [`environ_contains`]`(pid, key, value)`, [`start_time_unix_ms`].
 //! * [`pidfd_for`]`(pid, start_ticks) -> Option<OwnedFd>`: a pidfd pinned
 //!   to that exact live process (to watch the exit of one we did not spawn).
+//! * [`flock_holder`]`(path) -> io::Result<Option<FlockHolder>>`: who holds
+//!   a `flock` on a file, from `/proc/locks`, without taking any lock.
 //!
 //! # API for operators
 //!
@@ -64,6 +66,7 @@
 pub mod error;
 pub mod fake;
 pub mod ladder;
+pub mod locks;
 pub mod procfs;
 pub mod reap;
 pub mod table;
@@ -74,6 +77,7 @@ pub use ladder::{
     Clock, KillPlan, KillReport, OutsidePlan, OutsideReport, RealClock, ShellperFate, kill_tree,
     kill_tree_from_outside,
 };
+pub use locks::{FlockHolder, flock_holder, parse_proc_locks};
 pub use procfs::{
     ProcInfo, environ_contains, read_cmdline, read_proc, read_stat, same_process, snapshot,
     start_time_unix_ms,

@@ -179,20 +179,25 @@ impl Scope {
         Ok(InstanceLock { file, path })
     }
 
-    /// The pid written in the lock file if a live process holds the lock,
-    /// `None` if the scope is free. Never takes the lock for longer than the
-    /// probe.
+    /// The pid of the process holding the instance lock, `None` if the
+    /// scope is free.
+    ///
+    /// Read from `/proc/locks` ([`shellper_proctree::flock_holder`]); no
+    /// lock is taken, not even for an instant: a `flock` probe could make a
+    /// Tower starting at that moment fail its `LOCK_EX|LOCK_NB` and refuse
+    /// to start. When `/proc/locks` shows the file locked but names no
+    /// usable pid (a holder in another pid namespace, or a descriptor
+    /// inherited from a dead locker), the pid written in the file is
+    /// returned instead (`None` if that is unreadable).
     pub fn lock_holder(&self) -> Result<Option<u32>> {
         let path = self.lock_path();
-        let mut file = match OpenOptions::new().read(true).open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io("opening instance lock", &path, e)),
-        };
-        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockShared) {
-            Ok(()) => Ok(None),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(read_pid(&mut file)),
-            Err(e) => Err(Error::io("probing lock", &path, e.into())),
+        match shellper_proctree::flock_holder(&path) {
+            Ok(None) => Ok(None),
+            Ok(Some(h)) => Ok(h
+                .pid
+                .or_else(|| File::open(&path).ok().and_then(|mut f| read_pid(&mut f)))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("finding the holder (/proc/locks) of", &path, e)),
         }
     }
 }
