@@ -13,8 +13,8 @@
 //! * [`render`]: aligned tables, colour policy, the `show` report.
 //! * [`tracked`]: `--tracked` input (pid lines or codev's `/api/terminals`).
 //! * [`scan`]: one bounded, concurrent sweep of a scope.
-//! * [`procs`]: /proc facts proctree does not offer (socket owners,
-//!   shellper recognition, argv of a shellper).
+//! * [`procs`]: shellper recognition (flavours), the argv of a shellper and
+//!   its tree, on top of proctree's /proc reading (snapshots, socket owners).
 //! * [`orphans`], [`reap`], [`demo`]: the subcommands with logic of their own.
 //! * [`commands`]: wiring of every subcommand to its exit code.
 

@@ -16,10 +16,10 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
-use shellper_proctree::{ProcInfo, start_time_unix_ms};
+use shellper_proctree::{ProcInfo, SocketOwners, start_time_unix_ms};
 
 use crate::model::{Phase, SCHEMA_VERSION, ShellperView};
-use crate::procs::{self, Flavor, SocketOwners};
+use crate::procs::{self, Flavor};
 use crate::render::{Cell, Palette, Style, short_duration, table, truncate};
 use crate::scan::{Scan, now_ms};
 

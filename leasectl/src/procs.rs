@@ -1,12 +1,11 @@
 //! What /proc tells about shellpers that do not answer, and about shellper
 //! processes that have no socket at all.
 //!
-//! Built on `shellper_proctree` (snapshots, stat parsing, tree membership);
-//! the only /proc reading done here is what proctree does not offer:
+//! Built on `shellper_proctree` (snapshots, stat parsing, tree membership,
+//! and [`SocketOwners`]: which process listens on a socket path, so a wedged
+//! shellper with no registry entry is still identified by the socket it
+//! holds). What is leasectl's own:
 //!
-//! * `/proc/net/unix` and `/proc/PID/fd`: which process listens on a socket
-//!   path (a wedged shellper with no registry entry is still identified by
-//!   the socket it holds), and which paths a process listens on;
 //! * recognising shellper processes: our binary by comm/exe, codev's Node
 //!   `shellper-main.js` by its command line;
 //! * the codev/friendly invocation in a shellper's argv (command and cwd of
@@ -17,11 +16,11 @@
 //! inspector that hangs on the process table is the failure this tool
 //! replaces.
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::HashSet;
+use std::path::PathBuf;
 
 use shellper_proctree::tree::{TreeSpec, child_sessions, members};
-use shellper_proctree::{ProcInfo, read_cmdline};
+use shellper_proctree::{ProcInfo, SocketOwners, read_cmdline};
 
 /// The comm of our shellper binary.
 pub const SHELLPER_COMM: &str = "shellper";
@@ -53,114 +52,6 @@ pub fn safe_cmdline(p: &ProcInfo) -> Vec<String> {
         return Vec::new();
     }
     read_cmdline(p.pid).unwrap_or_default()
-}
-
-/// Listening unix sockets: socket inode → bound path (from /proc/net/unix,
-/// entries with the `__SO_ACCEPTCON` flag).
-pub fn listening_unix_sockets() -> HashMap<u64, PathBuf> {
-    let Ok(text) = std::fs::read_to_string("/proc/net/unix") else {
-        return HashMap::new();
-    };
-    parse_net_unix(&text)
-}
-
-/// Parses `/proc/net/unix` (see [`listening_unix_sockets`]).
-pub fn parse_net_unix(text: &str) -> HashMap<u64, PathBuf> {
-    const ACCEPTCON: u32 = 0x0001_0000;
-    let mut out = HashMap::new();
-    for line in text.lines().skip(1) {
-        // Num RefCount Protocol Flags Type St Inode Path (Path may hold spaces)
-        let fields: Vec<&str> = line.split_ascii_whitespace().take(7).collect();
-        if fields.len() < 7 {
-            continue;
-        }
-        let flags = u32::from_str_radix(fields[3], 16).unwrap_or(0);
-        let Ok(inode) = fields[6].parse::<u64>() else {
-            continue;
-        };
-        // The path is whatever follows the 7th field.
-        let path = nth_field_rest(line, 7);
-        if flags & ACCEPTCON == 0 || path.is_empty() || path.starts_with('@') {
-            continue;
-        }
-        out.insert(inode, PathBuf::from(path));
-    }
-    out
-}
-
-/// The text after the first `n` whitespace-separated fields of `line`.
-fn nth_field_rest(line: &str, n: usize) -> &str {
-    let mut rest = line.trim_start();
-    for _ in 0..n {
-        match rest.find(|c: char| c.is_ascii_whitespace()) {
-            Some(i) => rest = rest[i..].trim_start(),
-            None => return "",
-        }
-    }
-    rest.trim_end()
-}
-
-/// Socket inodes held open by `pid` (`/proc/PID/fd/* -> socket:[N]`).
-/// Empty for processes we cannot inspect (other users).
-pub fn socket_inodes_of(pid: i32) -> Vec<u64> {
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter_map(|l| {
-            l.to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
-/// Which processes listen on which paths: built once per sweep, and only
-/// when some shellper did not answer (it reads every process's fd table).
-#[derive(Debug, Default)]
-pub struct SocketOwners {
-    by_path: HashMap<PathBuf, i32>,
-    by_pid: HashMap<i32, Vec<PathBuf>>,
-}
-
-impl SocketOwners {
-    /// Scans `/proc/net/unix` and the fds of every live process in `snap`.
-    pub fn scan(snap: &[ProcInfo]) -> Self {
-        let listening = listening_unix_sockets();
-        let mut owners = SocketOwners::default();
-        if listening.is_empty() {
-            return owners;
-        }
-        let me = std::process::id() as i32;
-        for p in snap.iter().filter(|p| p.is_live() && p.pid != me) {
-            for inode in socket_inodes_of(p.pid) {
-                if let Some(path) = listening.get(&inode) {
-                    owners.by_path.entry(path.clone()).or_insert(p.pid);
-                    owners.by_pid.entry(p.pid).or_default().push(path.clone());
-                }
-            }
-        }
-        owners
-    }
-
-    /// The process listening on `path` (compared as given and canonicalised).
-    pub fn owner_of(&self, path: &Path) -> Option<i32> {
-        self.by_path.get(path).copied().or_else(|| {
-            let canon = std::fs::canonicalize(path).ok()?;
-            self.by_path
-                .iter()
-                .find(|(p, _)| std::fs::canonicalize(p).ok().as_deref() == Some(&canon))
-                .map(|(_, pid)| *pid)
-        })
-    }
-
-    /// Paths `pid` listens on.
-    pub fn paths_of(&self, pid: i32) -> Vec<PathBuf> {
-        self.by_pid.get(&pid).cloned().unwrap_or_default()
-    }
 }
 
 /// Classifies a process as a shellper (or not). `exe_name` is the file name
@@ -293,20 +184,6 @@ pub fn is_tracked(tracked: &HashSet<u32>, pid: Option<u32>, child: Option<u32>) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_net_unix() {
-        let text = "Num       RefCount Protocol Flags    Type St Inode Path\n\
-0000000000000000: 00000002 00000000 00010000 0001 01 4242 /tmp/s/sh-00000001.sock\n\
-0000000000000000: 00000003 00000000 00000000 0001 03 4243 /tmp/s/sh-00000001.sock\n\
-0000000000000000: 00000002 00000000 00010000 0001 01 4244 /tmp/with space/x.sock\n\
-0000000000000000: 00000002 00000000 00010000 0001 01 4245 @abstract\n\
-0000000000000000: 00000002 00000000 00010000 0001 01 4246\n";
-        let m = parse_net_unix(text);
-        assert_eq!(m.len(), 2, "{m:?}");
-        assert_eq!(m[&4242], PathBuf::from("/tmp/s/sh-00000001.sock"));
-        assert_eq!(m[&4244], PathBuf::from("/tmp/with space/x.sock"));
-    }
 
     #[test]
     fn classifies_shellpers() {

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shellper_proctree::{ProcInfo, read_stat, start_time_unix_ms};
+use shellper_proctree::{ProcInfo, SocketOwners, read_stat, start_time_unix_ms};
 use shellper_protocol::msg::Status;
 use tokio::sync::Semaphore;
 use tower_client::{Registry, RegistryEntry, Scope};
@@ -25,7 +25,7 @@ use crate::model::{
     ChildView, ClientView, CountersView, HolderView, Phase, PidSource, ShellperView, Timings,
     client_kind, proc_state_name,
 };
-use crate::procs::{self, SocketOwners};
+use crate::procs;
 
 /// Most STATUS queries in flight at once.
 pub const MAX_CONCURRENT: usize = 256;

@@ -46,6 +46,9 @@
 //!   to that exact live process (to watch the exit of one we did not spawn).
 //! * [`flock_holder`]`(path) -> io::Result<Option<FlockHolder>>`: who holds
 //!   a `flock` on a file, from `/proc/locks`, without taking any lock.
+//! * [`SocketOwners`]`::scan(&snapshot)`: which process listens on which
+//!   unix socket path (`/proc/net/unix` + `/proc/PID/fd`), to identify a
+//!   process that does not answer on its socket.
 //!
 //! # API for operators
 //!
@@ -69,6 +72,7 @@ pub mod ladder;
 pub mod locks;
 pub mod procfs;
 pub mod reap;
+pub mod sockets;
 pub mod table;
 pub mod tree;
 
@@ -83,5 +87,6 @@ pub use procfs::{
     start_time_unix_ms,
 };
 pub use reap::{ChildExit, become_subreaper, reap_zombies};
+pub use sockets::{SocketOwners, listening_unix_sockets, parse_net_unix, socket_inodes_of};
 pub use table::{Delivery, LinuxTable, ProcessTable, Sig, pidfd_for};
 pub use tree::{TreeSpec, members};
