@@ -297,8 +297,7 @@ impl DeathWatch {
             while !left.is_empty() && !s.load(std::sync::atomic::Ordering::Relaxed) {
                 let now = Instant::now();
                 left.retain(|(pid, ticks)| {
-                    let alive =
-                        read_stat(*pid).is_some_and(|p| p.start_ticks == *ticks && p.is_live());
+                    let alive = LinuxTable.alive(*pid, *ticks);
                     if !alive {
                         // A poisoned lock only means another thread panicked
                         // mid-insert; the map is still usable.
@@ -748,7 +747,7 @@ async fn act2(guard: &mut DemoGuard, bin: &Path, window: Duration, say: &Say<'_>
     };
     for (id, c, ticks) in &children {
         let same = st2.shellpers.get(id).is_some_and(|(_, c2)| c2 == c)
-            && read_stat(*c as i32).is_some_and(|p| p.start_ticks == *ticks && p.is_live());
+            && LinuxTable.alive(*c as i32, *ticks);
         if same {
             a.same_children += 1;
         }
@@ -771,10 +770,7 @@ async fn act2(guard: &mut DemoGuard, bin: &Path, window: Duration, say: &Say<'_>
     }
     a.killed_before_cleanup = before
         .iter()
-        .filter(|(pid, t)| {
-            *pid as u32 != pid1
-                && !read_stat(*pid).is_some_and(|p| p.start_ticks == *t && p.is_live())
-        })
+        .filter(|(pid, t)| *pid as u32 != pid1 && !LinuxTable.alive(*pid, *t))
         .count();
     a.processes = before.len().saturating_sub(1);
     say.line(&format!(

@@ -20,7 +20,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use shellper_proctree::tree::{TreeSpec, child_sessions, members};
-use shellper_proctree::{ProcInfo, SocketOwners, read_cmdline};
+use shellper_proctree::{ProcInfo, SocketOwners, read_cmdline_if_safe};
 
 /// The comm of our shellper binary.
 pub const SHELLPER_COMM: &str = "shellper";
@@ -46,12 +46,10 @@ pub struct FoundShellper {
     pub listening: Vec<PathBuf>,
 }
 
-/// argv of `pid` unless it is in uninterruptible sleep (see module docs).
+/// argv of `p` unless it is in uninterruptible sleep (see module docs), empty
+/// when not read ([`read_cmdline_if_safe`]).
 pub fn safe_cmdline(p: &ProcInfo) -> Vec<String> {
-    if p.state == 'D' || !p.is_live() {
-        return Vec::new();
-    }
-    read_cmdline(p.pid).unwrap_or_default()
+    read_cmdline_if_safe(p).unwrap_or_default()
 }
 
 /// Classifies a process as a shellper (or not). `exe_name` is the file name

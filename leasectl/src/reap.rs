@@ -241,7 +241,7 @@ pub fn plan(t: &Target, snap: &[ProcInfo], force: bool) -> Plan {
 
 /// True while that exact process is alive.
 fn alive(t: &TreeProc) -> bool {
-    read_stat(t.pid).is_some_and(|p| p.start_ticks == t.start_ticks && p.is_live())
+    LinuxTable.alive(t.pid, t.start_ticks)
 }
 
 /// Live processes now in the recorded tree or in the child's session.

@@ -112,6 +112,19 @@ pub fn read_cmdline(pid: i32) -> Option<Vec<String>> {
     )
 }
 
+/// argv of the process `p` describes, unless reading it could hang: `None`
+/// for a process in uninterruptible sleep (`D`, which may hold the memory
+/// map lock [`read_cmdline`] waits for), for zombies and dead processes
+/// (they have no argv), and when unreadable. `p.state` is as of `p`'s read:
+/// a process entering `D` right after it is not caught, which is why paths
+/// that must stay bounded read `stat` first and this only for reporting.
+pub fn read_cmdline_if_safe(p: &ProcInfo) -> Option<Vec<String>> {
+    if p.state == 'D' || !p.is_live() {
+        return None;
+    }
+    read_cmdline(p.pid)
+}
+
 /// One process with its command line (stat, then cmdline). See
 /// [`read_cmdline`] for the blocking caveat.
 pub fn read_proc(pid: i32) -> Option<ProcInfo> {
@@ -218,6 +231,20 @@ mod tests {
         assert!(read_stat(0).is_none() && read_stat(-5).is_none());
         let ms = start_time_unix_ms(p.start_ticks).expect("btime");
         assert!(ms > 1_500_000_000_000);
+    }
+
+    #[test]
+    fn cmdline_is_not_read_for_disk_sleep_or_zombies() {
+        let me = read_stat(std::process::id() as i32).expect("self");
+        assert_eq!(read_cmdline_if_safe(&me), read_cmdline(me.pid));
+        assert!(read_cmdline_if_safe(&me).is_some_and(|v| !v.is_empty()));
+        for state in ['D', 'Z', 'X'] {
+            let p = ProcInfo {
+                state,
+                ..me.clone()
+            };
+            assert_eq!(read_cmdline_if_safe(&p), None, "state {state}");
+        }
     }
 
     #[test]

@@ -177,11 +177,7 @@ impl ProcessTable for LinuxTable {
     fn cmdline(&self, pid: i32) -> Option<Vec<String>> {
         // Reading cmdline can block on a process whose memory map is locked,
         // typical of uninterruptible sleep: skip those.
-        let st = procfs::read_stat(pid)?;
-        if st.state == 'D' || !st.is_live() {
-            return None;
-        }
-        procfs::read_cmdline(pid)
+        procfs::read_cmdline_if_safe(&procfs::read_stat(pid)?)
     }
 }
 
