@@ -60,7 +60,7 @@ fn after_help() -> String {
 #[derive(Debug, Parser)]
 #[command(name = "leasectl", version, after_long_help = after_help(), after_help = after_help())]
 pub struct Cli {
-    /// Scope directory [default: $XDG_RUNTIME_DIR/shellper, else $TMPDIR/shellper-<uid>]
+    /// Scope directory [default: $XDG_RUNTIME_DIR/shellper, else $TMPDIR/shellper-$UID]
     #[arg(long, global = true, value_name = "DIR", env = "SHELLPER_SCOPE")]
     pub scope: Option<PathBuf>,
 
