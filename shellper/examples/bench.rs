@@ -165,10 +165,21 @@ fn main() {
     let _ = term.recv();
     std::thread::sleep(Duration::from_secs(1));
     let pid = child.id();
+    let shellper_hwm = vm(pid, "VmHWM:");
+    // Baseline in the same run: the smallest dynamically linked program on
+    // this libc (`sleep`), i.e. what any process costs before doing anything.
+    let mut sleeper = Command::new("sleep").arg("1000").spawn().expect("sleep");
+    std::thread::sleep(Duration::from_millis(200));
+    let sleep_hwm = vm(sleeper.id(), "VmHWM:");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
     println!(
-        "idle shellper (bash child, holder + terminal attached): VmHWM {} KiB, VmRSS {} KiB",
-        vm(pid, "VmHWM:"),
-        vm(pid, "VmRSS:")
+        "idle shellper (bash child, holder + terminal attached): VmHWM {} KiB, VmRSS {} KiB; \
+         baseline `sleep`: VmHWM {} KiB; ratio x{:.2}",
+        shellper_hwm,
+        vm(pid, "VmRSS:"),
+        sleep_hwm,
+        shellper_hwm as f64 / sleep_hwm.max(1) as f64
     );
     drop(term);
     drop(holder);
@@ -182,10 +193,28 @@ fn main() {
         stop(child);
     }
     let min = times.iter().copied().fold(f64::MAX, f64::min);
+    // Baseline: fork + exec + first stdout line of a shell that prints at once.
+    let mut base = Vec::new();
+    for _ in 0..30 {
+        let t0 = Instant::now();
+        let mut c = Command::new("sh")
+            .args(["-c", "echo '{\"pid\":0}'; exec sleep 1000"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let mut line = String::new();
+        BufReader::new(c.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("line");
+        base.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let (med, base_med) = (median(times), median(base));
     println!(
-        "spawn-to-ready (info line read): median {:.2} ms, min {:.2} ms (n=30)",
-        median(times),
-        min
+        "spawn-to-ready (info line read): median {med:.2} ms, min {min:.2} ms (n=30); \
+         baseline `sh -c 'echo; exec sleep'` first line: median {base_med:.2} ms; ratio x{:.2}",
+        med / base_med
     );
 
     // 3. Kill ladder on a 50-process tree with escapes.
@@ -237,10 +266,88 @@ wait"#;
             report.sweeps
         );
     }
+    let ladder_med = median(ladder);
+    // Baseline: what a process-group kill does with the same tree: SIGKILL
+    // to the shell's process group, then wait until that group is empty.
+    // It is fast and it misses every escape, which is the bug this ladder
+    // exists to fix; the survivors are counted, then killed here.
+    let (naive_ms, missed) = naive_group_kill(script);
     println!(
-        "kill ladder, 50-process tree with escapes: median {} ms (signalled {signalled}, n=5)",
-        median(ladder)
+        "kill ladder, 50-process tree with escapes: median {ladder_med} ms (signalled {signalled}, \
+         survivors 0, n=5); baseline killpg(SIGKILL): {naive_ms:.1} ms with {missed} escaped \
+         survivors; ratio x{:.1}",
+        ladder_med / naive_ms.max(0.001)
     );
+}
+
+/// Runs `script` in its own session, kills its process group with SIGKILL and
+/// waits until the group is empty. Returns (ms, processes of the tree that
+/// survived), after killing those survivors too.
+fn naive_group_kill(script: &str) -> (f64, usize) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", script]);
+    // SAFETY: setsid is async-signal-safe; the child owns a new session.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("bash");
+    let sid = child.id() as i32;
+    let tag = |p: &shellper_proctree::ProcInfo| {
+        p.is_live() && (p.sid == sid || descends(p.pid, sid) || p.comm == "sleep" && p.ppid == 1)
+    };
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut before: Vec<(i32, u64)> = Vec::new();
+    while Instant::now() < end {
+        before = shellper_proctree::snapshot()
+            .iter()
+            .filter(|p| p.is_live() && (p.sid == sid || descends(p.pid, sid)))
+            .map(|p| (p.pid, p.start_ticks))
+            .collect();
+        if before.len() >= 40 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let members: Vec<(i32, u64)> = shellper_proctree::snapshot()
+        .iter()
+        .filter(|p| tag(p) && p.start_ticks >= before.iter().map(|b| b.1).min().unwrap_or(0))
+        .map(|p| (p.pid, p.start_ticks))
+        .collect();
+    let t0 = Instant::now();
+    // SAFETY: kill(2) on the process group our child leads.
+    unsafe {
+        libc::kill(-sid, libc::SIGKILL);
+    }
+    loop {
+        let left = shellper_proctree::snapshot()
+            .iter()
+            .filter(|p| p.is_live() && p.pgid == sid)
+            .count();
+        if left == 0 || t0.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let _ = child.wait();
+    let mut missed = 0;
+    for (pid, ticks) in members {
+        if shellper_proctree::same_process(pid, ticks)
+            && shellper_proctree::read_stat(pid).is_some_and(|p| p.is_live())
+        {
+            missed += 1;
+            // SAFETY: pid + start time checked just above; cleanup only.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+    (ms, missed)
 }
 
 fn descends(mut pid: i32, root: i32) -> bool {
