@@ -136,6 +136,8 @@ struct State {
     next_pid: i32,
     next_ticks: u64,
     lists: u64,
+    /// Offer `list_descendants` (a walk from the root), as Linux does.
+    walks: bool,
     log: Vec<SignalRecord>,
     refused: Vec<SignalRecord>,
     events: Vec<(u64, Event)>,
@@ -280,9 +282,17 @@ impl FakeTable {
             .collect()
     }
 
-    /// Number of snapshots taken so far.
+    /// Number of snapshots taken so far (walks included).
     pub fn lists(&self) -> u64 {
         self.lock().lists
+    }
+
+    /// Makes the table answer [`ProcessTable::list_descendants`] (by
+    /// following ppid links from the root), so [`crate::Scan::Descendants`]
+    /// ladders walk instead of falling back to full lists.
+    pub fn with_walks(self) -> Self {
+        self.lock().walks = true;
+        self
     }
 }
 
@@ -526,6 +536,28 @@ impl ProcessTable for FakeTable {
         let snap = st.procs.values().map(|p| p.info.clone()).collect();
         st.run_events();
         snap
+    }
+
+    fn list_descendants(&self, root: i32) -> Option<Vec<ProcInfo>> {
+        if !self.lock().walks {
+            return None;
+        }
+        let all = self.list();
+        if !all.iter().any(|p| p.pid == root) {
+            return None;
+        }
+        let mut keep = vec![root];
+        let mut grew = true;
+        while grew {
+            grew = false;
+            for p in &all {
+                if !keep.contains(&p.pid) && keep.contains(&p.ppid) {
+                    keep.push(p.pid);
+                    grew = true;
+                }
+            }
+        }
+        Some(all.into_iter().filter(|p| keep.contains(&p.pid)).collect())
     }
 
     fn signal(&self, pid: i32, start_ticks: u64, sig: Sig) -> Result<Delivery, Error> {

@@ -60,6 +60,25 @@ pub const DEFAULT_POLL: Duration = Duration::from_millis(10);
 /// Default length of the SIGKILL phase in [`KillPlan::new`].
 pub const DEFAULT_KILL_PHASE: Duration = Duration::from_secs(2);
 
+/// How each sweep finds the tree's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scan {
+    /// Read every process in the table (`/proc`). Always correct; costs
+    /// O(processes on the machine) per sweep.
+    #[default]
+    Full,
+    /// Walk the root's descendants only
+    /// ([`ProcessTable::list_descendants`], O(tree)); the tree counts as gone
+    /// after two empty walks in a row (one walk is best-effort under
+    /// concurrent forks). Correct only when every member is a descendant of
+    /// a live root: true for a shellper's own ladder, because it is a child
+    /// subreaper (orphans of its tree are reparented to it) and no process can
+    /// join a session it did not start in. Why it exists: when hundreds of
+    /// shellpers' windows end together, hundreds of full scans at once starve
+    /// every ladder.
+    Descendants,
+}
+
 /// What to kill and how long to take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KillPlan {
@@ -71,6 +90,8 @@ pub struct KillPlan {
     pub hard_bound: Duration,
     /// Interval between sweeps.
     pub poll: Duration,
+    /// How sweeps list processes.
+    pub scan: Scan,
 }
 
 impl KillPlan {
@@ -88,6 +109,7 @@ impl KillPlan {
             grace,
             hard_bound: grace.saturating_add(DEFAULT_KILL_PHASE),
             poll: DEFAULT_POLL,
+            scan: Scan::Full,
         }
     }
 }
@@ -191,13 +213,28 @@ where
     let mut hupped: HashSet<Id> = HashSet::new();
     let mut termed: HashSet<Id> = HashSet::new();
     let mut kill_passes = 0u32;
+    let mut empty_walks = 0u32;
     loop {
         reap();
-        let members = tree::members(&table.list(), &plan.tree);
+        let (snapshot, walked) = match plan.scan {
+            Scan::Descendants => match table.list_descendants(plan.tree.root) {
+                Some(v) => (v, true),
+                None => (table.list(), false),
+            },
+            Scan::Full => (table.list(), false),
+        };
+        let members = tree::members(&snapshot, &plan.tree);
         tx.report.sweeps += 1;
         if members.is_empty() {
-            break;
+            empty_walks += 1;
+            // A full scan is conclusive; a walk must come up empty twice.
+            if !walked || empty_walks >= 2 {
+                break;
+            }
+            clock.sleep(poll);
+            continue;
         }
+        empty_walks = 0;
         let now = clock.now();
         let killing = now >= grace_end;
         if killing && kill_passes > 0 && now >= hard_end {
@@ -373,6 +410,10 @@ where
         grace: plan.grace,
         hard_bound: plan.hard_bound,
         poll: plan.poll,
+        // From outside the shellper may be stopped or half dead: scan
+        // everything, so session members found through no live ancestry
+        // are caught too.
+        scan: Scan::Full,
     };
     let mut report = kill_tree(table, clock, &ladder, &mut || {});
 

@@ -78,8 +78,8 @@ pub mod tree;
 
 pub use error::Error;
 pub use ladder::{
-    Clock, KillPlan, KillReport, OutsidePlan, OutsideReport, RealClock, ShellperFate, kill_tree,
-    kill_tree_from_outside,
+    Clock, KillPlan, KillReport, OutsidePlan, OutsideReport, RealClock, Scan, ShellperFate,
+    kill_tree, kill_tree_from_outside,
 };
 pub use locks::{FlockHolder, flock_holder, parse_proc_locks};
 pub use procfs::{

@@ -148,6 +148,58 @@ pub fn snapshot() -> Vec<ProcInfo> {
         .collect()
 }
 
+/// `root` and every descendant of it, found by walking
+/// `/proc/PID/task/TID/children` instead of reading all of `/proc`.
+///
+/// Why: a full [`snapshot`] reads the stat file of every process on the
+/// machine. When a Tower with hundreds of shellpers dies, their windows end
+/// together and hundreds of kill ladders sweep at once; full scans then cost
+/// O(shellpers × processes) and starve the ladders. The walk costs
+/// O(size of the tree).
+///
+/// The kernel documents the `children` files as best-effort while children
+/// are being created or reaped concurrently, so callers must not conclude
+/// "the tree is empty" from one walk (the ladder wants two in a row).
+/// Returns `None` when `root` is gone or the kernel lacks the `children`
+/// files (CONFIG_PROC_CHILDREN): use [`snapshot`] then. At most
+/// [`SNAPSHOT_CAP`] entries.
+pub fn descendants_snapshot(root: i32) -> Option<Vec<ProcInfo>> {
+    let root_info = read_stat(root)?;
+    let mut out = vec![root_info];
+    let mut queue = vec![root];
+    let mut first = true;
+    while let Some(pid) = queue.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            if first {
+                return None;
+            }
+            continue;
+        };
+        for task in tasks.filter_map(|t| t.ok()) {
+            let path = task.path().join("children");
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if first && e.kind() == std::io::ErrorKind::NotFound => return None,
+                Err(_) => continue,
+            };
+            for child in text
+                .split_ascii_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                if out.len() >= SNAPSHOT_CAP {
+                    return Some(out);
+                }
+                if let Some(info) = read_stat(child) {
+                    out.push(info);
+                    queue.push(child);
+                }
+            }
+        }
+        first = false;
+    }
+    Some(out)
+}
+
 /// True if `pid` is the process that started at `start_ticks` (zombie or
 /// not: identity only, see [`ProcInfo::is_live`] for liveness). This is the
 /// guard against pid recycling: store `(pid, start_ticks)`, never a bare pid.

@@ -68,6 +68,14 @@ pub trait ProcessTable {
     /// True if that exact process exists and is not a zombie.
     fn alive(&self, pid: i32, start_ticks: u64) -> bool;
 
+    /// `root` and its descendants only, if the table can list them more
+    /// cheaply than [`list`](Self::list) (see
+    /// [`crate::procfs::descendants_snapshot`]). `None`: not supported, or
+    /// `root` is gone; callers fall back to `list`.
+    fn list_descendants(&self, _root: i32) -> Option<Vec<ProcInfo>> {
+        None
+    }
+
     /// argv, for reporting survivors. Optional; may return `None`.
     fn cmdline(&self, _pid: i32) -> Option<Vec<String>> {
         None
@@ -132,6 +140,10 @@ impl LinuxTable {
 impl ProcessTable for LinuxTable {
     fn list(&self) -> Vec<ProcInfo> {
         procfs::snapshot()
+    }
+
+    fn list_descendants(&self, root: i32) -> Option<Vec<ProcInfo>> {
+        procfs::descendants_snapshot(root)
     }
 
     fn signal(&self, pid: i32, start_ticks: u64, sig: Sig) -> Result<Delivery, Error> {

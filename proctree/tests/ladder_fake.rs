@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use shellper_proctree::fake::{Behavior, Event, FakeClock, FakeTable, SignalRecord, Spawn};
 use shellper_proctree::{
-    Error, KillPlan, KillReport, OutsidePlan, ShellperFate, Sig, kill_tree, kill_tree_from_outside,
+    Error, KillPlan, KillReport, OutsidePlan, Scan, ShellperFate, Sig, kill_tree,
+    kill_tree_from_outside,
 };
 
 const GRACE: Duration = Duration::from_millis(300);
@@ -26,8 +27,16 @@ struct World {
 /// crowd of outsiders: Tower's other children, an unrelated daemon, and a
 /// second shellper with its own child session.
 fn world() -> World {
+    world_with(false)
+}
+
+/// The same world; with `walks`, the table also answers descendant walks.
+fn world_with(walks: bool) -> World {
     let clock = FakeClock::new();
-    let t = FakeTable::new().with_clock(clock.clone());
+    let mut t = FakeTable::new().with_clock(clock.clone());
+    if walks {
+        t = t.with_walks();
+    }
     let out = |parent, setsid, comm: &str| {
         t.spawn(Spawn {
             parent,
@@ -519,4 +528,57 @@ fn outside_kill_refuses_init_self_and_recycled_pids() {
         Err(Error::NoSuchProcess { .. })
     ));
     assert!(w.t.log().is_empty(), "nothing signalled on refusal");
+}
+
+#[test]
+fn s12_fake_descendant_walks_kill_the_same_tree_and_confirm_twice() {
+    let w = world_with(true);
+    let plain = w.job(Behavior::default());
+    let nohup = w.job(Behavior {
+        ignore_hup: true,
+        ..Behavior::default()
+    });
+    // A setsid escapee: its own session, still below the subreaper.
+    let escapee = w.t.spawn(Spawn {
+        parent: plain,
+        setsid: true,
+        ..Spawn::default()
+    });
+    let mut plan = w.plan(GRACE, HARD);
+    plan.scan = Scan::Descendants;
+    let root = w.root;
+    let r = kill_tree(&w.t, &w.clock, &plan, &mut || {
+        w.t.reap_children_of(root);
+    });
+    w.assert_clean(&r);
+    for pid in [w.child, plain, nohup, escapee] {
+        assert!(!w.sigs_to(pid).is_empty(), "{pid} was not signalled");
+    }
+    // The last two sweeps were empty walks: one walk is not conclusive.
+    let full = {
+        let w2 = world_with(false);
+        let p = w2.job(Behavior::default());
+        let n = w2.job(Behavior {
+            ignore_hup: true,
+            ..Behavior::default()
+        });
+        w2.t.spawn(Spawn {
+            parent: p,
+            setsid: true,
+            ..Spawn::default()
+        });
+        let _ = n;
+        let root = w2.root;
+        let mut plan = w2.plan(GRACE, HARD);
+        plan.scan = Scan::Descendants; // the table cannot walk: falls back to full lists
+        kill_tree(&w2.t, &w2.clock, &plan, &mut || {
+            w2.t.reap_children_of(root);
+        })
+    };
+    assert!(full.is_clean());
+    assert_eq!(
+        r.sweeps,
+        full.sweeps + 1,
+        "walks need one more (empty) sweep than full scans"
+    );
 }

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use shellper_proctree::{KillPlan, KillReport, LinuxTable, RealClock, kill_tree};
+use shellper_proctree::{KillPlan, KillReport, LinuxTable, RealClock, Scan, kill_tree};
 
 /// Runs the ladder synchronously (call it from `spawn_blocking`).
 ///
@@ -20,6 +20,11 @@ pub fn run_ladder(sessions: Vec<i32>, grace: Duration) -> KillReport {
     let mut plan = KillPlan::new(me, None, grace);
     plan.tree.sessions = sessions;
     plan.tree.root_start_ticks = shellper_proctree::read_stat(me).map(|p| p.start_ticks);
+    // The shellper is a child subreaper (start-up fails otherwise) and alive,
+    // so every member of its sessions is its descendant: walk the tree
+    // instead of reading all of /proc, which keeps hundreds of ladders that
+    // start together (a Tower with hundreds of shellpers died) cheap.
+    plan.scan = Scan::Descendants;
     let report = kill_tree(&LinuxTable, &RealClock, &plan, &mut || {});
     if report.is_clean() {
         tracing::info!(
