@@ -35,7 +35,10 @@
 //! * [`kill_tree`]`(&table, &clock, &KillPlan, &mut reap_hook) -> KillReport`:
 //!   the ladder (SIGHUP+SIGCONT, SIGTERM+SIGCONT until `grace`, SIGKILL until
 //!   `hard_bound`, sweeping until a full pass finds nothing). Synchronous.
-//! * [`KillPlan`]`::new(root, Some(child_sid), grace)`; [`KillReport`]
+//! * [`KillPlan`]`::new(root, Some(child_sid), grace)`, with `scan:`
+//!   [`Scan::Full`] (default, reads all of `/proc`) or [`Scan::Descendants`]
+//!   (walks the root's descendants: for a live subreaper root; cheap when
+//!   hundreds of ladders run at once); [`KillReport`]
 //!   `{ signalled, sigkilled, survivors, elapsed, sweeps, errors }`.
 //! * [`LinuxTable`]: the real [`ProcessTable`] (`/proc` + pidfd signalling
 //!   that never hits a recycled pid); [`RealClock`].
