@@ -184,7 +184,7 @@ fn show_reports_process_tree_and_counters() {
     let sp = tower.spawned[0].clone();
     // shellper + sh + 5 sleeps once the torture tree is up.
     assert!(
-        wait_until(Duration::from_secs(5), || tagged_pids(&guard).len() >= 7),
+        wait_torture_up(&guard),
         "torture tree did not come up: {:?}",
         guard.survivors()
     );

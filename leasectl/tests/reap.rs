@@ -47,9 +47,7 @@ fn s05_reap_escape_torture_tree_leaves_zero_survivors() {
         &["sh", "-c", TORTURE],
     );
     let sp = tower.spawned[0].clone();
-    assert!(wait_until(Duration::from_secs(5), || tagged_pids(&guard)
-        .len()
-        >= 7));
+    assert!(wait_torture_up(&guard), "{:?}", guard.survivors());
     tower.kill();
     let tree_before: Vec<i32> = tagged_pids(&guard);
     assert!(tree_before.len() >= 6, "{tree_before:?}");
@@ -168,9 +166,7 @@ fn s06_reap_stopped_and_stubborn_legacy_shellpers() {
         &["sh", "-c", TORTURE],
     );
     let sp = tower.spawned[0].clone();
-    assert!(wait_until(Duration::from_secs(5), || tagged_pids(&guard)
-        .len()
-        >= 7));
+    assert!(wait_torture_up(&guard), "{:?}", guard.survivors());
     tower.kill();
     signal(sp.pid, libc::SIGSTOP);
     let (code, doc) = run_json(leasectl(&guard, &scope).args([

@@ -212,6 +212,21 @@ pub fn tagged_pids(guard: &LeakGuard) -> Vec<i32> {
     guard.survivors().iter().map(|s| s.pid).collect()
 }
 
+/// Waits until the [`TORTURE`] tree is in its steady state: its five
+/// `sleep`s exist (the shells have exec'd or exited). Counting all tagged
+/// processes instead is racy: the transient shells count too, and a
+/// process caught mid-exec can be missed by one scan.
+pub fn wait_torture_up(guard: &LeakGuard) -> bool {
+    wait_until(Duration::from_secs(10), || {
+        guard
+            .survivors()
+            .iter()
+            .filter(|s| s.comm == "sleep")
+            .count()
+            >= 5
+    })
+}
+
 /// Keys whose values change from run to run (pids, times, paths, ids).
 const VOLATILE: &[&str] = &[
     "id",
