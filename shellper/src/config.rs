@@ -110,6 +110,33 @@ struct JsonConfig {
     handshake_timeout_ms: Option<u64>,
 }
 
+/// Examples and exit codes, shown by `shellper --help`.
+const AFTER_HELP: &str = "\
+Examples:
+  # A shell that survives its terminal, in legacy mode: a `tower` client must
+  # connect within 60 s (--claim), and 10 minutes (--window) after the last one
+  # leaves, the whole tree dies.
+  shellper --socket /tmp/s/demo.sock -- bash -l &
+
+  # Leased: the token is the first line of stdin; no renewal for 6 s starts a
+  # 30 s window, after which the whole tree is killed.
+  echo \"$TOKEN_HEX\" | shellper --socket /tmp/s/a.sock --token-stdin --ttl 6s --window 30s -- make test &
+
+  # codev's invocation (a Tower spawning it): the JSON config is the last argument.
+  shellper ignored.js '{\"command\":\"bash\",\"args\":[],\"cwd\":\"/tmp\",\"env\":{},\"cols\":80,\"rows\":24,\"socketPath\":\"/tmp/s/b.sock\"}'
+
+On start it prints {\"pid\":N,\"startTime\":MS} on stdout, then logs to the socket path with
+.log instead of .sock. The protocol is in SPEC.md.
+
+Exit codes:
+  0   terminated on request (RELEASE Terminate) or by SIGTERM/SIGHUP/SIGINT; tree gone
+  2   usage or configuration error (nothing started)
+  3   start-up failure (socket, PTY, token)
+  10  claim deadline passed with no holder
+  11  reattach window expired
+  12  the child exited while nobody held the lease
+  13  the kill ladder left survivors (a bug: reported loudly)";
+
 /// The friendly command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -119,7 +146,8 @@ struct JsonConfig {
     long_about = "Runs CMD on a PTY behind a Unix socket. With --token-stdin the shellper is \
                   leased: it kills its whole process tree when no holder renews the lease \
                   within the reattach window. codev's invocation (last argument = JSON config) \
-                  is accepted too."
+                  is accepted too.",
+    after_long_help = AFTER_HELP
 )]
 struct Cli {
     /// Socket path (its directory is created with mode 0700).
