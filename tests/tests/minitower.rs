@@ -29,6 +29,8 @@ struct Mini {
     rx: mpsc::Receiver<Value>,
     seen: Vec<Value>,
     stderr: Arc<Mutex<String>>,
+    /// Signalled when stderr reached EOF (every writer closed it).
+    stderr_eof: mpsc::Receiver<()>,
 }
 
 fn scope_dir(tmp: &tempfile::TempDir, name: &str) -> PathBuf {
@@ -62,6 +64,7 @@ impl Mini {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err = child.stderr.take().unwrap();
         let e2 = stderr.clone();
+        let (eof_tx, stderr_eof) = mpsc::channel();
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = err.read(&mut buf) {
@@ -72,12 +75,14 @@ impl Mini {
                     .unwrap()
                     .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
+            let _ = eof_tx.send(());
         });
         Mini {
             child,
             rx,
             seen: Vec::new(),
             stderr,
+            stderr_eof,
         }
     }
 
@@ -137,8 +142,11 @@ impl Mini {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
-                // Drain what it printed last.
+                // Drain what it printed last, and wait for the stderr reader
+                // to see EOF so `stderr()` holds everything (a loaded machine
+                // may not have scheduled that thread yet).
                 self.collect_for(Duration::from_millis(100));
+                let _ = self.stderr_eof.recv_timeout(Duration::from_secs(2));
                 return st;
             }
             assert!(
