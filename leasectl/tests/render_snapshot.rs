@@ -113,7 +113,7 @@ fn list_table_snapshot() {
         &others(),
     );
     assert!(coloured.contains("\x1b[32mheld\x1b[0m"));
-    assert_eq!(strip(&coloured), text);
+    assert_eq!(render::strip_ansi(&coloured), text);
 }
 
 #[test]
@@ -155,21 +155,4 @@ fn show_text_snapshot() {
         },
     ];
     common::snapshot("show.txt", &render::show_text(&p, &held(), &tree));
-}
-
-fn strip(s: &str) -> String {
-    let mut out = String::new();
-    let mut it = s.chars().peekable();
-    while let Some(c) = it.next() {
-        if c == '\x1b' && it.peek() == Some(&'[') {
-            for d in it.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
