@@ -336,23 +336,21 @@ impl LeaseMachine {
         matches!(self.state, State::Terminating { .. } | State::Exited)
     }
 
+    /// Enters `Lapsed`. A husk (child exited) lapses like any other
+    /// session: a Tower that comes back within the window collects the
+    /// retained EXIT and may restart the child with SPAWN.
     fn lapse(
         &mut self,
         kill_at: Instant,
         cause: LapseCause,
         silent_holder: Option<(ConnId, Option<HolderInfo>)>,
-    ) -> Option<TerminateReason> {
+    ) {
         self.counters.lapses += 1;
-        if !self.child_alive {
-            // A husk is kept only while held: nothing left to reattach to.
-            return self.begin_terminate(TerminateReason::ChildExitedUnheld);
-        }
         self.state = State::Lapsed {
             kill_at,
             cause,
             silent_holder,
         };
-        None
     }
 
     fn begin_terminate(&mut self, reason: TerminateReason) -> Option<TerminateReason> {
@@ -497,10 +495,8 @@ impl LeaseMachine {
             }
             ReleaseMode::Detach { hold_ms } => {
                 let hold = Duration::from_millis((*hold_ms).min(MAX_HOLD_MS)).max(self.cfg.window);
-                match self.lapse(now + hold, LapseCause::Detached, None) {
-                    Some(_) => Ok(Released::Terminate),
-                    None => Ok(Released::Detached { kill_in: hold }),
-                }
+                self.lapse(now + hold, LapseCause::Detached, None);
+                Ok(Released::Detached { kill_in: hold })
             }
         }
     }
@@ -509,7 +505,8 @@ impl LeaseMachine {
     pub fn disconnected(&mut self, now: Instant, conn: ConnId) -> Option<TerminateReason> {
         match &mut self.state {
             State::Held { holder, .. } if *holder == conn => {
-                self.lapse(now + self.cfg.window, LapseCause::HolderGone, None)
+                self.lapse(now + self.cfg.window, LapseCause::HolderGone, None);
+                None
             }
             State::Lapsed { silent_holder, .. }
                 if silent_holder.as_ref().is_some_and(|(h, _)| *h == conn) =>
@@ -527,15 +524,14 @@ impl LeaseMachine {
         self.begin_terminate(TerminateReason::Signal)
     }
 
-    /// The PTY child exited. A husk lives only while held.
-    pub fn child_exited(&mut self) -> Option<TerminateReason> {
+    /// The PTY child exited. The shellper becomes a *husk*, which is a
+    /// session like any other: it keeps its phase and its deadlines (claim
+    /// deadline while unclaimed, window while lapsed), so a Tower that
+    /// connects late still collects the EXIT and may restart the child in
+    /// place with SPAWN. A Tower that does not want the husk terminates it
+    /// explicitly. Nothing is decided here, hence no return value.
+    pub fn child_exited(&mut self) {
         self.child_alive = false;
-        match self.state {
-            State::Unclaimed { .. } | State::Lapsed { .. } => {
-                self.begin_terminate(TerminateReason::ChildExitedUnheld)
-            }
-            _ => None,
-        }
     }
 
     /// A new PTY child was started (SPAWN).
@@ -575,15 +571,14 @@ impl LeaseMachine {
                     let lapse_at = *exp;
                     let silent = Some((*holder, info.take()));
                     let kill_at = lapse_at + self.cfg.window;
-                    match self.lapse(kill_at, LapseCause::Silent, silent) {
-                        Some(r) => Some(r),
-                        // The window may already be over too (a long gap
-                        // below the stall threshold cannot make it so, but
-                        // keep the rule simple: check it now).
-                        None if now >= kill_at => {
-                            self.begin_terminate(TerminateReason::WindowExpired)
-                        }
-                        None => None,
+                    self.lapse(kill_at, LapseCause::Silent, silent);
+                    // The window may already be over too (a long gap below
+                    // the stall threshold cannot make it so, but keep the
+                    // rule simple: check it now).
+                    if now >= kill_at {
+                        self.begin_terminate(TerminateReason::WindowExpired)
+                    } else {
+                        None
                     }
                 }
             }

@@ -39,12 +39,42 @@ pub struct SignalMsg {
 /// SIGHUP, SIGINT, SIGKILL, SIGTERM, SIGWINCH.
 pub const ALLOWED_SIGNALS: [i32; 5] = [1, 2, 9, 15, 28];
 
-/// EXIT (0x04): the PTY child ended. codev reports a signal death as
-/// `code: 0` plus `signal` holding the signal number as a decimal string.
+/// EXIT (0x04): the PTY child ended, in codev's (node-pty's) shape: a
+/// normal exit is `{"code":C,"signal":"0"}`, a death by signal N is
+/// `{"code":0,"signal":"N"}` (node-pty reports both numbers, zero for the
+/// one that does not apply, and codev turns the signal into a string).
+/// Receivers should also accept `null` (older shellpers sent it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitMsg {
     pub code: Option<i32>,
     pub signal: Option<String>,
+}
+
+impl ExitMsg {
+    /// A normal exit with `code`: `{"code":C,"signal":"0"}`.
+    pub fn exited(code: i32) -> Self {
+        ExitMsg {
+            code: Some(code),
+            signal: Some("0".into()),
+        }
+    }
+
+    /// A death by signal `sig`: `{"code":0,"signal":"N"}`.
+    pub fn signaled(sig: i32) -> Self {
+        ExitMsg {
+            code: Some(0),
+            signal: Some(sig.to_string()),
+        }
+    }
+
+    /// The signal that killed the child, if any: `None` for `null`, `"0"`
+    /// or anything that is not a positive number.
+    pub fn signal_number(&self) -> Option<i32> {
+        self.signal
+            .as_deref()
+            .and_then(|s| s.parse::<i32>().ok())
+            .filter(|n| *n > 0)
+    }
 }
 
 /// The kind of client named in HELLO.
@@ -245,7 +275,11 @@ pub enum TerminateReason {
     Requested,
     /// The shellper got SIGTERM, SIGHUP or SIGINT.
     Signal,
-    /// The child exited and nobody holds the lease (a husk is kept only while held).
+    /// Not produced by this version. Older shellpers terminated a husk (a
+    /// shellper whose child exited) as soon as nobody held the lease; a husk
+    /// now waits for its claim deadline or window like any other session.
+    /// The variant stays so that postcard's variant indices never move and
+    /// an older shellper's TERMINATED still decodes.
     ChildExitedUnheld,
 }
 

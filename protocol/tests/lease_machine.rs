@@ -295,27 +295,69 @@ fn signal_terminates_from_any_live_phase() {
     }
 }
 
+/// A husk (the child exited) is a session like any other: unclaimed it
+/// waits for its claim deadline, lapsed it waits for its window, and a
+/// Tower that comes back in time takes it over (codev collects the
+/// retained EXIT and restarts the child in place with SPAWN).
 #[test]
-fn husk_lives_only_while_held() {
+fn husk_is_a_session_like_any_other() {
+    let c = cfg();
+
+    // Child exits before anyone claims: the claim deadline still rules.
     let mut r = Rig::leased();
+    r.m.child_exited();
+    assert_eq!(r.m.phase(), WirePhase::Unclaimed);
+    assert_eq!(r.run(c.claim - 10 * MS), None);
     r.acquire(1);
-    assert_eq!(r.m.child_exited(), None);
     assert_eq!(r.m.phase(), WirePhase::Held);
-    assert_eq!(
-        r.m.disconnected(r.now, 1),
-        Some(TerminateReason::ChildExitedUnheld)
-    );
+    assert!(!r.m.snapshot(r.now).child_alive);
 
+    // Unclaimed husk nobody claims: ClaimExpired at the claim deadline.
     let mut r = Rig::leased();
-    assert_eq!(r.m.child_exited(), Some(TerminateReason::ChildExitedUnheld));
+    r.m.child_exited();
+    assert_eq!(r.run(c.claim - 10 * MS), None);
+    assert_eq!(r.run(20 * MS), Some(TerminateReason::ClaimExpired));
 
-    // A respawned child makes the shellper worth keeping again.
+    // Held husk whose holder leaves: the window runs, a re-acquire saves it.
     let mut r = Rig::leased();
     r.acquire(1);
     r.m.child_exited();
-    r.m.child_started();
+    assert_eq!(r.m.phase(), WirePhase::Held);
     assert_eq!(r.m.disconnected(r.now, 1), None);
     assert_eq!(r.m.phase(), WirePhase::Lapsed);
+    assert_eq!(r.run(c.window - 10 * MS), None);
+    let g = r.acquire(2);
+    assert_eq!(g.epoch, 2);
+    r.m.child_started();
+    assert!(r.m.snapshot(r.now).child_alive);
+
+    // Child exits while lapsed: the window it is in still rules.
+    let mut r = Rig::leased();
+    r.acquire(1);
+    r.m.disconnected(r.now, 1);
+    assert_eq!(r.run(c.window / 2), None);
+    r.m.child_exited();
+    assert_eq!(r.m.phase(), WirePhase::Lapsed);
+    assert_eq!(r.run(c.window / 2 - 10 * MS), None);
+    assert_eq!(r.run(20 * MS), Some(TerminateReason::WindowExpired));
+
+    // A silent holder's husk lapses after the TTL like any other lease.
+    let mut r = Rig::leased();
+    r.acquire(1);
+    r.m.child_exited();
+    assert_eq!(r.run(c.ttl + 10 * MS), None);
+    assert_eq!(r.m.phase(), WirePhase::Lapsed);
+    assert_eq!(r.run(c.window), Some(TerminateReason::WindowExpired));
+
+    // Legacy: the codev Tower disconnects from a husk and reconnects later.
+    let mut r = Rig::legacy();
+    r.m.child_exited();
+    assert_eq!(r.run(c.claim / 2), None);
+    r.m.acquire_legacy(r.now, 1).unwrap();
+    r.m.disconnected(r.now, 1);
+    assert_eq!(r.run(c.window - 10 * MS), None);
+    r.m.acquire_legacy(r.now, 2).unwrap();
+    assert_eq!(r.m.phase(), WirePhase::Held);
 }
 
 #[test]
@@ -470,7 +512,7 @@ proptest! {
                                 prop_assert!(snap.expires_in == Some(Duration::ZERO),
                                     "terminated while held and unexpired: {:?}", snap);
                             }
-                            prop_assert!(matches!(reason, TerminateReason::ClaimExpired | TerminateReason::WindowExpired | TerminateReason::ChildExitedUnheld));
+                            prop_assert!(matches!(reason, TerminateReason::ClaimExpired | TerminateReason::WindowExpired));
                             break;
                         }
                         if let Some(deadline) = must_die_by {

@@ -131,25 +131,20 @@ pub fn spawn_pty(spec: &SpawnSpec) -> Result<PtyChild> {
     })
 }
 
-/// codev's EXIT for a wait status: a signal death is `code: 0` plus the
-/// signal number as a string (node-pty's `exitCode`/`signal`).
+/// codev's EXIT for a wait status, byte for byte what node-pty's numbers
+/// become in codev's shellper: a normal exit is `{"code":C,"signal":"0"}`, a
+/// signal death `{"code":0,"signal":"N"}`.
 pub fn exit_report(status: ChildExit) -> (ExitMsg, ChildState) {
     match status {
         ChildExit::Signaled(sig) => (
-            ExitMsg {
-                code: Some(0),
-                signal: Some(sig.to_string()),
-            },
+            ExitMsg::signaled(sig),
             ChildState::Exited {
                 code: None,
                 signal: Some(sig),
             },
         ),
         ChildExit::Exited(code) => (
-            ExitMsg {
-                code: Some(code),
-                signal: None,
-            },
+            ExitMsg::exited(code),
             ChildState::Exited {
                 code: Some(code),
                 signal: None,
@@ -503,7 +498,17 @@ mod tests {
             }
         );
         let (m, _) = exit_report(ChildExit::Exited(7));
-        assert_eq!((m.code, m.signal), (Some(7), None));
+        assert_eq!(
+            serde_json::to_string(&m).expect("json"),
+            r#"{"code":7,"signal":"0"}"#
+        );
+        assert_eq!(m.signal_number(), None);
+        let (m, _) = exit_report(ChildExit::Signaled(15));
+        assert_eq!(
+            serde_json::to_string(&m).expect("json"),
+            r#"{"code":0,"signal":"15"}"#
+        );
+        assert_eq!(m.signal_number(), Some(15));
     }
 
     #[test]

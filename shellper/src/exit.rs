@@ -13,7 +13,10 @@ pub const STARTUP: i32 = 3;
 pub const CLAIM_EXPIRED: i32 = 10;
 /// The reattach window expired.
 pub const WINDOW_EXPIRED: i32 = 11;
-/// The child exited while nobody held the lease.
+/// Reserved: older shellpers exited with 12 when the child exited while
+/// nobody held the lease. A husk now waits for its claim deadline or window
+/// like any other session (SPEC.md §8.2), so this version never produces 12;
+/// the code is not reused so that scripts reading it stay unambiguous.
 pub const CHILD_EXITED_UNHELD: i32 = 12;
 /// The kill ladder left survivors (a bug; reported loudly).
 pub const SURVIVORS: i32 = 13;

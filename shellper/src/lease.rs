@@ -12,7 +12,7 @@
 //! * calls the termination hook exactly once, with the reason and the
 //!   connection that held (or last silently held) the lease, when the
 //!   machine enters `Terminating`, whatever caused it (deadline, RELEASE
-//!   Terminate, a signal, a child exit while unheld);
+//!   Terminate, a signal);
 //! * keeps answering afterwards (lease requests get `Terminating`,
 //!   snapshots keep working) so STATUS works during the kill ladder.
 //!
@@ -407,11 +407,7 @@ where
                     fired = Some((r, holder));
                 }
             }
-            Request::ChildExited => {
-                if let Some(r) = self.machine.child_exited() {
-                    fired = Some((r, holder));
-                }
-            }
+            Request::ChildExited => self.machine.child_exited(),
             Request::ChildStarted => self.machine.child_started(),
             Request::ProtocolError => self.machine.note_protocol_error(),
             Request::Exited => self.machine.exited(),
@@ -582,19 +578,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn child_exit_while_unheld_and_signals_fire_once() {
-        let (h, f, _) = start(Mode::Leased(token()));
+    async fn a_husk_waits_for_its_window_and_signals_fire_once() {
+        let (h, f, t0) = start(Mode::Leased(token()));
         h.acquire(1, token(), info()).await.expect("grant");
         h.child_exited();
-        tokio::task::yield_now().await;
-        assert!(fired(&f).is_empty(), "husk lives while held");
         h.disconnected(1);
+        tokio::time::sleep(Duration::from_millis(1900)).await;
+        assert!(fired(&f).is_empty(), "a lapsed husk waits for its window");
+        let s = h.snapshot().await.expect("snapshot");
+        assert_eq!(s.phase, WirePhase::Lapsed);
+        assert!(!s.child_alive);
+        tokio::time::sleep(Duration::from_millis(200)).await;
         h.signalled();
         tokio::time::sleep(Duration::from_millis(1)).await;
         let got = fired(&f);
         assert_eq!(got.len(), 1);
-        assert_eq!(got[0].0.reason, TerminateReason::ChildExitedUnheld);
-        assert_eq!(got[0].0.holder, Some(1));
+        assert_eq!(got[0].0.reason, TerminateReason::WindowExpired);
+        assert!(got[0].1 >= Duration::from_secs(2), "{:?}", t0.elapsed());
     }
 
     #[tokio::test(start_paused = true)]

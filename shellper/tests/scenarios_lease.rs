@@ -268,7 +268,7 @@ fn s07_spawner_dies_before_attaching_gone_after_claim_deadline() {
 }
 
 #[test]
-fn s08_child_exit_is_reported_and_the_husk_lives_only_while_held() {
+fn s08_child_exit_is_reported_and_the_husk_waits_for_its_window() {
     let guard = LeakGuard::new("s08");
     let mut sh = Shellper::start_codev(
         &guard,
@@ -312,12 +312,18 @@ fn s08_child_exit_is_reported_and_the_husk_lives_only_while_held() {
         })
         .expect("late EXIT");
     assert_eq!(late_exit, exit);
-    // Holder gone → no reattach window for a husk: exit 12 at once.
+    drop(late);
+    // Holder gone: a husk is a session like any other, it waits for its
+    // window (a Tower coming back collects the EXIT and may SPAWN), then
+    // ends with "window expired" (11), never before.
     let holder = r.finish();
     drop(holder);
     let t0 = Instant::now();
-    let status = sh.wait_exit(ms(FAST.grace + 1500));
-    assert_eq!(code(status), Some(12), "log:\n{}", sh.log());
-    assert!(t0.elapsed() < ms(FAST.window), "{:?}", t0.elapsed());
+    std::thread::sleep(ms(FAST.window - 400));
+    assert!(sh.alive(), "a lapsed husk waits for its window");
+    assert_eq!(sh.status().phase, WirePhase::Lapsed);
+    let status = sh.wait_exit(ms(FAST.window + FAST.grace + 2500));
+    assert_eq!(code(status), Some(11), "log:\n{}", sh.log());
+    assert!(t0.elapsed() >= ms(FAST.window - 50), "{:?}", t0.elapsed());
     guard.finish();
 }

@@ -65,7 +65,8 @@ pub enum Event {
         old_epoch: u64,
         new_epoch: Option<u64>,
     },
-    /// The PTY child (`what: "child"`; the husk stays while held) or the
+    /// The PTY child (`what: "child"`; the husk stays, a session like any
+    /// other) or the
     /// shellper process itself (`what: "shellper"`) ended.
     Exited {
         id: String,
@@ -75,7 +76,7 @@ pub enum Event {
         reason: Option<String>,
     },
     /// We lost the shellper without asking: it terminated on its own
-    /// (window or claim expired, signalled, husk unheld) or its connection
+    /// (window or claim expired, signalled) or its connection
     /// could not be re-established. Followed by `exited` once its process is
     /// gone.
     Lost { id: String, reason: String },
@@ -968,10 +969,11 @@ impl Driver {
     }
 }
 
-/// The `exited` event for a v1 EXIT (codev reports a signal death as
-/// `code: 0, signal: "N"`; we report `code: null, signal: N`).
+/// The `exited` event for a v1 EXIT (codev reports a normal exit as
+/// `code: C, signal: "0"` and a signal death as `code: 0, signal: "N"`; we
+/// report `code: C, signal: null` and `code: null, signal: N`).
 pub(crate) fn child_exit_event(id: String, e: &shellper_protocol::msg::ExitMsg) -> Event {
-    let signal = e.signal.as_deref().and_then(|s| s.parse().ok());
+    let signal = e.signal_number();
     Event::Exited {
         id,
         what: ExitWhat::Child,
