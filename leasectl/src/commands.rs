@@ -127,7 +127,7 @@ async fn show(scope: &Path, timeout: Duration, id: &str, json: bool, p: &Palette
         Some(pid) => {
             let (ticks, child) = (v.start_ticks, v.child_pid);
             tokio::task::spawn_blocking(move || {
-                reap::tree_procs(&shellper_proctree::snapshot(), pid, ticks, child)
+                reap::tree_procs(&shellper_proctree::snapshot(), pid, ticks, child, &[]).0
             })
             .await
             .unwrap_or_default()

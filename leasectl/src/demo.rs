@@ -503,8 +503,8 @@ async fn act1(guard: &mut DemoGuard, bin: &Path, window: Duration, say: &Say<'_>
     let snap = shellper_proctree::snapshot();
     let mut member_of: HashMap<i32, String> = HashMap::new();
     let mut watched: Vec<(i32, u64)> = Vec::new();
-    for (id, (pid, child)) in &st.shellpers {
-        let tree = crate::procs::tree_of(&snap, *pid as i32, None, Some(*child as i32));
+    for (id, (pid, _child)) in &st.shellpers {
+        let (tree, _) = crate::procs::tree_of(&snap, *pid as i32, None, &[]);
         let sessions: std::collections::BTreeSet<i32> = tree.iter().map(|t| t.sid).collect();
         let torture = tree.len() > 3;
         say.line(&format!(

@@ -19,7 +19,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use shellper_proctree::tree::{TreeSpec, child_sessions, members};
+use shellper_proctree::tree::{Session, TreeSpec, child_sessions, members, record_witnesses};
 use shellper_proctree::{ProcInfo, SocketOwners, read_cmdline_if_safe};
 
 /// The comm of our shellper binary.
@@ -142,25 +142,41 @@ pub fn invocation_from_argv(argv: &[String]) -> Option<(String, Vec<String>, Opt
 /// The PTY child of shellper `pid`: its direct child that leads its own
 /// session.
 pub fn pty_child(snap: &[ProcInfo], pid: i32) -> Option<i32> {
-    child_sessions(snap, pid).first().copied()
+    child_sessions(snap, pid).first().map(|s| s.sid)
 }
 
 /// A shellper's tree in `snap`: the shellper itself first, then every
-/// member by proctree's rules (descendants, and the child's session).
+/// member by proctree's rules (descendants, and the sessions of its
+/// children that lead one, plus `extra` sessions), with the spec that found
+/// them (its witnesses are the members of verified sessions, so a later
+/// check still recognises the session after its leader died).
+///
+/// The `child_pid` a STATUS reports is not a session here: it stays in
+/// STATUS after the child exits (a husk), and the pid may lead a stranger's
+/// session by now. While the child runs it is the shellper's child, so
+/// [`child_sessions`] finds it with its start time.
 pub fn tree_of(
     snap: &[ProcInfo],
     pid: i32,
     start_ticks: Option<u64>,
-    child_pid: Option<i32>,
-) -> Vec<ProcInfo> {
-    let mut sessions = child_sessions(snap, pid);
-    sessions.extend(child_pid.filter(|c| *c > 1));
+    extra: &[Session],
+) -> (Vec<ProcInfo>, TreeSpec) {
+    let root_ok = snap
+        .iter()
+        .any(|p| p.pid == pid && start_ticks.is_none_or(|t| t == p.start_ticks));
+    let mut sessions = if root_ok {
+        child_sessions(snap, pid)
+    } else {
+        Vec::new()
+    };
+    sessions.extend(extra.iter().copied().filter(|s| s.sid > 1));
     sessions.sort_unstable();
     sessions.dedup();
-    let spec = TreeSpec {
+    let mut spec = TreeSpec {
         root: pid,
         root_start_ticks: start_ticks,
         sessions,
+        ..TreeSpec::default()
     };
     let mut out: Vec<ProcInfo> = snap
         .iter()
@@ -168,9 +184,10 @@ pub fn tree_of(
         .cloned()
         .collect();
     let mut rest = members(snap, &spec);
+    record_witnesses(&mut spec, snap, &rest);
     rest.sort_by_key(|p| p.pid);
     out.extend(rest);
-    out
+    (out, spec)
 }
 
 /// Pids in `tracked` form a set; a shellper is tracked if its own pid or

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use shellper_proctree::{
-    LinuxTable, OutsidePlan, ProcInfo, ProcessTable, RealClock, Sig, kill_tree_from_outside,
-    read_stat,
+    LinuxTable, OutsidePlan, ProcInfo, ProcessTable, RealClock, Session, Sig, TreeSpec,
+    kill_tree_from_outside, members, read_stat,
 };
 use shellper_protocol::Token;
 use tower_client::{TerminateOutcome, terminate_with_token};
@@ -63,7 +63,12 @@ pub struct Target {
     pub socket: Option<PathBuf>,
     pub pid: Option<u32>,
     pub start_ticks: Option<u64>,
+    /// The PTY child as last reported (display only: never a kill target by
+    /// itself, see [`procs::tree_of`]).
     pub child_pid: Option<u32>,
+    /// Sessions known from elsewhere, by sid and leader start time (a dead
+    /// shellper's child, from its log).
+    pub sessions: Vec<Session>,
     pub phase: Option<Phase>,
     pub reachable: bool,
     pub holder: Option<String>,
@@ -81,6 +86,7 @@ impl Target {
             pid: v.pid,
             start_ticks: v.start_ticks,
             child_pid: v.child_pid,
+            sessions: Vec::new(),
             phase: Some(v.phase),
             reachable: v.reachable,
             holder: v.holder.as_ref().map(|h| {
@@ -116,6 +122,12 @@ pub struct Plan {
     pub steps: Vec<Method>,
     /// The tree as it is now (shellper first).
     pub tree: Vec<TreeProc>,
+    /// The sessions treated as the shellper's (sid and leader start time).
+    pub sessions: Vec<Session>,
+    /// How the tree was found (sessions and their witnesses), for the
+    /// checks after each step.
+    #[serde(skip)]
+    pub spec: TreeSpec,
 }
 
 /// What one step did.
@@ -184,17 +196,22 @@ fn tree_proc(p: &ProcInfo, shellper: Option<u32>, child: Option<u32>) -> TreePro
     }
 }
 
-/// The tree of `pid` as [`TreeProc`]s (shellper first). Shared with `show`.
+/// The tree of `pid` as [`TreeProc`]s (shellper first), and the spec that
+/// found it. Shared with `show`.
 pub fn tree_procs(
     snap: &[ProcInfo],
     pid: u32,
     start_ticks: Option<u64>,
     child: Option<u32>,
-) -> Vec<TreeProc> {
-    procs::tree_of(snap, pid as i32, start_ticks, child.map(|c| c as i32))
-        .iter()
-        .map(|p| tree_proc(p, Some(pid), child))
-        .collect()
+    extra: &[Session],
+) -> (Vec<TreeProc>, TreeSpec) {
+    let (tree, spec) = procs::tree_of(snap, pid as i32, start_ticks, extra);
+    (
+        tree.iter()
+            .map(|p| tree_proc(p, Some(pid), child))
+            .collect(),
+        spec,
+    )
 }
 
 /// Plans one target.
@@ -208,6 +225,8 @@ pub fn plan(t: &Target, snap: &[ProcInfo], force: bool) -> Plan {
         note: None,
         steps: Vec::new(),
         tree: Vec::new(),
+        sessions: Vec::new(),
+        spec: TreeSpec::default(),
     };
     let Some(pid) = t.pid else {
         if t.phase == Some(Phase::Dead) && t.socket.as_ref().is_some_and(|s| s.exists()) {
@@ -219,7 +238,8 @@ pub fn plan(t: &Target, snap: &[ProcInfo], force: bool) -> Plan {
         }
         return p;
     };
-    p.tree = tree_procs(snap, pid, t.start_ticks, t.child_pid);
+    (p.tree, p.spec) = tree_procs(snap, pid, t.start_ticks, t.child_pid, &t.sessions);
+    p.sessions = p.spec.sessions.clone();
     if p.tree.is_empty() {
         p.note = Some(format!("nothing to do: process {pid} is gone already"));
         return p;
@@ -244,34 +264,35 @@ fn alive(t: &TreeProc) -> bool {
     LinuxTable.alive(t.pid, t.start_ticks)
 }
 
-/// Live processes now in the recorded tree or in the child's session.
-fn leftovers(recorded: &[TreeProc], child: Option<u32>) -> Vec<TreeProc> {
+/// Live processes now in the recorded tree, or members of the tree by its
+/// spec (the shellper's sessions while verifiably the same sessions, and
+/// its descendants while it lives). A full /proc scan: call it off the
+/// async runtime.
+fn leftovers(recorded: &[TreeProc], spec: &TreeSpec) -> Vec<TreeProc> {
     let mut out: Vec<TreeProc> = recorded.iter().filter(|t| alive(t)).cloned().collect();
-    if let Some(c) = child.filter(|c| *c > 1) {
-        let me = std::process::id() as i32;
-        for p in shellper_proctree::snapshot() {
-            if p.sid == c as i32
-                && p.is_live()
-                && p.pid != me
-                && !out.iter().any(|o| o.pid == p.pid)
-            {
-                out.push(tree_proc(&p, None, Some(c)));
+    if !spec.sessions.is_empty() {
+        for p in members(&shellper_proctree::snapshot(), spec) {
+            if !out.iter().any(|o| o.pid == p.pid) {
+                out.push(tree_proc(&p, None, None));
             }
         }
     }
     out
 }
 
+/// [`leftovers`] on the blocking pool.
+async fn leftovers_async(recorded: &[TreeProc], spec: &TreeSpec) -> Vec<TreeProc> {
+    let (r, s) = (recorded.to_vec(), spec.clone());
+    tokio::task::spawn_blocking(move || leftovers(&r, &s))
+        .await
+        .unwrap_or_default()
+}
+
 /// Polls until the recorded tree is gone or `bound` passes; true if gone.
-async fn wait_gone(recorded: &[TreeProc], child: Option<u32>, bound: Duration) -> bool {
+async fn wait_gone(recorded: &[TreeProc], spec: &TreeSpec, bound: Duration) -> bool {
     let end = Instant::now() + bound;
     loop {
-        let left = {
-            let r = recorded.to_vec();
-            tokio::task::spawn_blocking(move || leftovers(&r, child))
-                .await
-                .unwrap_or_default()
-        };
+        let left = leftovers_async(recorded, spec).await;
         if left.is_empty() {
             return true;
         }
@@ -286,7 +307,7 @@ async fn wait_gone(recorded: &[TreeProc], child: Option<u32>, bound: Duration) -
 pub async fn execute(t: &Target, plan: Plan, grace: Duration, handshake: Duration) -> Outcome {
     let mut executed = Vec::new();
     let recorded = plan.tree.clone();
-    let child = t.child_pid;
+    let spec = plan.spec.clone();
     let shellper = recorded.iter().find(|p| p.role == "shellper").cloned();
     let mut done = false;
     for &m in &plan.steps {
@@ -310,7 +331,7 @@ pub async fn execute(t: &Target, plan: Plan, grace: Duration, handshake: Duratio
                 match terminate_with_token(socket, token, "leasectl-reap", handshake, ladder).await
                 {
                     Ok(TerminateOutcome::Terminated(r)) => {
-                        let gone = wait_gone(&recorded, child, grace).await;
+                        let gone = wait_gone(&recorded, &spec, grace).await;
                         (
                             gone,
                             format!(
@@ -329,7 +350,7 @@ pub async fn execute(t: &Target, plan: Plan, grace: Duration, handshake: Duratio
                         )
                     }
                     Ok(TerminateOutcome::Closed) => {
-                        let gone = wait_gone(&recorded, child, grace).await;
+                        let gone = wait_gone(&recorded, &spec, grace).await;
                         (gone, "connection closed without a report".into())
                     }
                     Err(e) => (false, e.to_string()),
@@ -344,7 +365,7 @@ pub async fn execute(t: &Target, plan: Plan, grace: Duration, handshake: Duratio
                     match r {
                         Err(e) => (false, e.to_string()),
                         Ok(_) => {
-                            let gone = wait_gone(&recorded, child, grace).await;
+                            let gone = wait_gone(&recorded, &spec, grace).await;
                             (
                                 gone,
                                 if gone {
@@ -361,11 +382,13 @@ pub async fn execute(t: &Target, plan: Plan, grace: Duration, handshake: Duratio
             Method::OutsideLadder => {
                 let rec = recorded.clone();
                 let sp = shellper.clone();
-                let r =
-                    tokio::task::spawn_blocking(move || outside(sp.as_ref(), &rec, child, grace))
-                        .await
-                        .unwrap_or_else(|e| (false, format!("ladder task failed: {e}")));
-                let gone = wait_gone(&recorded, child, Duration::from_millis(500)).await;
+                let sp_spec = spec.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    outside(sp.as_ref(), &rec, &sp_spec, grace)
+                })
+                .await
+                .unwrap_or_else(|e| (false, format!("ladder task failed: {e}")));
+                let gone = wait_gone(&recorded, &spec, Duration::from_millis(500)).await;
                 (gone && r.0, r.1)
             }
         };
@@ -377,7 +400,7 @@ pub async fn execute(t: &Target, plan: Plan, grace: Duration, handshake: Duratio
         });
         done = ok;
     }
-    let survivors = leftovers(&recorded, child);
+    let survivors = leftovers_async(&recorded, &spec).await;
     let killed: Vec<TreeProc> = recorded
         .iter()
         .filter(|r| !survivors.iter().any(|s| s.pid == r.pid))
@@ -408,14 +431,15 @@ pub async fn execute(t: &Target, plan: Plan, grace: Duration, handshake: Duratio
 fn outside(
     shellper: Option<&TreeProc>,
     recorded: &[TreeProc],
-    child: Option<u32>,
+    spec: &TreeSpec,
     grace: Duration,
 ) -> (bool, String) {
     let table = LinuxTable;
     let mut detail = String::new();
     if let Some(s) = shellper.filter(|s| alive(s)) {
         let mut plan = OutsidePlan::new(s.pid, Some(s.start_ticks), grace);
-        plan.extra_sessions = child.map(|c| c as i32).into_iter().collect();
+        plan.extra_sessions = spec.sessions.clone();
+        plan.witnesses = spec.witnesses.clone();
         match kill_tree_from_outside(&table, &RealClock, &plan) {
             Ok(r) => {
                 detail = format!(
@@ -431,7 +455,7 @@ fn outside(
     }
     let mut extra = 0;
     for _ in 0..20 {
-        let left = leftovers(recorded, child);
+        let left = leftovers(recorded, spec);
         if left.is_empty() {
             break;
         }
@@ -447,7 +471,7 @@ fn outside(
         }
         detail.push_str(&format!("{extra} SIGKILL(s) by identity to leftovers"));
     }
-    let clean = leftovers(recorded, child).is_empty();
+    let clean = leftovers(recorded, spec).is_empty();
     (
         clean,
         if detail.is_empty() {
@@ -493,6 +517,7 @@ pub fn target_from_pid(pid: u32, scan: &Scan) -> crate::error::Result<Target> {
         pid: Some(pid),
         start_ticks: Some(info.start_ticks),
         child_pid: procs::pty_child(&snap, pid as i32).map(|c| c as u32),
+        sessions: Vec::new(),
         phase: None,
         reachable: false,
         holder: None,
@@ -518,6 +543,7 @@ pub fn targets_from_orphans(r: &OrphanReport, scan: &Scan) -> Vec<Target> {
             pid: o.pid,
             start_ticks: o.start_ticks,
             child_pid: o.child_pid,
+            sessions: Vec::new(),
             phase: None,
             reachable: false,
             holder: None,

@@ -236,3 +236,86 @@ fn s06_reap_stopped_and_stubborn_legacy_shellpers() {
     let _ = plain.wait();
     guard.finish();
 }
+
+/// Session-id reuse: a husk (its PTY child exited and was reaped) still
+/// reports the old `child_pid` in STATUS. When that pid now leads an
+/// unrelated session, `reap --force` must take the husk down and leave the
+/// stranger's session alone: sessions are kill targets only by sid *and*
+/// leader start time.
+#[test]
+fn reap_force_on_a_husk_spares_a_session_that_reuses_its_old_child_pid() {
+    if !can_choose_pids() {
+        eprintln!("skipped: choosing a pid needs write access to /proc/sys/kernel/ns_last_pid");
+        return;
+    }
+    let guard = LeakGuard::new("leasectl_reap_sid_reuse");
+    let (_tmp, scope) = scope();
+    // A held husk: minitower holds a shellper whose command exits soon.
+    let mut tower = start_tower(
+        &guard,
+        &scope,
+        &["--ttl", "1s", "--window", "60s", "--spawn", "1"],
+        &["sh", "-c", "sleep 1"],
+    );
+    let id = tower.spawned[0].id.clone();
+    let id = id.as_str();
+    let husk = tower.spawned[0].pid;
+    let mut child_pid = 0;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let (_, doc) = run_json(leasectl(&guard, &scope).args(["list", "--json"]));
+            let Some(e) = doc["shellpers"].as_array().unwrap().first() else {
+                return false;
+            };
+            child_pid = e["child_pid"].as_u64().unwrap_or(0) as u32;
+            e["child"]["state"] == "exited"
+        }),
+        "the child never exited: {:?}",
+        guard.survivors()
+    );
+    assert!(child_pid > 1);
+    // The exited child was reaped by the shellper: its pid is free. A
+    // stranger takes it and leads a session of its own, with a member.
+    let mut stranger = spawn_at_pid(
+        &guard,
+        child_pid,
+        &["sh", "-c", "sleep 600 & exec sleep 600"],
+    )
+    .expect("could not start a process at the reused pid");
+    assert!(wait_until(Duration::from_secs(5), || {
+        guard
+            .survivors()
+            .iter()
+            .filter(|s| s.comm == "sleep")
+            .count()
+            == 2
+    }));
+    let strangers: Vec<i32> = guard
+        .survivors()
+        .iter()
+        .filter(|s| s.pid != husk as i32 && s.pid != tower.pid as i32)
+        .map(|s| s.pid)
+        .collect();
+    assert_eq!(strangers.len(), 2, "{:?}", guard.survivors());
+
+    let (code, doc) =
+        run_json(leasectl(&guard, &scope).args(["reap", id, "--force", "--json", "--grace", "1s"]));
+    let t = &doc["targets"][0];
+    assert_eq!(code, 0, "{doc}");
+    assert_eq!(t["tree"].as_array().unwrap().len(), 1, "only the husk: {t}");
+    assert!(!shellper_testkit::proc_alive(husk as i32), "{t}");
+    for pid in &strangers {
+        assert!(
+            shellper_testkit::proc_alive(*pid),
+            "pid {pid} of the unrelated session was killed: {t}"
+        );
+    }
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    for pid in &strangers {
+        signal(*pid as u32, libc::SIGKILL);
+    }
+    tower.kill();
+    assert!(guard.wait_gone(Duration::from_secs(3)).is_empty());
+    guard.finish();
+}

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::procfs::ProcInfo;
 use crate::table::{Delivery, ProcessTable, Sig};
-use crate::tree::{self, TreeSpec};
+use crate::tree::{self, Session, TreeSpec};
 
 /// Time source for the ladder.
 pub trait Clock {
@@ -96,15 +96,16 @@ pub struct KillPlan {
 
 impl KillPlan {
     /// Kill the tree of `root` (descendants) plus every process of
-    /// `session` (the PTY child's session id, i.e. the child's pid when it
-    /// called `setsid`), with `grace` before SIGKILL and
-    /// [`DEFAULT_KILL_PHASE`] after it.
-    pub fn new(root: i32, session: Option<i32>, grace: Duration) -> KillPlan {
+    /// `session` (the PTY child's session: its sid is the child's pid, which
+    /// called `setsid`, with the child's start time), with `grace` before
+    /// SIGKILL and [`DEFAULT_KILL_PHASE`] after it.
+    pub fn new(root: i32, session: Option<Session>, grace: Duration) -> KillPlan {
         KillPlan {
             tree: TreeSpec {
                 root,
                 root_start_ticks: None,
                 sessions: session.into_iter().collect(),
+                witnesses: tree::Witnesses::new(),
             },
             grace,
             hard_bound: grace.saturating_add(DEFAULT_KILL_PHASE),
@@ -200,6 +201,24 @@ where
     T: ProcessTable + ?Sized,
     C: Clock + ?Sized,
 {
+    let mut spec = plan.tree.clone();
+    ladder(table, clock, plan, &mut spec, reap)
+}
+
+/// The ladder over `spec` (which gains witnesses as it sweeps, so a caller
+/// running several ladders over one tree keeps what the first one saw);
+/// `plan.tree` is not used.
+fn ladder<T, C>(
+    table: &T,
+    clock: &C,
+    plan: &KillPlan,
+    spec: &mut TreeSpec,
+    reap: &mut dyn FnMut(),
+) -> KillReport
+where
+    T: ProcessTable + ?Sized,
+    C: Clock + ?Sized,
+{
     let start = clock.now();
     let grace_end = start + plan.grace.min(plan.hard_bound);
     let hard_end = start + plan.hard_bound;
@@ -214,16 +233,19 @@ where
     let mut termed: HashSet<Id> = HashSet::new();
     let mut kill_passes = 0u32;
     let mut empty_walks = 0u32;
+    // The tree grows witnesses (members of verified sessions) as we sweep:
+    // they keep a session ours after its leader died.
     loop {
         reap();
         let (snapshot, walked) = match plan.scan {
-            Scan::Descendants => match table.list_descendants(plan.tree.root) {
+            Scan::Descendants => match table.list_descendants(spec.root) {
                 Some(v) => (v, true),
                 None => (table.list(), false),
             },
             Scan::Full => (table.list(), false),
         };
-        let members = tree::members(&snapshot, &plan.tree);
+        let members = tree::members(&snapshot, spec);
+        tree::record_witnesses(spec, &snapshot, &members);
         tx.report.sweeps += 1;
         if members.is_empty() {
             empty_walks += 1;
@@ -294,10 +316,13 @@ pub struct OutsidePlan {
     /// The shellper's start time as recorded at spawn (registry
     /// `start_ticks`); when set, a recycled pid is refused.
     pub shellper_start_ticks: Option<u64>,
-    /// Sessions to add to those found (for example the `child_pid` a STATUS
-    /// reported: once the PTY child is dead its session can no longer be
-    /// found from the shellper's children).
-    pub extra_sessions: Vec<i32>,
+    /// Sessions to add to those found (for example the PTY child a STATUS
+    /// reported, once it is no longer the shellper's child). Each counts
+    /// only while its recorded leader is there ([`Session`]) or a witness is.
+    pub extra_sessions: Vec<Session>,
+    /// Processes the caller saw in those sessions while they were verified
+    /// (see [`TreeSpec::witnesses`]).
+    pub witnesses: tree::Witnesses,
     pub grace: Duration,
     pub hard_bound: Duration,
     /// How long the shellper gets to exit on SIGTERM before SIGKILL.
@@ -311,6 +336,7 @@ impl OutsidePlan {
             shellper_pid,
             shellper_start_ticks,
             extra_sessions: Vec::new(),
+            witnesses: tree::Witnesses::new(),
             grace,
             hard_bound: grace.saturating_add(DEFAULT_KILL_PHASE),
             shellper_grace: Duration::from_secs(1),
@@ -338,7 +364,7 @@ pub struct OutsideReport {
     pub tree: KillReport,
     pub shellper: ShellperFate,
     /// The sessions treated as the shellper's (children's + extra).
-    pub sessions: Vec<i32>,
+    pub sessions: Vec<Session>,
 }
 
 impl OutsideReport {
@@ -398,15 +424,19 @@ where
         .ok_or(Error::NoSuchProcess { pid })?;
     let ticks = shellper.start_ticks;
     let mut sessions = tree::child_sessions(&snap, pid);
-    sessions.extend(plan.extra_sessions.iter().copied().filter(|s| *s > 1));
+    sessions.extend(plan.extra_sessions.iter().copied().filter(|s| s.sid > 1));
     sessions.sort_unstable();
     sessions.dedup();
-    let ladder = KillPlan {
-        tree: TreeSpec {
-            root: pid,
-            root_start_ticks: Some(ticks),
-            sessions: sessions.clone(),
-        },
+    let mut spec = TreeSpec {
+        root: pid,
+        root_start_ticks: Some(ticks),
+        sessions: sessions.clone(),
+        witnesses: plan.witnesses.clone(),
+    };
+    let now = tree::members(&snap, &spec);
+    tree::record_witnesses(&mut spec, &snap, &now);
+    let plan_ladder = KillPlan {
+        tree: spec.clone(),
         grace: plan.grace,
         hard_bound: plan.hard_bound,
         poll: plan.poll,
@@ -415,7 +445,7 @@ where
         // are caught too.
         scan: Scan::Full,
     };
-    let mut report = kill_tree(table, clock, &ladder, &mut || {});
+    let mut report = ladder(table, clock, &plan_ladder, &mut spec, &mut || {});
 
     let poll = plan.poll.max(Duration::from_millis(1));
     let wait_dead = |bound: Duration| {
@@ -447,8 +477,8 @@ where
         }
     };
 
-    if !tree::members(&table.list(), &ladder.tree).is_empty() {
-        let again = kill_tree(table, clock, &ladder, &mut || {});
+    if !tree::members(&table.list(), &spec).is_empty() {
+        let again = ladder(table, clock, &plan_ladder, &mut spec, &mut || {});
         report.merge(again);
     }
     Ok(OutsideReport {

@@ -87,9 +87,9 @@ pub use ladder::{
 pub use locks::{FlockHolder, flock_holder, parse_proc_locks};
 pub use procfs::{
     ProcInfo, environ_contains, read_cmdline, read_cmdline_if_safe, read_proc, read_stat,
-    same_process, snapshot, start_time_unix_ms,
+    same_process, session_of_child, snapshot, start_time_unix_ms,
 };
 pub use reap::{ChildExit, become_subreaper, reap_zombies};
 pub use sockets::{SocketOwners, listening_unix_sockets, parse_net_unix, socket_inodes_of};
 pub use table::{Delivery, LinuxTable, ProcessTable, Sig, pidfd_for};
-pub use tree::{TreeSpec, members};
+pub use tree::{Session, TreeSpec, members};

@@ -200,6 +200,17 @@ pub fn descendants_snapshot(root: i32) -> Option<Vec<ProcInfo>> {
     Some(out)
 }
 
+/// The session led by `child` while it is still `parent`'s child (alive or
+/// a zombie not yet reaped): a child's pid cannot be reused before its
+/// parent reaps it, so its start time read now is the leader's identity.
+/// `None` when `child` is gone, leads no session, or is not `parent`'s
+/// child (reaped, and the pid possibly reused).
+pub fn session_of_child(parent: i32, child: i32) -> Option<crate::tree::Session> {
+    read_stat(child)
+        .filter(|p| p.ppid == parent && parent > 1)
+        .and_then(|p| crate::tree::Session::led_by(&p))
+}
+
 /// True if `pid` is the process that started at `start_ticks` (zombie or
 /// not: identity only, see [`ProcInfo::is_live`] for liveness). This is the
 /// guard against pid recycling: store `(pid, start_ticks)`, never a bare pid.

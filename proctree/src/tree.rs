@@ -6,7 +6,20 @@
 //!   double-fork or `setsid` away are reparented to it and stay descendants; or
 //! * its session id is one of `sessions` (the PTY child's session), which
 //!   catches processes that escaped to PID 1 (or to another subreaper) but
-//!   kept the session,
+//!   kept the session. A session is named by its id *and* its leader's start
+//!   time ([`Session`]): the rule holds only while the snapshot shows that
+//!   very leader (alive or a zombie) at pid `sid`. Once the leader is gone
+//!   the sid can be reused: when the last member of a session dies the
+//!   kernel frees the number, and a newcomer with that pid may `setsid` and
+//!   lead an unrelated session (another shellper's child, an ssh login). A
+//!   bare sid would then kill it, so a session whose leader is gone or has
+//!   another start time matches nothing, unless continuity is proven by a
+//!   *witness*: a process (pid and start time) seen as a member of that
+//!   session while it was verified. A process never rejoins a session it
+//!   left, and a sid is not reused while any process is still in its
+//!   session, so a witness still in the session proves it is the same one
+//!   (this keeps a session ours after its leader is killed mid-ladder; see
+//!   [`members_witnessed`]),
 //!
 //! and it is never `root`, never PID 1 (or any pid ≤ 1), never the calling
 //! process, and never a zombie (zombies are gone for every purpose here).
@@ -19,12 +32,42 @@
 //! always older than its child, so a link whose "parent" started *after* the
 //! child is rejected.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
 
 use crate::procfs::ProcInfo;
 
+/// A session as a kill target: its id and the start time of its leader (the
+/// process whose pid is the sid). Never a bare sid: see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Session {
+    pub sid: i32,
+    /// `start_ticks` of the leader, process `sid`.
+    pub leader_start_ticks: u64,
+}
+
+impl Session {
+    /// The session `p` leads, if it leads one (`pid == sid`, pid > 1).
+    pub fn led_by(p: &ProcInfo) -> Option<Session> {
+        (p.pid == p.sid && p.pid > 1).then_some(Session {
+            sid: p.sid,
+            leader_start_ticks: p.start_ticks,
+        })
+    }
+
+    /// True while `snapshot` shows this session's leader (alive or zombie)
+    /// with its recorded start time.
+    pub fn leader_present(&self, snapshot: &[ProcInfo]) -> bool {
+        self.sid > 1
+            && snapshot.iter().any(|p| {
+                p.pid == self.sid && p.sid == self.sid && p.start_ticks == self.leader_start_ticks
+            })
+    }
+}
+
 /// Identifies the tree to kill.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TreeSpec {
     /// The shellper's pid; never a member itself.
     pub root: i32,
@@ -33,12 +76,59 @@ pub struct TreeSpec {
     /// rule is disabled (the pid is someone else's now) and only the session
     /// rule applies.
     pub root_start_ticks: Option<u64>,
-    /// Session ids whose every process is a member (values ≤ 1 ignored).
-    pub sessions: Vec<i32>,
+    /// Sessions whose every process is a member, while their leader is
+    /// still the recorded process (sids ≤ 1 ignored).
+    pub sessions: Vec<Session>,
+    /// Processes seen as members of a verified session (see the module
+    /// docs): a session whose leader is gone still counts while one of them
+    /// is in it. The kill ladder adds to its own copy as it sweeps.
+    pub witnesses: Witnesses,
 }
 
 /// Longest ppid chain we follow (a guard against cycles in a torn snapshot).
 const MAX_DEPTH: usize = 4096;
+
+/// `(pid, start_ticks)` of processes seen as members of a verified session.
+pub type Witnesses = HashSet<(i32, u64)>;
+
+/// Adds to `spec.witnesses` every member of `members` (from `snapshot`)
+/// whose session `snapshot` verifies. Call it after each snapshot of a
+/// sweep that takes several, so killing a session's leader does not free
+/// the rest of its session.
+pub fn record_witnesses(spec: &mut TreeSpec, snapshot: &[ProcInfo], members: &[ProcInfo]) {
+    let verified = verified_sessions(snapshot, spec);
+    spec.witnesses.extend(
+        members
+            .iter()
+            .filter(|p| verified.contains(&p.sid))
+            .map(|p| (p.pid, p.start_ticks)),
+    );
+}
+
+/// The sessions of `spec` that `snapshot` shows to be the recorded ones:
+/// their leader is there with its start time, or a witness is still in them.
+pub fn verified_sessions(snapshot: &[ProcInfo], spec: &TreeSpec) -> Vec<i32> {
+    let by_pid: HashMap<i32, &ProcInfo> = snapshot.iter().map(|p| (p.pid, p)).collect();
+    verified(snapshot, &by_pid, spec)
+}
+
+fn verified(snapshot: &[ProcInfo], by_pid: &HashMap<i32, &ProcInfo>, spec: &TreeSpec) -> Vec<i32> {
+    let witnesses = &spec.witnesses;
+    spec.sessions
+        .iter()
+        .filter(|s| s.sid > 1)
+        .filter(|s| {
+            by_pid
+                .get(&s.sid)
+                .is_some_and(|l| l.sid == s.sid && l.start_ticks == s.leader_start_ticks)
+                || (!witnesses.is_empty()
+                    && snapshot
+                        .iter()
+                        .any(|p| p.sid == s.sid && witnesses.contains(&(p.pid, p.start_ticks))))
+        })
+        .map(|s| s.sid)
+        .collect()
+}
 
 /// The live members of the tree in `snapshot`, in snapshot order.
 pub fn members(snapshot: &[ProcInfo], spec: &TreeSpec) -> Vec<ProcInfo> {
@@ -49,7 +139,9 @@ pub fn members(snapshot: &[ProcInfo], spec: &TreeSpec) -> Vec<ProcInfo> {
         (Some(t), Some(r)) => spec.root > 1 && r.start_ticks == t,
         (Some(_), None) => false,
     };
-    let sessions: Vec<i32> = spec.sessions.iter().copied().filter(|s| *s > 1).collect();
+    // A session counts only while it is verifiably the recorded one:
+    // otherwise the sid may name somebody else's session now.
+    let sessions = verified(snapshot, &by_pid, spec);
     let mut memo: HashMap<i32, bool> = HashMap::new();
     snapshot
         .iter()
@@ -100,14 +192,15 @@ fn descends_from(
     answer
 }
 
-/// Session ids of `root`'s direct children that lead their own session: the
-/// PTY child(ren) of a shellper, found from outside (see
-/// [`crate::kill_tree_from_outside`]).
-pub fn child_sessions(snapshot: &[ProcInfo], root: i32) -> Vec<i32> {
-    let mut out: Vec<i32> = snapshot
+/// Sessions led by `root`'s direct children: the PTY child(ren) of a
+/// shellper, found from outside (see [`crate::kill_tree_from_outside`]).
+/// A child of `root` is pinned (its pid cannot be reused before `root`
+/// reaps it), so its start time in the snapshot is its identity.
+pub fn child_sessions(snapshot: &[ProcInfo], root: i32) -> Vec<Session> {
+    let mut out: Vec<Session> = snapshot
         .iter()
-        .filter(|p| p.ppid == root && p.pid == p.sid && p.pid > 1)
-        .map(|p| p.sid)
+        .filter(|p| p.ppid == root && root > 1)
+        .filter_map(Session::led_by)
         .collect();
     out.sort_unstable();
     out.dedup();
@@ -128,6 +221,13 @@ mod tests {
             start_ticks: start,
             comm: format!("p{pid}"),
             cmdline: Vec::new(),
+        }
+    }
+
+    fn ses(sid: i32, leader_start_ticks: u64) -> Session {
+        Session {
+            sid,
+            leader_start_ticks,
         }
     }
 
@@ -154,7 +254,8 @@ mod tests {
         let spec = TreeSpec {
             root: 100,
             root_start_ticks: Some(10),
-            sessions: vec![101],
+            sessions: vec![ses(101, 11)],
+            witnesses: Witnesses::new(),
         };
         assert_eq!(pids(&members(&snap, &spec)), vec![101, 102, 103, 104, 105]);
     }
@@ -167,7 +268,8 @@ mod tests {
         let spec = TreeSpec {
             root: 100,
             root_start_ticks: None,
-            sessions: vec![101],
+            sessions: vec![ses(101, 11)],
+            witnesses: Witnesses::new(),
         };
         assert_eq!(pids(&members(&snap, &spec)), vec![101]);
     }
@@ -185,19 +287,26 @@ mod tests {
             root: 100,
             root_start_ticks: Some(10),
             sessions: vec![],
+            witnesses: Witnesses::new(),
         };
         assert_eq!(pids(&members(&snap, &spec)), vec![150]);
     }
 
     #[test]
     fn recycled_root_disables_descendant_rule() {
-        let snap = vec![p(100, 1, 100, 99), p(101, 100, 101, 100), p(102, 1, 7, 5)];
+        let snap = vec![
+            p(7, 1, 7, 4),
+            p(100, 1, 100, 99),
+            p(101, 100, 101, 100),
+            p(102, 1, 7, 5),
+        ];
         let spec = TreeSpec {
             root: 100,
             root_start_ticks: Some(10),
-            sessions: vec![7],
+            sessions: vec![ses(7, 4)],
+            witnesses: Witnesses::new(),
         };
-        assert_eq!(pids(&members(&snap, &spec)), vec![102]);
+        assert_eq!(pids(&members(&snap, &spec)), vec![7, 102]);
     }
 
     #[test]
@@ -207,7 +316,8 @@ mod tests {
             let spec = TreeSpec {
                 root,
                 root_start_ticks: None,
-                sessions: vec![0, 1, -1],
+                sessions: vec![ses(0, 0), ses(1, 0), ses(-1, 0)],
+                witnesses: Witnesses::new(),
             };
             assert!(members(&snap, &spec).is_empty(), "root {root}");
         }
@@ -220,6 +330,7 @@ mod tests {
             root: 100,
             root_start_ticks: None,
             sessions: vec![],
+            witnesses: Witnesses::new(),
         };
         assert!(members(&snap, &spec).is_empty());
     }
@@ -227,6 +338,51 @@ mod tests {
     #[test]
     fn child_sessions_are_session_leading_children() {
         let snap = vec![p(100, 1, 100, 1), p(101, 100, 101, 2), p(102, 100, 100, 3)];
-        assert_eq!(child_sessions(&snap, 100), vec![101]);
+        assert_eq!(child_sessions(&snap, 100), vec![ses(101, 2)]);
+    }
+
+    #[test]
+    fn a_reused_sid_matches_nothing() {
+        // Session 101's leader (start 11) exited and its pid now leads an
+        // unrelated session (an ssh login, another shellper's child).
+        let snap = vec![
+            p(100, 1, 100, 10),
+            p(101, 1, 101, 500), // newcomer leading a new session 101
+            p(102, 101, 101, 501),
+        ];
+        let spec = TreeSpec {
+            root: 100,
+            root_start_ticks: Some(10),
+            sessions: vec![ses(101, 11)],
+            witnesses: Witnesses::new(),
+        };
+        assert!(members(&snap, &spec).is_empty());
+    }
+
+    #[test]
+    fn a_session_whose_leader_is_gone_matches_nothing_but_a_zombie_leader_counts() {
+        let member = p(102, 1, 101, 12);
+        let spec = TreeSpec {
+            root: 100,
+            root_start_ticks: Some(10),
+            sessions: vec![ses(101, 11)],
+            witnesses: Witnesses::new(),
+        };
+        let gone = vec![p(100, 1, 100, 10), member.clone()];
+        assert!(members(&gone, &spec).is_empty());
+        let mut zombie = p(101, 1, 101, 11);
+        zombie.state = 'Z';
+        let snap = vec![p(100, 1, 100, 10), zombie, member];
+        assert_eq!(pids(&members(&snap, &spec)), vec![102]);
+        assert!(spec.sessions[0].leader_present(&snap));
+        assert!(!spec.sessions[0].leader_present(&gone));
+        // A member seen while the session was verified keeps it ours.
+        let mut seen = spec.clone();
+        record_witnesses(&mut seen, &snap, &members(&snap, &spec));
+        assert_eq!(pids(&members(&gone, &seen)), vec![102]);
+        // A witness with another start time (pid reused) proves nothing.
+        let mut stranger = spec.clone();
+        stranger.witnesses = [(102, 13)].into_iter().collect();
+        assert!(members(&gone, &stranger).is_empty());
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use shellper_proctree::fake::{Behavior, Event, FakeClock, FakeTable, SignalRecord, Spawn};
 use shellper_proctree::{
-    Error, KillPlan, KillReport, OutsidePlan, Scan, ShellperFate, Sig, kill_tree,
+    Error, KillPlan, KillReport, OutsidePlan, Scan, Session, ShellperFate, Sig, kill_tree,
     kill_tree_from_outside,
 };
 
@@ -89,6 +89,14 @@ fn world_with(walks: bool) -> World {
 }
 
 impl World {
+    /// The PTY child's session, named by sid and leader start time.
+    fn session(&self) -> Session {
+        Session {
+            sid: self.child,
+            leader_start_ticks: self.t.info(self.child).expect("child").start_ticks,
+        }
+    }
+
     fn job(&self, behavior: Behavior) -> i32 {
         self.t.spawn(Spawn {
             parent: self.child,
@@ -99,7 +107,7 @@ impl World {
     }
 
     fn plan(&self, grace: Duration, hard: Duration) -> KillPlan {
-        let mut plan = KillPlan::new(self.root, Some(self.child), grace);
+        let mut plan = KillPlan::new(self.root, Some(self.session()), grace);
         plan.hard_bound = hard;
         plan.poll = POLL;
         plan
@@ -421,7 +429,7 @@ fn s06_fake_outside_kill_takes_the_tree_first_then_the_stopped_shellper() {
     let r = kill_tree_from_outside(&w.t, &w.clock, &plan).expect("runs");
     assert!(r.is_clean(), "{r:?}");
     assert_eq!(r.shellper, ShellperFate::ExitedAfterTerm);
-    assert!(r.sessions.contains(&w.child));
+    assert!(r.sessions.contains(&w.session()));
     assert!(w.t.live_members(w.root).is_empty());
     let log = w.t.log();
     let first_root = log
@@ -445,29 +453,76 @@ fn s06_fake_outside_kill_takes_the_tree_first_then_the_stopped_shellper() {
     );
 }
 
+/// Issue 9 item 7: a session named by a sid whose leader now has another
+/// start time (the pid was reused and leads an unrelated session) is not a
+/// kill target: nothing of it is signalled.
+#[test]
+fn outside_kill_spares_a_reused_sid() {
+    let w = world();
+    let stranger = w.t.spawn(Spawn {
+        parent: 1,
+        setsid: true,
+        outsider: Some(true),
+        comm: Some("sshd-session".into()),
+        ..Spawn::default()
+    });
+    let member = w.t.spawn(Spawn {
+        parent: stranger,
+        outsider: Some(true),
+        ..Spawn::default()
+    });
+    let now = w.t.info(stranger).expect("stranger").start_ticks;
+    let mut plan = OutsidePlan::new(w.root, w.t.info(w.root).map(|p| p.start_ticks), GRACE);
+    plan.poll = POLL;
+    plan.extra_sessions = vec![Session {
+        sid: stranger,
+        leader_start_ticks: now.saturating_sub(1),
+    }];
+    let r = kill_tree_from_outside(&w.t, &w.clock, &plan).expect("runs");
+    assert!(r.is_clean(), "{r:?}");
+    // Only the shellper itself (an "outsider" to its own ladder) and its
+    // tree were signalled.
+    assert!(
+        w.t.log().iter().all(|x| !x.outsider || x.pid == w.root),
+        "{:?}",
+        w.t.log()
+    );
+    assert!(w.t.info(stranger).is_some_and(|p| p.is_live()));
+    assert!(w.t.info(member).is_some_and(|p| p.is_live()));
+}
+
 #[test]
 fn s06_fake_outside_kill_escalates_on_the_shellper_and_uses_extra_sessions() {
     let w = world();
-    // The PTY child is already dead; an escapee kept its session under PID 1.
-    let escapee = w.t.spawn(Spawn {
+    // A session leader that is no longer the shellper's child (it was
+    // reparented to PID 1), with an escapee of its session under PID 1 too.
+    let leader = w.t.spawn(Spawn {
         parent: 1,
-        session: Some(w.child),
+        setsid: true,
         outsider: Some(false),
         ..Spawn::default()
     });
-    w.t.raw_signal(w.child, Sig::Kill);
-    w.t.reap_children_of(w.root);
+    let escapee = w.t.spawn(Spawn {
+        parent: 1,
+        session: Some(leader),
+        outsider: Some(false),
+        ..Spawn::default()
+    });
     let start = w.t.info(w.root).map(|p| p.start_ticks);
+    let leader_start_ticks = w.t.info(leader).expect("leader").start_ticks;
 
-    // With the child dead, only the extra session (the child_pid a STATUS
-    // reported) ties the escapee to this shellper.
+    // Only the extra session ties them to this shellper.
     let mut plan = OutsidePlan::new(w.root, start, GRACE);
     plan.poll = POLL;
-    plan.extra_sessions = vec![w.child];
+    plan.extra_sessions = vec![Session {
+        sid: leader,
+        leader_start_ticks,
+    }];
     let w_root = w.root;
     let clock = w.clock.clone();
     let r = kill_tree_from_outside(&w.t, &clock, &plan).expect("runs");
     assert!(w.t.info(escapee).is_some_and(|p| !p.is_live()));
+    assert!(w.t.info(leader).is_some_and(|p| !p.is_live()));
     assert!(r.tree.is_clean());
     // The fake root has default behavior, so TERM ends it.
     assert_eq!(r.shellper, ShellperFate::ExitedAfterTerm);

@@ -12,7 +12,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use shellper_proctree::{KillPlan, LinuxTable, RealClock, kill_tree, members, read_stat, snapshot};
+use shellper_proctree::{
+    KillPlan, LinuxTable, RealClock, Session, kill_tree, members, read_stat, snapshot,
+};
 use shellper_testkit::LeakGuard;
 
 const ESCAPES: &str = r#"
@@ -60,7 +62,11 @@ fn start_root(guard: &LeakGuard, script: &str, subreaper: bool) -> Child {
 }
 
 fn run_ladder(root: i32) -> shellper_proctree::KillReport {
-    let mut plan = KillPlan::new(root, Some(root), Duration::from_millis(700));
+    let mut plan = KillPlan::new(
+        root,
+        Session::led_by(&read_stat(root).expect("root")),
+        Duration::from_millis(700),
+    );
     plan.hard_bound = Duration::from_secs(5);
     kill_tree(&LinuxTable, &RealClock, &plan, &mut || {})
 }
@@ -80,7 +86,11 @@ fn s05_real_escape_torture_session_leader_root_zero_survivors() {
     assert_eq!(root_info.sid, root, "root leads its session");
 
     // The tree really has the escape kinds in it.
-    let plan = KillPlan::new(root, Some(root), Duration::ZERO);
+    let plan = KillPlan::new(
+        root,
+        Session::led_by(&read_stat(root).expect("root")),
+        Duration::ZERO,
+    );
     let before = members(&snapshot(), &plan.tree);
     assert!(before.len() >= 8, "members: {before:#?}");
     assert!(before.iter().any(|p| p.is_stopped()), "a stopped job");
@@ -124,7 +134,11 @@ fn s05_real_escape_torture_subreaper_root_catches_setsid_daemons() {
     );
     let root_child = start_root(&guard, &script, true);
     let root = root_child.id() as i32;
-    let plan = KillPlan::new(root, Some(root), Duration::ZERO);
+    let plan = KillPlan::new(
+        root,
+        Session::led_by(&read_stat(root).expect("root")),
+        Duration::ZERO,
+    );
     let before = members(&snapshot(), &plan.tree);
     // Daemons that left both the session and their parent were reparented
     // to the subreaper root: only the descendant rule finds them.

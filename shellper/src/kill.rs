@@ -18,7 +18,15 @@ use shellper_proctree::{KillPlan, KillReport, LinuxTable, RealClock, Scan, kill_
 pub fn run_ladder(sessions: Vec<i32>, grace: Duration) -> KillReport {
     let me = std::process::id() as i32;
     let mut plan = KillPlan::new(me, None, grace);
-    plan.tree.sessions = sessions;
+    // A session is named by its sid and its leader's start time, never a
+    // bare sid: a PTY child this shellper already reaped may have had its
+    // pid reused by a stranger leading a session of its own. Unreaped
+    // children (alive or zombie) pin their pid; reaped ones are dropped
+    // (their escapees are our descendants: we are a subreaper).
+    plan.tree.sessions = sessions
+        .into_iter()
+        .filter_map(|sid| shellper_proctree::session_of_child(me, sid))
+        .collect();
     plan.tree.root_start_ticks = shellper_proctree::read_stat(me).map(|p| p.start_ticks);
     // The shellper is a child subreaper (start-up fails otherwise) and alive,
     // so every member of its sessions is its descendant: walk the tree

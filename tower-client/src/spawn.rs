@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
-use shellper_proctree::{LinuxTable, ProcessTable, Sig, TreeSpec, members, read_stat, snapshot};
+use shellper_proctree::{
+    LinuxTable, ProcessTable, Session, Sig, TreeSpec, members, read_stat, snapshot,
+};
 use shellper_protocol::{LeaseConfig, Token};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -457,15 +459,11 @@ fn tree_of(root: u32, root_start_ticks: Option<u64>) -> Vec<(i32, u64)> {
     let mut spec = TreeSpec {
         root: root as i32,
         root_start_ticks,
-        sessions: Vec::new(),
+        ..TreeSpec::default()
     };
     loop {
         let tree = members(&snap, &spec);
-        let mut led: Vec<i32> = tree
-            .iter()
-            .filter(|p| p.pid == p.sid)
-            .map(|p| p.sid)
-            .collect();
+        let mut led: Vec<Session> = tree.iter().filter_map(Session::led_by).collect();
         led.sort_unstable();
         if led == spec.sessions {
             return tree.iter().map(|p| (p.pid, p.start_ticks)).collect();

@@ -301,3 +301,39 @@ pub fn snapshot(name: &str, actual: &str) {
         "snapshot {name} differs (LEASECTL_UPDATE_SNAPSHOTS=1 rewrites it)"
     );
 }
+
+/// Whether this process may choose the next pid (root: write
+/// `/proc/sys/kernel/ns_last_pid`); tests of pid reuse need it.
+pub fn can_choose_pids() -> bool {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/sys/kernel/ns_last_pid")
+        .is_ok()
+}
+
+/// Starts `cmd` as pid `pid` (which must be free), in a session of its
+/// own, tagged by `guard`: a stranger reusing a pid. Retries while other
+/// processes on the machine take the pid first; `None` if it never lands.
+pub fn spawn_at_pid(guard: &LeakGuard, pid: u32, cmd: &[&str]) -> Option<Child> {
+    use std::os::unix::process::CommandExt;
+    for _ in 0..200 {
+        let mut c = Command::new(cmd[0]);
+        c.args(&cmd[1..]).stdin(Stdio::null());
+        guard.apply(&mut c);
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", pid - 1)).ok()?;
+        let mut child = c.spawn().ok()?;
+        if child.id() == pid {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
