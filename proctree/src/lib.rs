@@ -12,14 +12,15 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use shellper_proctree::{KillPlan, LinuxTable, RealClock, become_subreaper, kill_tree, reap_zombies};
+//! use shellper_proctree::{KillPlan, LinuxTable, RealClock, become_subreaper, kill_tree, reap_zombies, session_of_child};
 //!
 //! # fn main() -> Result<(), shellper_proctree::Error> {
 //! become_subreaper()?; // at startup, before spawning the PTY child
 //! # let child_pid = 0;
 //! // ... later, to terminate (on tokio: inside spawn_blocking):
 //! let me = std::process::id() as i32;
-//! let plan = KillPlan::new(me, Some(child_pid), Duration::from_secs(3));
+//! // The child's session by sid *and* leader start time (never a bare sid).
+//! let plan = KillPlan::new(me, session_of_child(me, child_pid), Duration::from_secs(3));
 //! let report = kill_tree(&LinuxTable, &RealClock, &plan, &mut || {
 //!     for (pid, how) in reap_zombies() { /* the shellper's single reaper */ let _ = (pid, how); }
 //! });
@@ -35,7 +36,8 @@
 //! * [`kill_tree`]`(&table, &clock, &KillPlan, &mut reap_hook) -> KillReport`:
 //!   the ladder (SIGHUP+SIGCONT, SIGTERM+SIGCONT until `grace`, SIGKILL until
 //!   `hard_bound`, sweeping until a full pass finds nothing). Synchronous.
-//! * [`KillPlan`]`::new(root, Some(child_sid), grace)`, with `scan:`
+//! * [`KillPlan`]`::new(root, Some(child_session), grace)` (a [`Session`]:
+//!   sid and leader start time, e.g. from [`session_of_child`]), with `scan:`
 //!   [`Scan::Full`] (default, reads all of `/proc`) or [`Scan::Descendants`]
 //!   (walks the root's descendants: for a live subreaper root; cheap when
 //!   hundreds of ladders run at once); [`KillReport`]
@@ -67,7 +69,9 @@
 //!
 //! See [`tree`]: descendants of the root (ppid chains, one snapshot, with a
 //! start-time sanity check on each link) plus every process of the given
-//! sessions; never the root, never PID 1, never the caller, never zombies.
+//! sessions (while each is verifiably the recorded one: its leader, or a
+//! member seen earlier, is still there); never the root, never PID 1, never
+//! the caller, never zombies.
 
 pub mod error;
 pub mod fake;
