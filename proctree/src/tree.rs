@@ -19,7 +19,7 @@
 //!   left, and a sid is not reused while any process is still in its
 //!   session, so a witness still in the session proves it is the same one
 //!   (this keeps a session ours after its leader is killed mid-ladder; see
-//!   [`members_witnessed`]),
+//!   [`record_witnesses`]),
 //!
 //! and it is never `root`, never PID 1 (or any pid ≤ 1), never the calling
 //! process, and never a zombie (zombies are gone for every purpose here).
