@@ -215,13 +215,16 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
     let (actor, child) = ChildActor::new(hub.clone(), lease.clone(), first);
     tokio::spawn(actor.run());
     let status = StatusSource::current(hub.start_time_ms);
-    let shared = Arc::new(Shared::new(
-        hub.clone(),
-        lease.clone(),
-        child,
-        cfg.handshake_timeout,
-        status,
-    ));
+    let shared = Arc::new(
+        Shared::new(
+            hub.clone(),
+            lease.clone(),
+            child,
+            cfg.handshake_timeout,
+            status,
+        )
+        .with_write_stall(cfg.write_stall),
+    );
     let stop = CancellationToken::new();
     tokio::spawn(server::accept_loop(listener, shared.clone(), stop.clone()));
     watch_signals(lease.clone());

@@ -105,6 +105,9 @@ pub fn spawn_pty(spec: &SpawnSpec) -> Result<PtyChild> {
     if let Some(env) = &spec.env {
         cmd = cmd.env_clear().envs(env);
     }
+    // SAFETY: the closure only calls sigaction and sigprocmask, both
+    // async-signal-safe, and touches no memory shared with the parent.
+    cmd = unsafe { cmd.pre_exec(reset_signals) };
     // `spawn` consumes the slave: the parent keeps no slave fd, so the
     // master reads EIO once the child's session closes its side.
     let child = cmd.spawn(pts).map_err(|e| fail(e.to_string()))?;
@@ -129,6 +132,48 @@ pub fn spawn_pty(spec: &SpawnSpec) -> Result<PtyChild> {
         writer,
         resize_fd,
     })
+}
+
+/// Highest signal number on Linux (`_NSIG - 1`).
+const MAX_SIGNAL: libc::c_int = 64;
+
+/// Runs in the forked child before exec: every signal disposition back to
+/// the default and an empty signal mask. exec keeps ignored signals and the
+/// mask, and a shellper started under `nohup` (SIGHUP ignored) or by a
+/// runtime that blocks signals would pass them on: the kill ladder's
+/// SIGHUP, SPAWN's SIGHUP and the PTY hang-up would then do nothing.
+///
+/// The raw `rt_sigaction` system call, not libc's wrapper: glibc refuses to
+/// touch the two real-time signals it reserves (32, 33), and a parent may
+/// have left those ignored too. Only async-signal-safe system calls;
+/// errors for SIGKILL and SIGSTOP (which cannot be changed) are ignored.
+fn reset_signals() -> std::io::Result<()> {
+    // The kernel's `struct sigaction` with every field zero is SIG_DFL, no
+    // flags, no restorer, empty mask (laid out as four machine words on
+    // every Linux architecture we build for; the mask is one word).
+    let dfl = [0usize; 4];
+    for sig in 1..=MAX_SIGNAL {
+        // SAFETY: rt_sigaction with a valid pointer to a zeroed kernel
+        // sigaction, no old-action pointer and the kernel's sigset size.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                dfl.as_ptr(),
+                std::ptr::null_mut::<libc::c_void>(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+    }
+    // SAFETY: sigemptyset/sigprocmask on a local set; async-signal-safe.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// codev's EXIT for a wait status, byte for byte what node-pty's numbers

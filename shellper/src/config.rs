@@ -58,6 +58,8 @@ pub struct Config {
     /// mode). `false`: legacy mode, a connected `tower` client is the holder.
     pub leased: bool,
     pub handshake_timeout: Duration,
+    /// A client that accepts no bytes for this long is disconnected.
+    pub write_stall: Duration,
 }
 
 impl Config {
@@ -108,6 +110,8 @@ struct JsonConfig {
     lease: Option<JsonLease>,
     /// Our extension for tests: how long a client may take to say HELLO.
     handshake_timeout_ms: Option<u64>,
+    /// Our extension for tests: the write stall limit (SPEC §7).
+    write_stall_ms: Option<u64>,
 }
 
 /// Examples and exit codes, shown by `shellper --help`.
@@ -275,6 +279,8 @@ pub fn parse_json(json: &str, cwd: &Path) -> Result<Config> {
         leased,
         handshake_timeout: ms(j.handshake_timeout_ms, DEFAULT_HANDSHAKE_TIMEOUT)
             .clamp(Duration::from_millis(10), Duration::from_secs(600)),
+        write_stall: ms(j.write_stall_ms, crate::server::DEFAULT_WRITE_STALL)
+            .clamp(Duration::from_millis(10), Duration::from_secs(600)),
     })
 }
 
@@ -319,6 +325,7 @@ fn from_cli(cli: Cli, cwd: &Path) -> Result<Config> {
             .handshake_timeout
             .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT)
             .clamp(Duration::from_millis(10), Duration::from_secs(600)),
+        write_stall: crate::server::DEFAULT_WRITE_STALL,
     })
 }
 

@@ -6,11 +6,16 @@
 //! * A leftover socket file is reclaimed only when nothing answers on it: a
 //!   live shellper's socket is never stolen.
 //! * Every connection: peer uid (SO_PEERCRED) must be ours, else it is closed
-//!   at once; at most [`MAX_CONNECTIONS`]; HELLO within the handshake
-//!   timeout; a reader (this task) and one writer task fed by an
+//!   at once; at most [`MAX_CONNECTIONS`], plus [`RESERVED_CONNECTIONS`]
+//!   kept for status queries and the lease holder; HELLO within the
+//!   handshake timeout; a reader (this task) and one writer task fed by an
 //!   [`Outbox`]. A frame over its limit, an undecodable payload, trailing
 //!   bytes or a truncated frame get an ERROR and close *that* connection.
 //!   Unknown frame types are ignored.
+//! * A write that fails, or makes no progress for the write stall limit,
+//!   closes the whole connection (both directions, reader included): a
+//!   peer that stopped reading must not keep its slot, and a half-written
+//!   frame must not be followed by anything.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -32,7 +37,7 @@ use shellper_protocol::msg::{
     Revoked,
 };
 use shellper_protocol::{Frame, lease};
-use tokio::io::AsyncWriteExt;
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::Semaphore;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -46,13 +51,21 @@ use crate::outbox::Outbox;
 
 pub use interprocess::local_socket::tokio::Listener;
 
-/// Most simultaneous connections (handshaking or not).
+/// Most simultaneous connections (handshaking or not) of any kind.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Extra slots, used only when the [`MAX_CONNECTIONS`] are taken, and kept
+/// for status readers (leasectl) and the lease holder, so idle terminal
+/// clients can never lock out the operator or the Tower. A connection in a
+/// reserved slot that turns out to be a terminal is refused with `Busy`; a
+/// status reader there is closed after idling for the handshake timeout; a
+/// tower there must hold the lease by the end of the handshake timeout.
+pub const RESERVED_CONNECTIONS: usize = 16;
 /// How long the writer keeps flushing queued frames after a close.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
-/// A peer that accepts no bytes for this long is disconnected (its writer
-/// ends). Long enough for a slow reader to take a full REPLAY.
-const WRITE_STALL: Duration = Duration::from_secs(30);
+/// A peer that accepts no bytes for this long is disconnected, whole
+/// (SPEC §7). Measured per write call, so a slow reader that keeps taking
+/// bytes gets a full REPLAY however long it takes.
+pub const DEFAULT_WRITE_STALL: Duration = Duration::from_secs(30);
 /// Longest holder name kept from ACQUIRE.
 const MAX_HOLDER_NAME: usize = 256;
 
@@ -107,6 +120,16 @@ pub fn bind(path: &Path) -> Result<Listener> {
 #[derive(Debug)]
 struct Half(Arc<Stream>);
 
+impl Half {
+    /// A real `shutdown(2)`: interprocess's `poll_shutdown` is a no-op.
+    /// Errors (already closed, peer gone) change nothing for us.
+    fn shutdown(&self, how: rustix::net::Shutdown) {
+        use std::os::fd::AsFd as _;
+        let Stream::UdSocket(s) = &*self.0;
+        let _ = rustix::net::shutdown(s.as_fd(), how);
+    }
+}
+
 impl tokio::io::AsyncRead for Half {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
@@ -148,12 +171,15 @@ pub struct Shared {
     pub lease: LeaseHandle,
     pub child: ChildHandle,
     pub handshake_timeout: Duration,
+    /// A peer that accepts no bytes for this long is disconnected.
+    pub write_stall: Duration,
     pub status: crate::app::StatusSource,
     /// Every connection task and writer, so the exit path can wait for
     /// final frames (TERMINATED) to be flushed.
     pub tracker: TaskTracker,
     next_conn: AtomicU64,
     permits: Arc<Semaphore>,
+    reserve: Arc<Semaphore>,
     my_uid: u32,
 }
 
@@ -170,12 +196,21 @@ impl Shared {
             lease,
             child,
             handshake_timeout,
+            write_stall: DEFAULT_WRITE_STALL,
             status,
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
             permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            reserve: Arc::new(Semaphore::new(RESERVED_CONNECTIONS)),
             my_uid: rustix::process::geteuid().as_raw(),
         }
+    }
+
+    /// Sets the write stall limit (tests use short ones).
+    #[must_use]
+    pub fn with_write_stall(mut self, stall: Duration) -> Self {
+        self.write_stall = stall;
+        self
     }
 }
 
@@ -219,11 +254,16 @@ fn reject_frame(r: Reject) -> Frame {
 }
 
 /// Writes frames from the outbox, in priority order, until it is closed
-/// and drained, the connection is cancelled, or the peer stops reading for
-/// [`WRITE_STALL`]. Queued frames are written before a cancellation is
-/// noticed (biased select), so a last ERROR/TERMINATED/REVOKED pushed just
-/// before the cancel still reaches the peer.
-async fn writer(outbox: Arc<Outbox>, mut w: Half, cancel: CancellationToken) {
+/// and drained, the connection is cancelled, or a write fails or stalls.
+/// Queued frames are written before a cancellation is noticed (biased
+/// select), so a last ERROR/TERMINATED/REVOKED pushed just before the
+/// cancel still reaches the peer.
+///
+/// A failed or stalled write ends the connection whole: the outbox is
+/// closed, the reader is cancelled (so the slot is freed and the client
+/// unregistered) and the socket is shut down both ways, so nothing follows
+/// a half-written frame and the peer sees the end at once.
+async fn writer(outbox: Arc<Outbox>, mut w: Half, cancel: CancellationToken, stall: Duration) {
     let mut buf = bytes::BytesMut::new();
     loop {
         let next = tokio::select! {
@@ -234,35 +274,64 @@ async fn writer(outbox: Arc<Outbox>, mut w: Half, cancel: CancellationToken) {
         let Some(frame) = next else {
             break;
         };
-        if !write_frame(&mut w, &mut buf, &frame).await {
+        if let Err(why) = write_frame(&mut w, &mut buf, &frame, stall).await {
+            tracing::info!(error = %why, "write failed; closing the connection");
+            abort_connection(&outbox, &w, &cancel);
             return;
         }
     }
     // Cancelled or closed: flush what is still queued for a bounded time,
     // then end the connection.
     outbox.close();
-    let _ = tokio::time::timeout(FLUSH_ON_CLOSE, async {
+    let flushed = tokio::time::timeout(FLUSH_ON_CLOSE, async {
         while let Some(frame) = outbox.next().await {
-            if !write_frame(&mut w, &mut buf, &frame).await {
-                return;
-            }
+            write_frame(&mut w, &mut buf, &frame, stall).await?;
         }
-        let _ = w.shutdown().await;
+        Ok::<(), io::Error>(())
     })
     .await;
+    match flushed {
+        Ok(Ok(())) => w.shutdown(rustix::net::Shutdown::Write),
+        _ => abort_connection(&outbox, &w, &cancel),
+    }
 }
 
-/// Encodes and writes one frame; `false` if the connection is unusable.
-async fn write_frame(w: &mut Half, buf: &mut bytes::BytesMut, frame: &Frame) -> bool {
+/// Ends a connection whose writer cannot go on.
+fn abort_connection(outbox: &Outbox, w: &Half, cancel: &CancellationToken) {
+    outbox.close();
+    cancel.cancel();
+    w.shutdown(rustix::net::Shutdown::Both);
+}
+
+/// Encodes and writes one frame. Each write call must make progress
+/// within `stall`, else the frame fails with `TimedOut`.
+async fn write_frame(
+    w: &mut Half,
+    buf: &mut bytes::BytesMut,
+    frame: &Frame,
+    stall: Duration,
+) -> io::Result<()> {
     buf.clear();
     if let Err(e) = frame.encode_into(buf) {
         tracing::warn!(error = %e, "dropping unencodable frame");
-        return true;
+        return Ok(());
     }
-    matches!(
-        tokio::time::timeout(WRITE_STALL, w.write_all(buf)).await,
-        Ok(Ok(()))
-    )
+    let mut rest: &[u8] = buf;
+    while !rest.is_empty() {
+        match tokio::time::timeout(stall, w.write(rest)).await {
+            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => rest = &rest[n..],
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("peer accepted no bytes for {stall:?}"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Conn {
@@ -294,22 +363,31 @@ async fn serve(shared: Arc<Shared>, stream: Stream) {
         return;
     }
     let peer_pid = creds.pid().map_or(0, |p| p as u32);
-    let Ok(_permit) = shared.permits.clone().try_acquire_owned() else {
-        tracing::warn!(peer_pid, "too many connections; refusing");
-        let mut w = Half(Arc::new(stream));
-        if let Ok(b) = error_frame(ErrorCode::Busy, "too many connections").to_bytes() {
-            let _ = tokio::time::timeout(Duration::from_millis(200), w.write_all(&b)).await;
-        }
-        return;
+    let (_permit, reserved) = match shared.permits.clone().try_acquire_owned() {
+        Ok(p) => (p, false),
+        Err(_) => match shared.reserve.clone().try_acquire_owned() {
+            Ok(p) => (p, true),
+            Err(_) => {
+                tracing::warn!(peer_pid, "too many connections; refusing");
+                let mut w = Half(Arc::new(stream));
+                if let Ok(b) = error_frame(ErrorCode::Busy, "too many connections").to_bytes() {
+                    let _ = tokio::time::timeout(Duration::from_millis(200), w.write_all(&b)).await;
+                }
+                return;
+            }
+        },
     };
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let stream = Arc::new(stream);
     let (r, w) = (Half(stream.clone()), Half(stream));
     let outbox = Arc::new(Outbox::new());
     let cancel = CancellationToken::new();
-    shared
-        .tracker
-        .spawn(writer(outbox.clone(), w, cancel.clone()));
+    shared.tracker.spawn(writer(
+        outbox.clone(),
+        w,
+        cancel.clone(),
+        shared.write_stall,
+    ));
     let mut frames = FramedRead::new(r, FrameCodec::new());
     let mut conn = Conn {
         id,
@@ -318,6 +396,15 @@ async fn serve(shared: Arc<Shared>, stream: Stream) {
         cancel,
     };
     let registered = match handshake(&shared, &mut frames, &mut conn).await {
+        Some(hello) if reserved && hello.client_type == ClientType::Terminal => {
+            tracing::info!(conn = id, peer_pid, "terminal in a reserved slot; refusing");
+            conn.send(error_frame(
+                ErrorCode::Busy,
+                "too many connections: the remaining slots are reserved for status \
+                 readers and the lease holder",
+            ));
+            false
+        }
         Some(hello) => {
             conn.kind = hello.client_type;
             shared.hub.register(
@@ -331,7 +418,7 @@ async fn serve(shared: Arc<Shared>, stream: Stream) {
             if hello.client_type == ClientType::Tower && !shared.lease.is_leased() {
                 legacy_acquire(&shared, &conn).await;
             }
-            read_loop(&shared, &mut frames, &conn).await;
+            read_loop(&shared, &mut frames, &conn, reserved).await;
             true
         }
         None => false,
@@ -424,14 +511,48 @@ async fn legacy_acquire(shared: &Shared, conn: &Conn) {
     }
 }
 
-async fn read_loop(shared: &Shared, frames: &mut FramedRead<Half, FrameCodec>, conn: &Conn) {
-    while let Some(item) = next_frame(frames, &conn.cancel).await {
+/// Reads and dispatches frames until the connection ends. A connection in
+/// a reserved slot must earn it ([`RESERVED_CONNECTIONS`]): a status reader
+/// may idle at most the handshake timeout between requests, a tower must
+/// hold the lease once the handshake timeout has passed.
+async fn read_loop(
+    shared: &Shared,
+    frames: &mut FramedRead<Half, FrameCodec>,
+    conn: &Conn,
+    reserved: bool,
+) {
+    let mut deadline = reserved.then(|| tokio::time::Instant::now() + shared.handshake_timeout);
+    loop {
+        let item = match deadline {
+            None => next_frame(frames, &conn.cancel).await,
+            Some(d) => match tokio::time::timeout_at(d, next_frame(frames, &conn.cancel)).await {
+                Ok(item) => item,
+                Err(_) => {
+                    if conn.kind == ClientType::Tower && shared.lease.is_holder(conn.id).await {
+                        deadline = None;
+                        continue;
+                    }
+                    tracing::info!(conn = conn.id, kind = ?conn.kind, "reserved slot unused; closing");
+                    conn.send(error_frame(
+                        ErrorCode::Busy,
+                        "reserved connection slot: idle status reader or tower without the lease",
+                    ));
+                    return;
+                }
+            },
+        };
+        let Some(item) = item else {
+            return;
+        };
         match item {
             Ok(frame) => dispatch(shared, conn, frame).await,
             Err(e) => {
                 protocol_error(shared, conn, e);
                 return;
             }
+        }
+        if deadline.is_some() && conn.kind == ClientType::Status {
+            deadline = Some(tokio::time::Instant::now() + shared.handshake_timeout);
         }
     }
 }

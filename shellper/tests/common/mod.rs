@@ -102,12 +102,26 @@ impl Shellper {
         lease: Option<Timing>,
         extra: serde_json::Value,
     ) -> Shellper {
+        Self::start_codev_with(guard, command, args, lease, extra, |_| {})
+    }
+
+    /// [`Shellper::start_codev`], with a chance to adjust the command
+    /// (inherited signal state, extra arguments) before it runs.
+    pub fn start_codev_with(
+        guard: &LeakGuard,
+        command: &str,
+        args: &[&str],
+        lease: Option<Timing>,
+        extra: serde_json::Value,
+        tweak: impl FnOnce(&mut Command),
+    ) -> Shellper {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("scope").join("sh-0000abcd.sock");
         let json = codev_config(guard, &socket, command, args, lease, extra);
         let mut cmd = Command::new(cargo_bin("shellper"));
         cmd.arg("/opt/codev/dist/terminal/shellper-main.js")
             .arg(json);
+        tweak(&mut cmd);
         Self::launch(guard, cmd, dir, socket, lease.is_some())
     }
 

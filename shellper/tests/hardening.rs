@@ -1,0 +1,210 @@
+//! Hardening of the shellper process itself: what the PTY child inherits,
+//! what a Tower's spawn exposes, and how much memory and how many
+//! connections a client can pin.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+use common::*;
+use shellper_protocol::msg::*;
+use shellper_testkit::LeakGuard;
+
+const T: Duration = Duration::from_secs(5);
+
+/// A `SigXxx:` mask of `/proc/PID/status`.
+fn sig_mask(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap_or_else(|| panic!("{field} missing in /proc/{pid}/status"));
+    u64::from_str_radix(line.trim(), 16).expect("hex mask")
+}
+
+fn bit(sig: i32) -> u64 {
+    1 << (sig - 1)
+}
+
+#[test]
+fn pty_child_gets_default_signal_dispositions_and_an_empty_mask() {
+    let guard = LeakGuard::new("sigreset");
+    // The shellper starts as it would under `nohup` with a runtime that
+    // blocks signals: SIGHUP and SIGQUIT ignored, SIGUSR1 blocked.
+    let mut sh = Shellper::start_codev_with(
+        &guard,
+        "/bin/sleep",
+        &["600"],
+        Some(FAST),
+        serde_json::json!({}),
+        |cmd| {
+            // SAFETY: signal/sigprocmask are async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                    libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGUSR1);
+                    libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                    Ok(())
+                });
+            }
+        },
+    );
+    // The inheritance really happened: the shellper still ignores SIGQUIT
+    // (it installs handlers only for SIGTERM/SIGHUP/SIGINT).
+    assert_ne!(sig_mask(sh.pid, "SigIgn:") & bit(libc::SIGQUIT), 0);
+    let (mut holder, _) = sh.holder();
+    let child = holder.status().child_pid.expect("child pid");
+    let (ign, blk) = (sig_mask(child, "SigIgn:"), sig_mask(child, "SigBlk:"));
+    assert_eq!(ign, 0, "child ignores signals: SigIgn {ign:016x}");
+    assert_eq!(blk, 0, "child blocks signals: SigBlk {blk:016x}");
+    // And so does a child started by SPAWN.
+    holder.send(&shellper_protocol::Frame::Spawn(Spawn {
+        command: "/bin/sleep".into(),
+        args: vec!["601".into()],
+        cwd: "/tmp".into(),
+        env: env_with_tag(&guard),
+    }));
+    assert!(wait_for(T, || holder.status().child_pid != Some(child)));
+    let child2 = holder.status().child_pid.expect("new child pid");
+    assert_eq!(sig_mask(child2, "SigIgn:"), 0);
+    assert_eq!(sig_mask(child2, "SigBlk:"), 0);
+    drop(holder);
+    stop(&mut sh);
+    guard.finish();
+}
+
+/// SIGTERM to the shellper: its ladder ends the tree, exit 0.
+fn stop(sh: &mut Shellper) {
+    sh.signal(libc::SIGTERM);
+    assert_eq!(
+        code(sh.wait_exit(Duration::from_secs(10))),
+        Some(0),
+        "log:\n{}",
+        sh.log()
+    );
+}
+
+/// Reads everything until EOF; `None` if the peer did not close within
+/// `timeout`.
+fn drain_to_eof(c: &mut Client, timeout: Duration) -> Option<usize> {
+    use std::io::Read;
+    let end = std::time::Instant::now() + timeout;
+    let mut total = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    while std::time::Instant::now() < end {
+        c.stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        match c.stream.read(&mut buf) {
+            Ok(0) => return Some(total),
+            Ok(n) => total += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(total),
+        }
+    }
+    None
+}
+
+#[test]
+fn a_client_that_stops_reading_is_closed_whole_after_the_write_stall() {
+    let guard = LeakGuard::new("stall");
+    let mut sh = Shellper::start_codev(
+        &guard,
+        "/usr/bin/yes",
+        &["flood-flood-flood-flood-flood-flood-flood-flood-flood-flood"],
+        None,
+        serde_json::json!({"writeStallMs": 500}),
+    );
+    let mut stuck = sh.connect();
+    stuck.hello(ClientType::Terminal, true, true, true);
+    // It never reads: the socket buffer fills, writes stop making progress.
+    let terminals = |sh: &Shellper| {
+        sh.status()
+            .clients
+            .iter()
+            .filter(|c| c.kind == ClientType::Terminal)
+            .count()
+    };
+    assert_eq!(terminals(&sh), 1);
+    assert!(
+        wait_for(Duration::from_secs(15), || terminals(&sh) == 0),
+        "a client that accepts no bytes keeps its slot"
+    );
+    // Closed whole: what was written can be read, then EOF (no half-open
+    // connection whose reader still holds the slot).
+    assert!(
+        drain_to_eof(&mut stuck, Duration::from_secs(10)).is_some(),
+        "no EOF after the stall: the connection is half-open"
+    );
+    // Others are unaffected: a fresh terminal still gets output.
+    let mut fresh = sh.connect();
+    fresh.hello(ClientType::Terminal, true, false, true);
+    fresh.wait_output("flood", T);
+    drop(fresh);
+    stop(&mut sh);
+    guard.finish();
+}
+
+#[test]
+fn idle_clients_cannot_lock_out_status_readers_or_the_holder() {
+    let guard = LeakGuard::new("slots");
+    let timing = Timing {
+        claim: 60_000,
+        ..FAST
+    };
+    let mut sh = Shellper::start_codev(
+        &guard,
+        "/bin/sleep",
+        &["600"],
+        Some(timing),
+        serde_json::json!({}),
+    );
+    // Every ordinary slot taken by idle terminal clients.
+    let idle: Vec<Client> = (0..256)
+        .map(|_| {
+            let mut c = sh.connect();
+            c.hello(ClientType::Terminal, true, false, false);
+            c
+        })
+        .collect();
+    // One more terminal: refused with Busy.
+    let mut extra = sh.connect();
+    extra.send(&shellper_protocol::Frame::Hello(Hello::v1(
+        ClientType::Terminal,
+    )));
+    let (closed, errors) = extra.closed_within(T);
+    assert!(closed, "a terminal took a reserved slot");
+    assert!(
+        errors.iter().any(|e| e.code == ErrorCode::Busy),
+        "{errors:?}"
+    );
+    // Status readers and the holder still get in.
+    let st = sh.status();
+    assert_eq!(st.clients.len(), 257, "256 idle terminals plus this reader");
+    let (holder, g) = sh.holder();
+    let renewer = Renewer::start(holder, g.epoch, Duration::from_millis(timing.ttl / 3));
+    // Past the handshake timeout the holder keeps its reserved slot...
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(renewer.errors().is_empty(), "{:?}", renewer.errors());
+    // ...and an idle status reader does not.
+    let mut lazy = sh.connect();
+    lazy.hello(ClientType::Status, true, false, false);
+    let (closed, errors) = lazy.closed_within(T);
+    assert!(closed, "an idle status reader kept a reserved slot");
+    assert!(
+        errors.iter().any(|e| e.code == ErrorCode::Busy),
+        "{errors:?}"
+    );
+    drop(idle);
+    let _holder = renewer.finish();
+    stop(&mut sh);
+    guard.finish();
+}
