@@ -122,7 +122,7 @@ export type Spawn = Json<{
 // ---------------------------------------------------------------- postcard
 
 export interface HolderInfo {
-  /** At most 256 bytes of UTF-8. */
+  /** Free-form; a shellper keeps at most 256 bytes of it. */
   name: string;
   pid: number;
 }
@@ -303,47 +303,53 @@ const STR_MAP: Check = (v) =>
 const CLIENT_TYPE: Check = (v) => v === "tower" || v === "terminal" || v === "status";
 const OBJ: Check = (v) => typeof v === "object" && v !== null && !Array.isArray(v);
 
-/** Field name → [check, required]. Absent optional fields are fine; `null` counts as absent for optional ones. */
-type Shape = Record<string, [Check, boolean]>;
+/**
+ * Field name → [check, presence]: `"required"`, `"optional"` (may be absent,
+ * `null` is a type error), or `"nullable"` (may be absent or `null`). The
+ * shapes follow the Rust decoder: integer widths, which fields default.
+ */
+type Presence = "required" | "optional" | "nullable";
+type Shape = Record<string, [Check, Presence]>;
+const U64 = isInt(0, Number.MAX_SAFE_INTEGER);
 const SHAPES: Partial<Record<FrameKind, Shape>> = {
-  RESIZE: { cols: [U16, true], rows: [U16, true] },
-  SIGNAL: { signal: [I32, true] },
-  EXIT: { code: [nullable(I32), true], signal: [nullable(STR), true] },
+  RESIZE: { cols: [U16, "required"], rows: [U16, "required"] },
+  SIGNAL: { signal: [I32, "required"] },
+  EXIT: { code: [nullable(I32), "nullable"], signal: [nullable(STR), "nullable"] },
   HELLO: {
-    version: [U32, true],
-    clientType: [CLIENT_TYPE, false],
-    lease: [U32, false],
-    replay: [BOOL, false],
-    data: [BOOL, false],
+    version: [U32, "required"],
+    clientType: [CLIENT_TYPE, "optional"],
+    lease: [U32, "nullable"],
+    replay: [BOOL, "nullable"],
+    data: [BOOL, "nullable"],
   },
   WELCOME: {
-    version: [U32, true],
-    pid: [I32, true],
-    cols: [U16, true],
-    rows: [U16, true],
-    startTime: [I64, true],
-    lastDataAt: [I64, false],
-    alwaysSendsReplay: [BOOL, false],
-    lease: [OBJ, false],
+    version: [U32, "required"],
+    pid: [I64, "required"],
+    cols: [U16, "required"],
+    rows: [U16, "required"],
+    startTime: [U64, "required"],
+    lastDataAt: [U64, "nullable"],
+    alwaysSendsReplay: [BOOL, "optional"],
+    lease: [OBJ, "nullable"],
   },
   SPAWN: {
-    command: [STR, true],
-    args: [STR_ARRAY, true],
-    cwd: [STR, true],
-    env: [STR_MAP, true],
+    command: [STR, "required"],
+    args: [STR_ARRAY, "optional"],
+    cwd: [STR, "required"],
+    env: [STR_MAP, "optional"],
   },
 };
 const WELCOME_LEASE: Shape = {
-  version: [U32, true],
-  leased: [BOOL, true],
-  shellperPid: [U32, true],
+  version: [U32, "required"],
+  leased: [BOOL, "required"],
+  shellperPid: [U32, "required"],
 };
 
 function checkShape(what: string, obj: Record<string, unknown>, shape: Shape): void {
-  for (const [field, [check, required]] of Object.entries(shape)) {
+  for (const [field, [check, presence]] of Object.entries(shape)) {
     const v = obj[field];
-    if (v === undefined || (v === null && !required)) {
-      if (required) throw new DecodeError(`${what}: missing field ${field}`);
+    if (v === undefined || (v === null && presence === "nullable")) {
+      if (presence === "required") throw new DecodeError(`${what}: missing field ${field}`);
       continue;
     }
     if (!check(v)) throw new DecodeError(`${what}: bad value for ${field}: ${JSON.stringify(v)}`);
@@ -377,18 +383,27 @@ function decodeJson(kind: FrameKind, payload: Uint8Array): Record<string, unknow
 
 // -------------------------------------------------------- postcard payloads
 
+// A longer holder name is not a decoding error (the frame's 4 KiB limit
+// bounds it); a shellper keeps its first 256 bytes. See truncateHolderName.
 function readHolder(r: Reader): HolderInfo {
-  const name = r.string("holder name");
-  if (enc.encode(name).length > HOLDER_NAME_MAX) {
-    throw new DecodeError(`holder name longer than ${HOLDER_NAME_MAX} bytes`);
-  }
-  return { name, pid: r.u32("holder pid") };
+  return { name: r.string("holder name"), pid: r.u32("holder pid") };
 }
 function writeHolder(w: Writer, h: HolderInfo): void {
-  if (enc.encode(h.name).length > HOLDER_NAME_MAX) {
-    throw new RangeError(`holder name longer than ${HOLDER_NAME_MAX} bytes`);
-  }
   w.string(h.name).u32(h.pid, "holder pid");
+}
+
+/** `name` cut to at most {@link HOLDER_NAME_MAX} bytes of UTF-8, at a character boundary. */
+export function truncateHolderName(name: string): string {
+  if (enc.encode(name).length <= HOLDER_NAME_MAX) return name;
+  let out = "";
+  let bytes = 0;
+  for (const ch of name) {
+    const n = enc.encode(ch).length;
+    if (bytes + n > HOLDER_NAME_MAX) break;
+    out += ch;
+    bytes += n;
+  }
+  return out;
 }
 
 function decodePostcard(kind: FrameKind, payload: Uint8Array): Frame {

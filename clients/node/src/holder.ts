@@ -16,6 +16,7 @@
  * | `revoked` | REVOKED, or a renewal refused with StaleEpoch/NotHolder: another Tower holds it now; we never re-acquire on our own |
  * | `exited` | the PTY child exited (EXIT): the shellper is a husk while we hold it |
  * | `lost` | the shellper is gone (with its TERMINATED report when one arrived), or its connection closed and we could not hold it again |
+ * | `refused` | an ERROR other than a revocation (a SIGNAL outside the allow-list, a SPAWN that failed) |
  *
  * A holder created with the shellper's identity (`pid` and `startTicks`)
  * tells a closed connection from a dead shellper: while the process lives it
@@ -24,7 +25,7 @@
  */
 import { EventEmitter } from "node:events";
 import { Connection, LeaseError } from "./conn";
-import type { Frame, Grant, Terminated, Welcome } from "./frames";
+import { truncateHolderName, type ErrorCode, type Frame, type Grant, type Terminated, type Welcome } from "./frames";
 import { sameProcessAlive, waitGone } from "./proc";
 import { Scheduler, now, type Scheduled } from "./sched";
 import { Token } from "./token";
@@ -61,6 +62,8 @@ export interface HolderEvents {
   revoked: [{ oldEpoch: bigint; newEpoch?: bigint; reason: string }];
   exited: [{ code: number | null; signal: string | null }];
   lost: [{ reason: string; terminated?: Terminated }];
+  /** An ERROR on the lease connection other than a revocation (a refused SIGNAL or SPAWN, …). */
+  refused: [{ code: ErrorCode; message: string }];
 }
 
 export type HolderState = "idle" | "held" | "reconnecting" | "released" | "terminated" | "revoked" | "lost";
@@ -92,7 +95,7 @@ export class LeaseHolder extends EventEmitter {
     super();
     this.socketPath = opts.socketPath;
     this.token = opts.token;
-    this.name = opts.name ?? `node-tower@${process.pid}`;
+    this.name = truncateHolderName(opts.name ?? `node-tower@${process.pid}`);
     this.pid = opts.pid;
     this.startTicks = opts.startTicks;
     this.sched = opts.scheduler ?? new Scheduler();
@@ -203,6 +206,26 @@ export class LeaseHolder extends EventEmitter {
     return report;
   }
 
+  /**
+   * Signals the PTY child (holder only; SPEC.md §6.1: 1, 2, 9, 15, 28). The
+   * protocol has no acknowledgment; a refusal arrives as an ERROR, reported
+   * through the `refused` event.
+   */
+  signal(signal: number): void {
+    this.requireHeld("signal").send({ kind: "SIGNAL", msg: { signal } });
+  }
+
+  /**
+   * Replaces the PTY child with a new command (SPAWN, holder only): the
+   * restart-in-place codev uses for a session whose command exited.
+   */
+  respawn(cmd: { command: string; args?: string[]; cwd: string; env?: Record<string, string> }): void {
+    this.requireHeld("respawn").send({
+      kind: "SPAWN",
+      msg: { command: cmd.command, args: cmd.args ?? [], cwd: cmd.cwd, env: cmd.env ?? {} },
+    });
+  }
+
   /** Drops the connection without releasing (what a crash looks like to the shellper). */
   abandon(): void {
     const c = this.conn;
@@ -290,6 +313,8 @@ export class LeaseHolder extends EventEmitter {
       case "ERROR":
         if (f.msg.code === "StaleEpoch" || f.msg.code === "NotHolder") {
           this.revoke(this.epochV, undefined, `${f.msg.code}: ${f.msg.message}`);
+        } else {
+          this.emit("refused", { code: f.msg.code, message: f.msg.message });
         }
         break;
       case "EXIT":

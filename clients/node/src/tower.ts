@@ -97,7 +97,7 @@ export class Tower extends EventEmitter {
       ...(this.opts.name !== undefined ? { name: this.opts.name } : {}),
       ...(this.opts.timeoutMs !== undefined ? { timeoutMs: this.opts.timeoutMs } : {}),
     });
-    for (const ev of ["granted", "unresponsive", "responsive", "lapsed", "revoked", "exited", "lost"] as const) {
+    for (const ev of ["granted", "unresponsive", "responsive", "lapsed", "revoked", "exited", "lost", "refused"] as const) {
       h.on(ev, (...args: unknown[]) => (this.emit as (e: string, ...a: unknown[]) => boolean)(ev, entry.id, ...args));
     }
     // A shellper that is gone, revoked or ended leaves the registry: nothing of ours to re-adopt.

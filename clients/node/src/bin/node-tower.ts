@@ -66,7 +66,7 @@ async function main(): Promise<number> {
     ...(values.mode ? { spawnMode: values.mode as SpawnMode } : {}),
     lease,
   });
-  for (const ev of ["granted", "unresponsive", "responsive", "lapsed", "revoked", "exited", "lost"] as const) {
+  for (const ev of ["granted", "unresponsive", "responsive", "lapsed", "revoked", "exited", "lost", "refused"] as const) {
     tower.on(ev, (id: string, info: object) => out({ event: ev, id, ...info }));
   }
   const adopt = await tower.adoptAll();
