@@ -14,7 +14,7 @@
  * | `responsive` | a RENEWED arrived again after `unresponsive` or `lapsed` |
  * | `lapsed` | the lease has expired at the shellper by our clock (we keep renewing: a silent holder that renews before the kill deadline is held again) |
  * | `revoked` | REVOKED, or a renewal refused with StaleEpoch/NotHolder: another Tower holds it now; we never re-acquire on our own |
- * | `exited` | the PTY child exited (EXIT): the shellper is a husk while we hold it |
+ * | `exited` | the PTY child exited (EXIT; `signal` is `"0"` for a normal exit): the shellper stays, a husk, until we SPAWN a new child or terminate it |
  * | `lost` | the shellper is gone (with its TERMINATED report when one arrived), or its connection closed and we could not hold it again |
  * | `refused` | an ERROR other than a revocation (a SIGNAL outside the allow-list, a SPAWN that failed) |
  *
@@ -60,7 +60,7 @@ export interface HolderEvents {
   responsive: [{ afterMs: number }];
   lapsed: [{ sinceAckMs: number }];
   revoked: [{ oldEpoch: bigint; newEpoch?: bigint; reason: string }];
-  exited: [{ code: number | null; signal: string | null }];
+  exited: [{ code: number | null; signal: string }];
   lost: [{ reason: string; terminated?: Terminated }];
   /** An ERROR on the lease connection other than a revocation (a refused SIGNAL or SPAWN, …). */
   refused: [{ code: ErrorCode; message: string }];
@@ -318,7 +318,8 @@ export class LeaseHolder extends EventEmitter {
         }
         break;
       case "EXIT":
-        this.emit("exited", { code: f.msg.code, signal: f.msg.signal });
+        // A normal exit is signal "0" (node-pty's shape); older shellpers sent null.
+        this.emit("exited", { code: f.msg.code, signal: f.msg.signal ?? "0" });
         break;
       case "TERMINATED":
         this.terminatedReport = f.msg;

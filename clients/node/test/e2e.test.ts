@@ -296,7 +296,7 @@ test("s08 detach with a hold keeps the session; another Tower re-adopts it; the 
       // Make the child exit through a terminal connection: it reads a line.
       const { conn } = await Connection.open(s.entry.socket, { clientType: "terminal" });
       conn.send({ kind: "DATA", data: Buffer.from("\n") });
-      assert.deepEqual(await exited, { id: s.id, code: 7, signal: null });
+      assert.deepEqual(await exited, { id: s.id, code: 7, signal: "0" });
       conn.close();
       // A husk while held: still there, and restarted in place by SPAWN.
       await sleep(500);
