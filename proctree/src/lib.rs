@@ -47,8 +47,10 @@
 //! * [`snapshot`]`() -> Vec<ProcInfo>`, [`read_stat`]`(pid)`,
 //!   [`read_proc`]`(pid)` (with cmdline), [`same_process`]`(pid, start_ticks)`,
 //!   [`environ_contains`]`(pid, key, value)`, [`start_time_unix_ms`].
-//! * [`pidfd_for`]`(pid, start_ticks) -> Option<OwnedFd>`: a pidfd pinned
-//!   to that exact live process (to watch the exit of one we did not spawn).
+//! * [`pidfd_for`]`(pid, start_ticks) -> PidfdLookup`: a pidfd pinned
+//!   to that exact live process (to watch the exit of one we did not spawn),
+//!   or `Gone` (the kernel says so), or `Unknown` (any other error: EMFILE,
+//!   ENOSYS, EPERM; never to be taken for gone).
 //! * [`flock_holder`]`(path) -> io::Result<Option<FlockHolder>>`: who holds
 //!   a `flock` on a file, from `/proc/locks`, without taking any lock.
 //! * [`SocketOwners`]`::scan(&snapshot)`: which process listens on which
@@ -91,9 +93,9 @@ pub use ladder::{
 pub use locks::{FlockHolder, flock_holder, parse_proc_locks};
 pub use procfs::{
     ProcInfo, environ_contains, read_cmdline, read_cmdline_if_safe, read_proc, read_stat,
-    same_process, session_of_child, snapshot, start_time_unix_ms,
+    same_process, session_of_child, snapshot, start_time_unix_ms, stat_lookup,
 };
 pub use reap::{ChildExit, become_subreaper, reap_zombies};
 pub use sockets::{SocketOwners, listening_unix_sockets, parse_net_unix, socket_inodes_of};
-pub use table::{Delivery, LinuxTable, ProcessTable, Sig, pidfd_for};
+pub use table::{Delivery, LinuxTable, PidfdLookup, ProcessTable, Sig, pidfd_for};
 pub use tree::{Session, TreeSpec, members};

@@ -98,6 +98,21 @@ pub fn read_stat(pid: i32) -> Option<ProcInfo> {
     parse_stat(&text).filter(|p| p.pid == pid)
 }
 
+/// `/proc/PID/stat` with "no such process" told apart from "could not
+/// read": `Ok(None)` only when the kernel says the pid does not exist
+/// (ENOENT/ESRCH); any other failure (EMFILE, EACCES, ...) is an error the
+/// caller must not take for "gone".
+pub fn stat_lookup(pid: i32) -> std::io::Result<Option<ProcInfo>> {
+    if pid <= 0 {
+        return Ok(None);
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(text) => Ok(parse_stat(&text).filter(|p| p.pid == pid)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// argv of a process (`None` if unreadable; empty for kernel threads and
 /// zombies). May block while the target's memory map is locked: do not call
 /// it on a process in state `D` from a path that must stay bounded.

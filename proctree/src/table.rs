@@ -82,25 +82,54 @@ pub trait ProcessTable {
     }
 }
 
-/// A pidfd for the live process `(pid, start_ticks)`, or `None` if that
-/// process is gone, is a zombie, or the pid now names another process.
+/// What [`pidfd_for`] found out about a process.
+#[derive(Debug)]
+pub enum PidfdLookup {
+    /// The process is alive, has that start time, and this pidfd pins it.
+    Alive(OwnedFd),
+    /// The kernel says that process is gone: no such pid (ESRCH), a zombie,
+    /// or the pid now names a process with another start time.
+    Gone,
+    /// Nothing could be concluded (descriptors exhausted, pidfds
+    /// unavailable or forbidden, /proc unreadable). The process may well be
+    /// alive: callers must keep treating it as theirs and retry later.
+    Unknown(io::Error),
+}
+
+/// A pidfd for the live process `(pid, start_ticks)`, with "gone" decided
+/// only by the kernel.
 ///
 /// The pidfd is opened first and the start time checked afterwards: the
 /// pidfd pins one process, so a successful check proves it pins the one we
 /// meant (a recycled pid is never mistaken for it). Meant for watching a
 /// process we did not spawn (a pidfd becomes readable when the process
-/// exits), e.g. a shellper a restarted Tower adopts. Also `None` where
-/// pidfds are unavailable (kernel before 5.3, ENOSYS) or descriptors ran
-/// out; [`LinuxTable::signal`] is the way to *signal* such a process.
-pub fn pidfd_for(pid: i32, start_ticks: u64) -> Option<OwnedFd> {
-    if pid <= 0 {
-        return None;
+/// exits), e.g. a shellper a restarted Tower adopts.
+///
+/// Only ESRCH or a /proc entry with another start time (or a zombie) is
+/// [`PidfdLookup::Gone`]. Every other failure (EMFILE, ENFILE, ENOSYS on
+/// kernels before 5.3, EPERM under a seccomp filter) is
+/// [`PidfdLookup::Unknown`]: taking it for "gone" would let a Tower prune a
+/// live shellper it still holds and delete its socket.
+pub fn pidfd_for(pid: i32, start_ticks: u64) -> PidfdLookup {
+    let Some(p) = (pid > 0).then(|| Pid::from_raw(pid)).flatten() else {
+        return PidfdLookup::Gone;
+    };
+    match rustix::process::pidfd_open(p, PidfdFlags::empty()) {
+        Ok(fd) => match procfs::stat_lookup(pid) {
+            Ok(Some(s)) if s.start_ticks == start_ticks && s.is_live() => PidfdLookup::Alive(fd),
+            Ok(_) => PidfdLookup::Gone,
+            Err(e) => PidfdLookup::Unknown(e),
+        },
+        Err(rustix::io::Errno::SRCH) => PidfdLookup::Gone,
+        Err(e) => {
+            // No pidfd, but /proc may still answer "gone" for sure.
+            match procfs::stat_lookup(pid) {
+                Ok(None) => PidfdLookup::Gone,
+                Ok(Some(s)) if s.start_ticks != start_ticks || !s.is_live() => PidfdLookup::Gone,
+                _ => PidfdLookup::Unknown(e.into()),
+            }
+        }
     }
-    let p = Pid::from_raw(pid)?;
-    let fd = rustix::process::pidfd_open(p, PidfdFlags::empty()).ok()?;
-    procfs::read_stat(pid)
-        .is_some_and(|s| s.start_ticks == start_ticks && s.is_live())
-        .then_some(fd)
 }
 
 /// The real Linux table: `/proc` for listing, pidfds for signalling.
@@ -227,9 +256,14 @@ mod tests {
     #[test]
     fn pidfd_for_pins_only_the_live_process_with_that_start_time() {
         let me = procfs::read_stat(std::process::id() as i32).expect("self");
-        assert!(pidfd_for(me.pid, me.start_ticks).is_some());
-        assert!(pidfd_for(me.pid, me.start_ticks + 1).is_none(), "recycled");
-        assert!(pidfd_for(0, 0).is_none() && pidfd_for(-1, 0).is_none());
+        let alive = |l: PidfdLookup| match l {
+            PidfdLookup::Alive(fd) => Some(fd),
+            _ => None,
+        };
+        let gone = |l: PidfdLookup| matches!(l, PidfdLookup::Gone);
+        assert!(alive(pidfd_for(me.pid, me.start_ticks)).is_some());
+        assert!(gone(pidfd_for(me.pid, me.start_ticks + 1)), "recycled");
+        assert!(gone(pidfd_for(0, 0)) && gone(pidfd_for(-1, 0)));
 
         // A child: readable pidfd once it exits; no pidfd for its zombie.
         let mut child = std::process::Command::new("sleep")
@@ -238,7 +272,7 @@ mod tests {
             .expect("spawn sleep");
         let pid = child.id() as i32;
         let st = procfs::read_stat(pid).expect("child stat");
-        let fd = pidfd_for(pid, st.start_ticks).expect("pidfd of live child");
+        let fd = alive(pidfd_for(pid, st.start_ticks)).expect("pidfd of live child");
         let readable = |fd: &OwnedFd, ms: i32| {
             use std::os::fd::AsRawFd;
             let mut p = libc::pollfd {
@@ -258,8 +292,8 @@ mod tests {
         );
         assert!(readable(&fd, 900), "readable once it exited");
         // Not reaped yet: a zombie has no pidfd to offer.
-        assert!(pidfd_for(pid, st.start_ticks).is_none(), "zombie");
+        assert!(gone(pidfd_for(pid, st.start_ticks)), "zombie");
         child.wait().expect("reap");
-        assert!(pidfd_for(pid, st.start_ticks).is_none(), "gone");
+        assert!(gone(pidfd_for(pid, st.start_ticks)), "gone");
     }
 }

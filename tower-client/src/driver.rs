@@ -485,7 +485,7 @@ impl Driver {
     }
 
     fn emit(&self, ev: Event) {
-        let _ = self.ctx.events.send(ev);
+        self.ctx.events.send(ev);
     }
 
     fn set_state(&self, s: u8) {
@@ -781,13 +781,7 @@ impl Driver {
         // Never re-acquire after a revocation (SPEC §8.4): drop it from the
         // registry so a restart of this Tower does not take it back either.
         let id = self.id();
-        let _ = self
-            .ctx
-            .registry
-            .commit(|r| {
-                r.remove(&id);
-            })
-            .await;
+        self.ctx.remove_entry(&id).await;
     }
 
     /// The lease connection ended without a detach.
@@ -893,13 +887,7 @@ impl Driver {
         // Gone for good: forget it (before anyone is told, so a caller that
         // wakes on the reply sees the registry without it), and remove a
         // socket file a killed shellper could not remove itself.
-        let _ = self
-            .ctx
-            .registry
-            .commit(|r| {
-                r.remove(&id);
-            })
-            .await;
+        self.ctx.remove_entry(&id).await;
         let _ = std::fs::remove_file(&self.handle.info.socket);
         if let Some(t) = self.terminate.as_mut()
             && let Some(reply) = t.reply.take()

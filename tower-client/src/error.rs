@@ -27,8 +27,8 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// The scope directory is unsafe to use (wrong owner, loose permissions,
-    /// not a directory).
+    /// The scope directory is unsafe or unusable (wrong owner, loose
+    /// permissions, not a directory, a path too long for socket addresses).
     #[error("scope {}: {reason}", path.display())]
     UnsafeScope { path: PathBuf, reason: String },
 
@@ -85,6 +85,17 @@ pub enum Error {
     /// terminated or detached), so the request cannot be served.
     #[error("shellper {id}: not held any more ({why})")]
     NotHeld { id: String, why: String },
+
+    /// Holding one more shellper would not fit under the descriptor limit.
+    #[error(
+        "cannot hold another shellper: {open} of the {limit} descriptors allowed (RLIMIT_NOFILE) are in use with {held} held; this Tower can hold about {capacity} under that limit. Raise it (ulimit -n) or spread the shellpers over several scopes"
+    )]
+    FdLimit {
+        limit: u64,
+        open: u64,
+        held: u64,
+        capacity: u64,
+    },
 
     /// Terminating a shellper did not end in confirmed death.
     #[error("terminating shellper {id}: {detail}")]

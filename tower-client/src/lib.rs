@@ -66,12 +66,15 @@ pub use scope::{InstanceLock, Scope};
 pub use shellper_protocol::{LeaseConfig, Token};
 pub use spawn::{SpawnSpec, resolve_shellper};
 pub use terminal::{Output, Terminal, TerminalReader, TerminalWriter};
-pub use tower::{AdoptFailure, AdoptReport, Events, TERMINATE_CONCURRENCY, Tower, TowerConfig};
+pub use tower::{
+    AdoptFailure, AdoptReport, EVENT_QUEUE, Events, FD_RESERVE, FDS_PER_SHELLPER, FDS_PER_SPAWN,
+    FdBudget, MAX_SOCKET_PATH, TERMINATE_CONCURRENCY, Tower, TowerConfig,
+};
 
 /// Raises the soft limit on open descriptors to the hard limit and returns
-/// the new soft limit. A Tower needs two descriptors per held shellper (its
-/// lease socket and a pidfd or child handle): the common default soft limit
-/// of 1024 caps it near 500.
+/// the new soft limit. A Tower needs [`FDS_PER_SHELLPER`] descriptors per
+/// held shellper (its lease socket and a pidfd or child handle): the common
+/// default soft limit of 1024 caps it near 500 ([`Tower::fd_budget`]).
 pub fn raise_fd_limit() -> Option<u64> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut l = getrlimit(Resource::Nofile);

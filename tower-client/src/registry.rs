@@ -93,6 +93,12 @@ impl Registry {
         let bytes = match fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Registry::new()),
+            Err(e) if e.kind() == ErrorKind::IsADirectory => {
+                return Err(Error::RegistryCorrupt {
+                    path: path.to_path_buf(),
+                    detail: "it is a directory, not a file".into(),
+                });
+            }
             Err(e) => return Err(Error::io("reading registry", path, e)),
         };
         Self::parse(&bytes).map_err(|detail| Error::RegistryCorrupt {

@@ -213,11 +213,24 @@ fn read_pid(file: &mut File) -> Option<u32> {
 /// process dies).
 #[derive(Debug)]
 pub struct InstanceLock {
-    // Held only for its flock; std opens files O_CLOEXEC so spawned
-    // shellpers never inherit (and never keep) the lock.
-    #[allow(dead_code)]
+    // Held for its flock. std opens files O_CLOEXEC, so a spawned shellper
+    // never keeps it past exec; but a child forked between clone and exec
+    // shares the open file description for a moment, which is why `Drop`
+    // unlocks explicitly instead of relying on the close.
     file: File,
     path: PathBuf,
+}
+
+impl Drop for InstanceLock {
+    /// Unlocks with `LOCK_UN` before the descriptor is closed. A `flock`
+    /// belongs to the open file description, and closing our descriptor
+    /// releases it only if no other descriptor refers to it: a child forked
+    /// by another thread that has not reached exec yet (or a descriptor a
+    /// pre-exec hook duplicated) would otherwise keep the scope locked
+    /// after we let go, and a successor Tower would be refused.
+    fn drop(&mut self) {
+        let _ = rustix::fs::flock(&self.file, FlockOperation::Unlock);
+    }
 }
 
 impl InstanceLock {
@@ -274,6 +287,40 @@ mod tests {
         drop(l);
         assert_eq!(s.lock_holder().expect("probe"), None);
         let _again = s.lock().expect("lock after release");
+    }
+
+    /// A process that shares the lock's open file description (what a child
+    /// forked between clone and exec does) must not keep the scope locked
+    /// once the lock is dropped.
+    #[test]
+    fn lock_is_released_on_drop_even_if_a_child_shares_its_descriptor() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let guard = shellper_testkit::LeakGuard::new("lock_shared_ofd");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let s = Scope::open(tmp.path().join("s")).expect("open");
+        let l = s.lock().expect("first lock");
+        let fd = l.file.as_raw_fd();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        guard.apply(&mut cmd);
+        // SAFETY: dup2 is async-signal-safe; the duplicate (fd 9, without
+        // CLOEXEC) makes `sleep` hold the lock's open file description.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 9) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn sleep");
+        drop(l);
+        let again = s.lock();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(again.is_ok(), "lock still held after drop: {again:?}");
+        guard.finish();
     }
 
     #[test]

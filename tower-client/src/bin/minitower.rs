@@ -37,17 +37,27 @@ OUTPUT (stdout, one JSON object per line, flushed per line)
   {\"event\":\"pruned\",\"id\":…}                     registry entry whose process is gone
   {\"event\":\"spawned\",\"id\":…,\"pid\":…,\"child_pid\":…,\"socket\":…}
   {\"event\":\"spawn_failed\",\"error\":…}
-  {\"event\":\"ready\",\"held\":N}                    startup done
+  {\"event\":\"ready\",\"held\":N,\"capacity\":C,\"fd_limit\":L}
+                                      startup done; C: how many fit under the
+                                      descriptor limit (2 each); spawns past
+                                      it fail with spawn_failed
+  {\"event\":\"dropped\",\"count\":N}                 N lines were dropped
+                                      because stdout was not being read
   then: held, unresponsive, lapsed, revoked, exited (what: child|shellper),
   lost, terminated, detached; and {\"event\":\"stopping\",\"signal\":…} at the end.
-  Diagnostics go to stderr (RUST_LOG=debug for more).
+  Diagnostics go to stderr (RUST_LOG=debug for more). Output never
+  stalls the leases: a stdout nobody reads costs lines, not renewals.
+  Shellpers that cannot be adopted (no answer, out of descriptors) are left
+  running and in the registry, and adoption is retried with backoff.
 
 EXIT CODES
   0  stopped by SIGINT/SIGTERM after releasing everything
-  1  runtime error (could not start the event loop, release failed)
+  1  runtime error (could not start the event loop, release failed), or
+     none of --spawn N succeeded (what was adopted is detached, not killed)
   2  usage error (bad flag or lease timings)
   3  the scope is held by another Tower (the message names its pid)
-  4  the scope is unusable (bad owner or permissions, corrupt registry)
+  4  the scope is unusable (bad owner or permissions, socket paths too long,
+     registry corrupt, a directory, or of an unknown schema version)
 
 EXAMPLES
   Hold two shells in a private scope, detach on Ctrl-C:
@@ -128,17 +138,91 @@ struct Cli {
     command: Vec<String>,
 }
 
+/// Lines waiting for stdout before new ones are dropped.
+const OUTPUT_QUEUE: usize = 1024;
+
+/// The event output: a bounded queue drained by a thread of its own.
+///
+/// Writing to stdout can block for ever (a pipe nobody reads, `| less`, a
+/// stuck log shipper). The lease loop runs on one thread and must never wait
+/// for it: lines are queued without blocking, and when the queue is full
+/// they are dropped and counted; the writer reports the count in an
+/// `{"event":"dropped","count":N}` line as soon as stdout moves again.
+struct Output {
+    tx: Option<std::sync::mpsc::SyncSender<String>>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Output {
+    fn start() -> Output {
+        use std::sync::atomic::Ordering;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(OUTPUT_QUEUE);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let d = dropped.clone();
+        let spawned = std::thread::Builder::new()
+            .name("minitower-output".into())
+            .spawn(move || {
+                let stdout = std::io::stdout();
+                for line in rx {
+                    let mut o = stdout.lock();
+                    let n = d.swap(0, Ordering::Relaxed);
+                    if n > 0 {
+                        let _ = writeln!(o, "{}", json!({"event":"dropped","count":n}));
+                    }
+                    // A closed stdout must not stop a Tower from holding
+                    // its leases: write errors are ignored.
+                    let _ = writeln!(o, "{line}");
+                    let _ = o.flush();
+                }
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = spawned {
+            eprintln!("minitower: cannot start the output thread ({e}); events are not printed");
+        }
+        Output {
+            tx: Some(tx),
+            dropped,
+            done,
+        }
+    }
+
+    /// Queues one line; never blocks.
+    fn line(&self, s: String) {
+        use std::sync::mpsc::TrySendError;
+        if let Some(tx) = &self.tx
+            && let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(s)
+        {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Lets the writer print what is queued, waiting at most `timeout` (a
+    /// stuck stdout must not keep a stopping Tower alive).
+    fn finish(mut self, timeout: Duration) {
+        self.tx = None;
+        let _ = self.done.recv_timeout(timeout);
+    }
+}
+
+static OUTPUT: std::sync::OnceLock<std::sync::Mutex<Option<Output>>> = std::sync::OnceLock::new();
+
+fn with_output(f: impl FnOnce(&Output)) {
+    if let Some(m) = OUTPUT.get()
+        && let Some(o) = m.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+    {
+        f(o);
+    }
+}
+
 fn out(v: serde_json::Value) {
-    let mut o = std::io::stdout().lock();
-    // A closed stdout must not stop a Tower from holding its leases.
-    let _ = writeln!(o, "{v}");
-    let _ = o.flush();
+    with_output(|o| o.line(v.to_string()));
 }
 
 fn out_line(s: &str) {
-    let mut o = std::io::stdout().lock();
-    let _ = writeln!(o, "{s}");
-    let _ = o.flush();
+    with_output(|o| o.line(s.to_string()));
 }
 
 fn main() -> ExitCode {
@@ -176,11 +260,40 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let _ = OUTPUT.set(std::sync::Mutex::new(Some(Output::start())));
     let code = rt.block_on(run(cli, lease));
     // Drivers of detached or terminated shellpers are done; anything left
     // (a background reaper) must not delay the exit.
     rt.shutdown_timeout(Duration::from_millis(200));
+    if let Some(m) = OUTPUT.get()
+        && let Some(o) = m.lock().unwrap_or_else(|p| p.into_inner()).take()
+    {
+        o.finish(Duration::from_secs(1));
+    }
     code
+}
+
+/// Prints an adoption report. Held events of adoption are summarized by the
+/// `adopted` lines.
+fn print_adoption(report: &tower_client::AdoptReport, retry: bool) {
+    for h in &report.adopted {
+        let i = h.info();
+        out(
+            json!({"event":"adopted","id":i.id,"pid":i.pid,"child_pid":i.child_pid,"epoch":h.epoch(),"retry":retry}),
+        );
+    }
+    for g in &report.gone {
+        out(json!({"event":"pruned","id":g.id,"pid":g.pid,"reason":"process gone"}));
+    }
+    for f in &report.failed {
+        eprintln!(
+            "minitower: cannot adopt {} (left running and kept in the registry; retrying): {}",
+            f.entry.id, f.error
+        );
+        out(
+            json!({"event":"adopt_failed","id":f.entry.id,"pid":f.entry.pid,"error":f.error.to_string(),"retry":retry}),
+        );
+    }
 }
 
 async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
@@ -215,7 +328,7 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
             eprintln!("minitower: {e}");
             return ExitCode::from(3);
         }
-        Err(e @ (Error::RegistryCorrupt { .. } | Error::UnsafeScope { .. })) => {
+        Err(e @ (Error::RegistryCorrupt { .. } | Error::UnsafeScope { .. } | Error::Io { .. })) => {
             eprintln!("minitower: {e}");
             return ExitCode::from(4);
         }
@@ -226,22 +339,7 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
     };
 
     let report = tower.adopt_all().await;
-    // Held events of adoption/spawn are summarized by adopted/spawned lines.
-    for h in &report.adopted {
-        let i = h.info();
-        out(
-            json!({"event":"adopted","id":i.id,"pid":i.pid,"child_pid":i.child_pid,"epoch":h.epoch()}),
-        );
-    }
-    for g in &report.gone {
-        out(json!({"event":"pruned","id":g.id,"pid":g.pid,"reason":"process gone"}));
-    }
-    for f in &report.failed {
-        eprintln!("minitower: cannot adopt {}: {}", f.entry.id, f.error);
-        out(
-            json!({"event":"adopt_failed","id":f.entry.id,"pid":f.entry.pid,"error":f.error.to_string()}),
-        );
-    }
+    print_adoption(&report, false);
 
     let (command, args) = match cli.command.split_first() {
         Some((c, a)) => (c.clone(), a.to_vec()),
@@ -268,10 +366,12 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
         });
     }
     let mut stop_signal = None;
+    let mut spawned = 0usize;
     while !set.is_empty() {
         tokio::select! {
             j = set.join_next() => match j {
                 Some(Ok(Ok(h))) => {
+                    spawned += 1;
                     let i = h.info();
                     out(json!({"event":"spawned","id":i.id,"pid":i.pid,"child_pid":i.child_pid,"socket":i.socket}));
                 }
@@ -311,25 +411,60 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
             out_line(&ev.to_json());
         }
     }
-    if stop_signal.is_none() {
-        out(json!({"event":"ready","held":tower.len()}));
+    let mut spawns_failed = false;
+    if stop_signal.is_none() && cli.spawn > 0 && spawned == 0 {
+        // Asked to run something and nothing runs: say so with the exit
+        // code rather than holding nothing (what was adopted is detached,
+        // never killed, so its window still protects it).
+        eprintln!(
+            "minitower: none of the {} requested spawns succeeded",
+            cli.spawn
+        );
+        spawns_failed = true;
+    } else if stop_signal.is_none() {
+        let budget = tower.fd_budget();
+        out(
+            json!({"event":"ready","held":tower.len(),"capacity":budget.capacity,"fd_limit":budget.limit}),
+        );
+        // Entries that could not be adopted stay in the registry; retry
+        // them with backoff (an EMFILE or a wedged shellper passes).
+        let mut retry_in = Duration::from_secs(1);
+        let mut retry_at =
+            (!report.failed.is_empty()).then(|| tokio::time::Instant::now() + retry_in);
         stop_signal = loop {
+            let retry = async {
+                match retry_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(ev) => out_line(&ev.to_json()),
                     None => break None,
                 },
+                _ = retry => {
+                    let r = tower.adopt_all().await;
+                    print_adoption(&r, true);
+                    retry_in = (retry_in * 2).min(Duration::from_secs(30));
+                    retry_at = (!r.failed.is_empty()).then(|| tokio::time::Instant::now() + retry_in);
+                }
                 _ = sigint.recv() => break Some("SIGINT"),
                 _ = sigterm.recv() => break Some("SIGTERM"),
             }
         };
     }
 
+    let on_exit = if spawns_failed {
+        OnExit::Detach
+    } else {
+        cli.on_exit
+    };
     out(
-        json!({"event":"stopping","signal":stop_signal,"on_exit":match cli.on_exit { OnExit::Detach => "detach", OnExit::Terminate => "terminate" },"held":tower.len()}),
+        json!({"event":"stopping","signal":stop_signal,"reason":spawns_failed.then_some("no spawn succeeded"),"on_exit":match on_exit { OnExit::Detach => "detach", OnExit::Terminate => "terminate" },"held":tower.len()}),
     );
     let mut failed = 0;
-    match cli.on_exit {
+    match on_exit {
         OnExit::Detach => {
             for (id, r) in tower.detach_all(cli.hold).await {
                 if let Err(e) = r {
@@ -355,7 +490,7 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
     while let Some(ev) = events.try_recv() {
         out_line(&ev.to_json());
     }
-    if failed > 0 {
+    if failed > 0 || spawns_failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

@@ -1,0 +1,475 @@
+//! Ordinary faults that used to make a live `minitower` lose (or stop
+//! holding) its shellpers, each reproduced with real processes: descriptor
+//! exhaustion, a stdout nobody reads, bad scopes and registries, spawns that
+//! all fail. Build the binaries first (`cargo build --workspace --bins`).
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shellper_protocol::msg::WirePhase;
+use shellper_testkit::{LeakGuard, cargo_bin};
+use tower_client::Registry;
+
+/// A running minitower; stdout either read into events or left to `out`.
+struct Mini {
+    child: Child,
+    rx: Option<mpsc::Receiver<Value>>,
+    seen: Vec<Value>,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn command(guard: &LeakGuard, scope: &Path, args: &[&str], nofile: Option<u64>) -> Command {
+    let mut cmd = Command::new(cargo_bin("minitower"));
+    guard.apply(&mut cmd);
+    cmd.arg("--scope")
+        .arg(scope)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(n) = nofile {
+        // SAFETY: setrlimit is async-signal-safe; runs in the child only.
+        unsafe {
+            cmd.pre_exec(move || {
+                let l = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
+impl Mini {
+    fn spawn(mut cmd: Command, read_stdout: bool) -> Mini {
+        if read_stdout {
+            cmd.stdout(Stdio::piped());
+        }
+        let mut child = cmd.spawn().unwrap();
+        let rx = read_stdout.then(|| {
+            let (tx, rx) = mpsc::channel();
+            let out = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    let v: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("non-JSON {line:?}: {e}"));
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let e2 = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                e2.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Mini {
+            child,
+            rx,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    fn start(guard: &LeakGuard, scope: &Path, args: &[&str]) -> Mini {
+        Mini::spawn(command(guard, scope, args, None), true)
+    }
+
+    fn event(&mut self, name: &str, timeout: Duration) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| v["event"] == name) {
+            return v.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.as_ref().unwrap().recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if v["event"] == name {
+                        return v;
+                    }
+                }
+                Err(_) => panic!(
+                    "no {name} event within {timeout:?}; seen: {:#?}\nstderr: {}",
+                    self.seen,
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    fn of(&self, name: &str) -> Vec<Value> {
+        self.seen
+            .iter()
+            .filter(|v| v["event"] == name)
+            .cloned()
+            .collect()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own, not yet reaped, child.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                if let Some(rx) = &self.rx {
+                    while let Ok(v) = rx.recv_timeout(Duration::from_millis(100)) {
+                        self.seen.push(v);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "minitower did not exit within {timeout:?}; seen {:#?}; stderr: {}",
+                self.seen,
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.child.wait().unwrap();
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Mini {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    shellper_proctree::read_stat(pid as i32).is_some_and(|p| p.is_live())
+}
+
+fn registry(scope: &Path) -> Registry {
+    Registry::load(&scope.join("registry.json")).unwrap()
+}
+
+fn scope_in(tmp: &tempfile::TempDir) -> PathBuf {
+    tmp.path().join("s")
+}
+
+/// Terminates whatever the scope's registry lists, through a Tower of its
+/// own (cleanup for tests that leave shellpers held by nobody).
+fn terminate_scope(guard: &LeakGuard, scope: &Path) {
+    let mut m = Mini::start(guard, scope, &["--on-exit", "terminate"]);
+    m.event("ready", Duration::from_secs(10));
+    m.signal(libc::SIGTERM);
+    assert!(
+        m.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        m.stderr()
+    );
+}
+
+/// Item 1: a Tower restarted with too few descriptors to open a pidfd or a
+/// socket for every shellper must not take "could not open" for "gone": it
+/// keeps every entry and every socket, and a later Tower adopts them all.
+#[test]
+fn adoption_out_of_descriptors_keeps_live_shellpers_and_their_sockets() {
+    let guard = LeakGuard::new("adopt_emfile");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_in(&tmp);
+    let mut m = Mini::start(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "600ms",
+            "--window",
+            "30s",
+            "--kill-grace",
+            "300ms",
+            "--spawn",
+            "6",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    );
+    assert_eq!(m.event("ready", Duration::from_secs(20))["held"], 6);
+    m.kill9();
+    let reg = registry(&scope);
+    assert_eq!(reg.shellpers.len(), 6);
+
+    // Restarted with 18 descriptors: some adoptions cannot even open a
+    // pidfd or a socket.
+    let mut starved = Mini::spawn(command(&guard, &scope, &[], Some(18)), true);
+    let ready = starved.event("ready", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    let failed = starved.of("adopt_failed").len();
+    let pruned = starved.of("pruned");
+    assert!(pruned.is_empty(), "live shellpers pruned: {pruned:?}");
+    starved.kill9();
+    assert!(
+        failed > 0,
+        "the limit did not bite (ready: {ready}); stderr: {}",
+        starved.stderr()
+    );
+    for e in &reg.shellpers {
+        assert!(alive(e.pid), "{} died", e.id);
+        assert!(e.socket.exists(), "socket of {} deleted", e.id);
+    }
+    assert_eq!(registry(&scope).shellpers.len(), 6);
+
+    let mut next = Mini::start(&guard, &scope, &["--on-exit", "terminate"]);
+    assert_eq!(next.event("ready", Duration::from_secs(20))["held"], 6);
+    assert_eq!(next.of("adopted").len(), 6);
+    next.signal(libc::SIGTERM);
+    assert!(next.wait_exit(Duration::from_secs(20)).success());
+    guard.finish();
+}
+
+/// Item 2: stdout into a pipe nobody reads (`minitower | less`) must not
+/// stop a single renewal: events are queued and dropped, never waited for.
+#[test]
+fn stuck_stdout_never_stalls_the_lease_loop() {
+    let guard = LeakGuard::new("stuck_stdout");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_in(&tmp);
+    // A pipe of one page that nobody reads: full after a few dozen lines.
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we then own.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors were just created and are owned here only.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 4096) };
+    let mut cmd = command(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "500ms",
+            "--window",
+            "1500ms",
+            "--kill-grace",
+            "300ms",
+            "--spawn",
+            "32",
+            "--",
+            "sleep",
+            "1000",
+        ],
+        None,
+    );
+    cmd.stdout(Stdio::from(wr));
+    let mut m = Mini::spawn(cmd, false);
+    // Every spawn registers before it acquires; wait until all did.
+    let t = Instant::now();
+    while registry(&scope).shellpers.len() < 32 {
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", m.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Well past TTL + window: a stalled Tower would have lost them all.
+    std::thread::sleep(Duration::from_millis(5000));
+    let reg = registry(&scope);
+    let dead: Vec<_> = reg.shellpers.iter().filter(|e| !alive(e.pid)).collect();
+    assert!(
+        dead.is_empty(),
+        "{} of 32 died: {:?}",
+        dead.len(),
+        m.stderr()
+    );
+    // Not merely alive: held and renewed by this Tower right now (a Tower
+    // stalled before acquiring leaves them unclaimed, alive for a while).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for e in &reg.shellpers {
+        let st = rt
+            .block_on(tower_client::query_status(
+                &e.socket,
+                Duration::from_secs(3),
+            ))
+            .unwrap();
+        assert_eq!(st.phase, WirePhase::Held, "{}: {st:?}", e.id);
+    }
+    // And it still stops promptly with its stdout stuck.
+    m.signal(libc::SIGTERM);
+    assert!(
+        m.wait_exit(Duration::from_secs(10)).success(),
+        "{}",
+        m.stderr()
+    );
+    // What did get out is valid JSON lines, with a count of the dropped.
+    drop(rd);
+    terminate_scope(&guard, &scope);
+    guard.finish();
+}
+
+/// Item 9: a scope whose socket paths cannot be bound is refused at start
+/// (exit 4), before anything is spawned.
+#[test]
+fn scope_path_too_long_for_sockets_is_refused_up_front() {
+    let guard = LeakGuard::new("long_scope");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = tmp.path().join("x".repeat(100));
+    let mut m = Mini::start(&guard, &scope, &["--spawn", "1", "--", "sleep", "1000"]);
+    let st = m.wait_exit(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(4), "{}", m.stderr());
+    assert!(m.stderr().contains("107"), "{}", m.stderr());
+    assert!(m.of("spawned").is_empty() && m.of("spawn_failed").is_empty());
+    guard.finish();
+}
+
+/// Item 9: when every requested spawn fails, minitower exits non-zero
+/// instead of running on holding nothing.
+#[test]
+fn every_spawn_failing_exits_non_zero() {
+    let guard = LeakGuard::new("all_spawns_fail");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_in(&tmp);
+    let mut m = Mini::start(
+        &guard,
+        &scope,
+        &[
+            "--shellper",
+            "/bin/false",
+            "--spawn",
+            "2",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    );
+    let st = m.wait_exit(Duration::from_secs(20));
+    assert_eq!(st.code(), Some(1), "{}", m.stderr());
+    assert_eq!(m.of("spawn_failed").len(), 2);
+    assert!(m.of("ready").is_empty(), "{:?}", m.seen);
+    assert!(m.stderr().contains("none of the 2"), "{}", m.stderr());
+    guard.finish();
+}
+
+/// Item 9: under a low descriptor limit, minitower says how many it can
+/// hold, refuses spawns past it with a clear error, and every shellper it
+/// did take stays held.
+#[test]
+fn descriptor_limit_caps_spawns_with_a_clear_error() {
+    let guard = LeakGuard::new("fd_capacity");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_in(&tmp);
+    let cmd = command(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "500ms",
+            "--window",
+            "1500ms",
+            "--kill-grace",
+            "300ms",
+            "--spawn",
+            "12",
+            "--on-exit",
+            "terminate",
+            "--",
+            "sleep",
+            "1000",
+        ],
+        Some(48),
+    );
+    let mut m = Mini::spawn(cmd, true);
+    let ready = m.event("ready", Duration::from_secs(30));
+    let spawned = m.of("spawned").len();
+    let failed = m.of("spawn_failed");
+    assert_eq!(spawned + failed.len(), 12);
+    assert!(spawned >= 1 && !failed.is_empty(), "{:#?}", m.seen);
+    for f in &failed {
+        let e = f["error"].as_str().unwrap();
+        assert!(e.contains("RLIMIT_NOFILE"), "unclear error: {e}");
+    }
+    assert_eq!(ready["held"], spawned);
+    assert!(
+        ready["capacity"].as_u64().unwrap() >= spawned as u64,
+        "{ready}"
+    );
+    // Everything taken stays held (past TTL + window).
+    std::thread::sleep(Duration::from_millis(2500));
+    let reg = registry(&scope);
+    assert_eq!(reg.shellpers.len(), spawned);
+    assert!(reg.shellpers.iter().all(|e| alive(e.pid)));
+    m.signal(libc::SIGTERM);
+    assert!(
+        m.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        m.stderr()
+    );
+    guard.finish();
+}
+
+/// Item 10: a registry that is a directory, or of a future schema, makes
+/// the scope unusable (exit 4), never "empty".
+#[test]
+fn unusable_registry_exits_4() {
+    let guard = LeakGuard::new("bad_registry");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_in(&tmp);
+    std::fs::create_dir_all(&scope).unwrap();
+    std::fs::set_permissions(&scope, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::create_dir(scope.join("registry.json")).unwrap();
+    let mut m = Mini::start(&guard, &scope, &[]);
+    assert_eq!(
+        m.wait_exit(Duration::from_secs(10)).code(),
+        Some(4),
+        "{}",
+        m.stderr()
+    );
+    assert!(m.stderr().contains("directory"), "{}", m.stderr());
+    std::fs::remove_dir(scope.join("registry.json")).unwrap();
+    std::fs::write(
+        scope.join("registry.json"),
+        br#"{"schema_version":2,"shellpers":[]}"#,
+    )
+    .unwrap();
+    let mut m = Mini::start(&guard, &scope, &[]);
+    assert_eq!(
+        m.wait_exit(Duration::from_secs(10)).code(),
+        Some(4),
+        "{}",
+        m.stderr()
+    );
+    assert!(m.stderr().contains("schema_version 2"), "{}", m.stderr());
+    guard.finish();
+}
