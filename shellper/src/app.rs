@@ -95,7 +95,16 @@ impl StatusSource {
 pub fn main_entry(args: Vec<String>) -> i32 {
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
     let cfg = match config::parse_args(&args, &cwd) {
-        Ok(Parsed::Run(c)) => *c,
+        Ok(Parsed::Run(c)) => {
+            let mut c = *c;
+            if config::is_codev_invocation(&args) {
+                if let Err(e) = config::apply_legacy_env(&mut c, |k| std::env::var(k).ok()) {
+                    eprintln!("shellper: {e}");
+                    return e.exit_code();
+                }
+            }
+            c
+        }
         Ok(Parsed::Print(text)) => {
             print!("{text}");
             return exit::OK;
@@ -147,6 +156,21 @@ fn remove_socket(path: &Path) {
     }
 }
 
+/// Removes `<log>.1`, the rotated half of the log. A Tower (codev's, ours)
+/// removes `<id>.sock` and `<id>.log` with a session but does not know
+/// about rotation, so without this every session that ever rotated would
+/// leave a file of up to 1 MiB behind for good. The live `<id>.log`, which
+/// ends with why the shellper exited, stays for post-mortem.
+fn remove_rotated_log(log: &Path) {
+    let mut rotated = log.as_os_str().to_owned();
+    rotated.push(".1");
+    match std::fs::remove_file(&rotated) {
+        Ok(()) => tracing::info!("removed the rotated log"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(error = %e, "removing the rotated log"),
+    }
+}
+
 /// Runs a configured shellper on the current runtime; returns the exit code.
 pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
     let log_path = cfg.log_path();
@@ -188,7 +212,13 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
         rows: cfg.rows,
     };
     let first = match spawn_pty(&spec) {
-        Ok(c) => c,
+        Ok(c) => Ok(c),
+        // The command cannot start: like codev's shellper, start anyway and
+        // report the child as exited with code 1 (SPEC §3).
+        Err(e @ crate::error::Error::Exec { .. }) => {
+            tracing::error!(error = %e, "the command cannot start; reporting exit code 1");
+            Err(e)
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot spawn the PTY child");
             eprintln!("shellper: {e}");
@@ -197,22 +227,28 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
             return e.exit_code();
         }
     };
-    let child_pid = first.pid;
+    let child_pid = first.as_ref().ok().map(|c| c.pid);
     let leased = token.is_some();
     let hub = Arc::new(Hub::new(
         &spec,
-        child_pid as u32,
+        child_pid.map(|p| p as u32),
         cfg.replay_lines,
         cfg.replay_bytes,
         leased,
     ));
+    if let Err(e) = &first {
+        hub.start_failed(0, &spec, &e.to_string());
+    }
     let (term_tx, term_rx) = oneshot::channel::<Termination>();
     let mode = token.map_or(Mode::Legacy, Mode::Leased);
     let machine = LeaseMachine::new(cfg.lease, mode, tokio::time::Instant::now().into_std());
     let (lease, _driver) = LeaseDriver::spawn(machine, move |t: Termination| {
         let _ = term_tx.send(t);
     });
-    let (actor, child) = ChildActor::new(hub.clone(), lease.clone(), first);
+    if first.is_err() {
+        lease.child_exited();
+    }
+    let (actor, child) = ChildActor::new(hub.clone(), lease.clone(), first.ok());
     tokio::spawn(actor.run());
     let status = StatusSource::current(hub.start_time_ms);
     let shared = Arc::new(
@@ -235,17 +271,25 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
     if let Err(e) = startup::stderr_to(&log_path) {
         tracing::warn!(error = %e, "stderr to log");
     }
+    // The first three lines are codev's, word for word: its tests and its
+    // operators grep the log for them.
     tracing::info!(
-        pid = std::process::id(),
-        child_pid,
-        command = %cfg.command,
-        socket = %cfg.socket_path.display(),
         leased,
         ttl_ms = ms(cfg.lease.ttl),
         window_ms = ms(cfg.lease.window),
         claim_ms = ms(cfg.lease.claim),
-        "shellper started"
+        "Shellper started: pid={}, command={}, socket={}",
+        std::process::id(),
+        cfg.command,
+        cfg.socket_path.display()
     );
+    tracing::info!(
+        "PTY spawned: pid={}, cols={}, rows={}",
+        child_pid.unwrap_or(-1),
+        cfg.cols,
+        cfg.rows
+    );
+    tracing::info!("Socket listening: {}", cfg.socket_path.display());
 
     let t = term_rx.await.unwrap_or(Termination {
         reason: TerminateReason::Signal,
@@ -286,6 +330,7 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
     let _ = tokio::time::timeout(FINAL_FLUSH, shared.tracker.wait()).await;
     lease.exited();
     remove_socket(&cfg.socket_path);
+    remove_rotated_log(&log_path);
     let code = exit::for_termination(t.reason, survivors);
     tracing::info!(code, reason = ?t.reason, survivors, "shellper exiting");
     code

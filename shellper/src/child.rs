@@ -84,17 +84,21 @@ pub fn spawn_pty(spec: &SpawnSpec) -> Result<PtyChild> {
         command: spec.command.clone(),
         detail,
     };
+    let exec_fail = |detail: String| Error::Exec {
+        command: spec.command.clone(),
+        detail,
+    };
     // exec reports a missing cwd as a bare ENOENT, indistinguishable from a
     // missing command: check the directory first so the error names it.
     match std::fs::metadata(&spec.cwd) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => {
-            return Err(fail(format!(
+            return Err(exec_fail(format!(
                 "working directory {:?} is not a directory",
                 spec.cwd
             )));
         }
-        Err(e) => return Err(fail(format!("working directory {:?}: {e}", spec.cwd))),
+        Err(e) => return Err(exec_fail(format!("working directory {:?}: {e}", spec.cwd))),
     }
     let (pty, pts) = pty_process::blocking::open().map_err(|e| fail(format!("open PTY: {e}")))?;
     pty.resize(pty_process::Size::new(spec.rows, spec.cols))
@@ -110,7 +114,9 @@ pub fn spawn_pty(spec: &SpawnSpec) -> Result<PtyChild> {
     cmd = unsafe { cmd.pre_exec(reset_signals) };
     // `spawn` consumes the slave: the parent keeps no slave fd, so the
     // master reads EIO once the child's session closes its side.
-    let child = cmd.spawn(pts).map_err(|e| fail(e.to_string()))?;
+    // An error here is the exec's (std reports it through its CLOEXEC
+    // pipe): the command is missing or not executable.
+    let child = cmd.spawn(pts).map_err(|e| exec_fail(e.to_string()))?;
     let pid = i32::try_from(child.id()).map_err(|_| fail("pid out of range".into()))?;
     // Dropping a std Child neither kills nor reaps: the reaper owns it.
     drop(child);
@@ -282,8 +288,9 @@ impl std::fmt::Debug for ChildActor {
 
 impl ChildActor {
     /// An actor for the already spawned first child (generation 0, already
-    /// announced to the hub by the caller).
-    pub fn new(hub: Arc<Hub>, lease: LeaseHandle, first: PtyChild) -> (Self, ChildHandle) {
+    /// announced to the hub by the caller), or for none when the first
+    /// command could not start (the caller reported that to the hub).
+    pub fn new(hub: Arc<Hub>, lease: LeaseHandle, first: Option<PtyChild>) -> (Self, ChildHandle) {
         let (tx, rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let input = Arc::new(Mutex::new(None));
@@ -297,7 +304,12 @@ impl ChildActor {
             current: None,
             next_generation: 0,
         };
-        actor.adopt(first);
+        match first {
+            Some(child) => {
+                actor.adopt(child);
+            }
+            None => actor.next_generation = 1,
+        }
         (actor, ChildHandle { tx, input })
     }
 
@@ -412,8 +424,15 @@ impl ChildActor {
         for (pid, status) in shellper_proctree::reap_zombies() {
             match self.current.as_mut() {
                 Some(c) if c.pid == pid && c.status.is_none() => {
-                    tracing::info!(pid, ?status, "PTY child exited");
-                    c.status = Some(exit_report(status));
+                    let report = exit_report(status);
+                    // codev's wording, which its operators grep for.
+                    tracing::info!(
+                        pid,
+                        "PTY exited: code={}, signal={}",
+                        report.0.code.unwrap_or(-1),
+                        report.0.signal.as_deref().unwrap_or("null")
+                    );
+                    c.status = Some(report);
                     c.drain_deadline = Some(tokio::time::Instant::now() + EXIT_DRAIN);
                 }
                 _ => tracing::debug!(pid, ?status, "reaped a descendant"),
@@ -485,7 +504,20 @@ impl ChildActor {
             .input
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        let child = spawn_pty(&spec).map_err(|e| e.to_string())?;
+        let child = match spawn_pty(&spec) {
+            Ok(c) => c,
+            Err(e @ Error::Exec { .. }) => {
+                // As codev: the new child "ran" and exited with code 1, so
+                // the Tower's restart and error paths see an EXIT.
+                tracing::error!(error = %e, "SPAWN: the command cannot start");
+                let generation = self.next_generation;
+                self.next_generation += 1;
+                self.hub.start_failed(generation, &spec, &e.to_string());
+                self.lease.child_exited();
+                return Err(e.to_string());
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let pid = child.pid;
         let generation = self.adopt(child);
         self.hub.child_started(generation, pid as u32, &spec);

@@ -28,9 +28,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The PTY child could not be started.
+    /// The PTY itself could not be set up (no PTY left, fcntl failed).
     #[error("spawning {command:?} on a PTY: {detail}")]
     Spawn { command: String, detail: String },
+    /// The command could not be started on its PTY: not found, not
+    /// executable, its working directory missing. Not a startup failure of
+    /// the shellper: like codev's (node-pty's) shellper it starts anyway and
+    /// reports the child as exited with code 1 (SPEC §3).
+    #[error("cannot start {command:?}: {detail}")]
+    Exec { command: String, detail: String },
 }
 
 impl Error {

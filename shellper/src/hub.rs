@@ -75,9 +75,11 @@ pub fn wall_ms() -> u64 {
 }
 
 impl Hub {
+    /// `child_pid` is `None` when the first command could not start (then
+    /// call [`Hub::start_failed`] for generation 0).
     pub fn new(
         spec: &SpawnSpec,
-        child_pid: u32,
+        child_pid: Option<u32>,
         replay_lines: usize,
         replay_bytes: usize,
         leased: bool,
@@ -89,7 +91,7 @@ impl Hub {
                 replay: ReplayBuffer::new(replay_lines, replay_bytes),
                 generation: 0,
                 child: ChildView {
-                    pid: Some(child_pid),
+                    pid: child_pid,
                     state: ChildState::Running,
                     command: spec.command.clone(),
                     args: spec.args.clone(),
@@ -99,7 +101,7 @@ impl Hub {
                 cols: spec.cols,
                 rows: spec.rows,
                 last_data_at: now,
-                sessions: vec![child_pid as i32],
+                sessions: child_pid.map(|p| p as i32).into_iter().collect(),
             }),
             start_time_ms: now,
             shellper_pid: std::process::id(),
@@ -118,6 +120,12 @@ impl Hub {
     /// Registers a client after HELLO and queues WELCOME, then REPLAY
     /// (unless a status client or `replay:false`), then EXIT if the child
     /// already exited (codev #905: late clients must learn of the exit).
+    ///
+    /// The retained EXIT goes behind a barrier: it is written only once the
+    /// client has read WELCOME and REPLAY. codev's client handles every
+    /// frame of its first read synchronously, before its `SessionManager`
+    /// attaches the exit listener; an EXIT in that read is lost and the
+    /// session stays "running" for ever (SPEC §7).
     pub fn register(
         &self,
         conn: ConnId,
@@ -147,6 +155,7 @@ impl Hub {
         }
         if hello.client_type != ClientType::Status {
             if let Some(exit) = g.exit.clone() {
+                outbox.barrier();
                 outbox.ordered(Frame::Exit(exit));
             }
         }
@@ -211,6 +220,37 @@ impl Hub {
             args: spec.args.clone(),
             cwd: spec.cwd.clone(),
         };
+    }
+
+    /// The command of generation `generation` could not start (not found,
+    /// not executable, no working directory). As codev's shellper (node-pty
+    /// forks, the exec fails, the child exits 1): the reason becomes the
+    /// session's output and the child counts as exited with code 1, so
+    /// every client, now or later, gets `{"code":1,"signal":"0"}`.
+    pub fn start_failed(&self, generation: u64, spec: &SpawnSpec, reason: &str) {
+        let line = Bytes::from(format!("shellper: {reason}\r\n"));
+        {
+            let mut g = self.lock();
+            g.generation = generation;
+            g.replay.clear();
+            g.exit = None;
+            g.child = ChildView {
+                pid: None,
+                state: ChildState::Running,
+                command: spec.command.clone(),
+                args: spec.args.clone(),
+                cwd: spec.cwd.clone(),
+            };
+        }
+        self.output(generation, line);
+        self.child_exited(
+            generation,
+            ExitMsg::exited(1),
+            ChildState::Exited {
+                code: Some(1),
+                signal: None,
+            },
+        );
     }
 
     pub fn set_size(&self, cols: u16, rows: u16) {
@@ -305,6 +345,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::Out;
 
     fn spec() -> SpawnSpec {
         SpawnSpec {
@@ -317,7 +358,7 @@ mod tests {
         }
     }
 
-    async fn drain(o: &Outbox) -> Vec<Frame> {
+    async fn drain_out(o: &Outbox) -> Vec<Out> {
         o.close();
         let mut v = Vec::new();
         while let Some(f) = o.next().await {
@@ -326,17 +367,25 @@ mod tests {
         v
     }
 
+    async fn drain(o: &Outbox) -> Vec<Frame> {
+        drain_out(o)
+            .await
+            .into_iter()
+            .filter_map(|o| match o {
+                Out::Frame(f) => Some(f),
+                Out::AwaitPeerRead => None,
+            })
+            .collect()
+    }
+
     #[tokio::test]
     async fn late_client_gets_welcome_replay_then_exit() {
-        let hub = Hub::new(&spec(), 42, 100, 1000, false);
+        let hub = Hub::new(&spec(), Some(42), 100, 1000, false);
         hub.output(0, Bytes::from_static(b"hello"));
         hub.output(7, Bytes::from_static(b"stale generation"));
         hub.child_exited(
             0,
-            ExitMsg {
-                code: Some(3),
-                signal: None,
-            },
+            ExitMsg::exited(3),
             ChildState::Exited {
                 code: Some(3),
                 signal: None,
@@ -350,16 +399,23 @@ mod tests {
             o.clone(),
             CancellationToken::new(),
         );
-        let frames = drain(&o).await;
-        assert!(matches!(&frames[0], Frame::Welcome(w) if w.pid == 42 && w.always_sends_replay));
-        assert_eq!(frames[1], Frame::Replay(Bytes::from_static(b"hello")));
-        assert!(matches!(&frames[2], Frame::Exit(e) if e.code == Some(3)));
-        assert_eq!(frames.len(), 3);
+        let out = drain_out(&o).await;
+        assert!(
+            matches!(&out[0], Out::Frame(Frame::Welcome(w)) if w.pid == 42 && w.always_sends_replay)
+        );
+        assert_eq!(
+            out[1],
+            Out::Frame(Frame::Replay(Bytes::from_static(b"hello")))
+        );
+        // The retained EXIT waits until WELCOME and REPLAY have been read.
+        assert_eq!(out[2], Out::AwaitPeerRead);
+        assert!(matches!(&out[3], Out::Frame(Frame::Exit(e)) if e.code == Some(3)));
+        assert_eq!(out.len(), 4);
     }
 
     #[tokio::test]
     async fn status_clients_get_no_replay_data_or_exit() {
-        let hub = Hub::new(&spec(), 42, 100, 1000, true);
+        let hub = Hub::new(&spec(), Some(42), 100, 1000, true);
         let o = Arc::new(Outbox::new());
         let mut hello = Hello::v1(ClientType::Status);
         hello.lease = Some(1);

@@ -12,7 +12,10 @@
 //! * the **ordered** lane carries REPLAY, DATA and EXIT in PTY order (EXIT
 //!   must not overtake the last output). DATA past [`DATA_QUEUE_BYTES`] is
 //!   dropped for that client only (terminal output is ephemeral, as in
-//!   codev); REPLAY and EXIT are never dropped.
+//!   codev); REPLAY and EXIT are never dropped. It may also hold a
+//!   *barrier* ([`Out::AwaitPeerRead`]): the writer waits there until the
+//!   peer has read everything written before it, so what follows lands in
+//!   a later read (SPEC §7: the retained EXIT after WELCOME and REPLAY).
 //!
 //! The queue logic ([`Lanes`]) is pure and unit-tested; [`Outbox`] adds the
 //! lock and the wake-up.
@@ -39,11 +42,20 @@ pub enum Pushed {
     Overflow,
 }
 
+/// What the writer does next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Out {
+    /// Write this frame.
+    Frame(Frame),
+    /// Wait (bounded) until the peer has read every byte written so far.
+    AwaitPeerRead,
+}
+
 /// The two lanes, without synchronisation.
 #[derive(Debug, Default)]
 pub struct Lanes {
     control: VecDeque<Frame>,
-    ordered: VecDeque<Frame>,
+    ordered: VecDeque<Out>,
     data_bytes: usize,
     closed: bool,
     /// DATA frames dropped for this client since it connected.
@@ -68,7 +80,7 @@ impl Lanes {
             return Pushed::Dropped;
         }
         self.data_bytes += b.len();
-        self.ordered.push_back(Frame::Data(b));
+        self.ordered.push_back(Out::Frame(Frame::Data(b)));
         Pushed::Queued
     }
 
@@ -78,20 +90,30 @@ impl Lanes {
         if self.closed {
             return Pushed::Overflow;
         }
-        self.ordered.push_back(f);
+        self.ordered.push_back(Out::Frame(f));
         Pushed::Queued
     }
 
-    /// Next frame to write: control first.
-    pub fn pop(&mut self) -> Option<Frame> {
-        if let Some(f) = self.control.pop_front() {
-            return Some(f);
+    /// A barrier in the ordered lane: what is pushed after it is written
+    /// only once the peer has read what was written before it.
+    pub fn push_barrier(&mut self) -> Pushed {
+        if self.closed {
+            return Pushed::Overflow;
         }
-        let f = self.ordered.pop_front()?;
-        if let Frame::Data(b) = &f {
+        self.ordered.push_back(Out::AwaitPeerRead);
+        Pushed::Queued
+    }
+
+    /// Next thing for the writer: control frames first.
+    pub fn pop(&mut self) -> Option<Out> {
+        if let Some(f) = self.control.pop_front() {
+            return Some(Out::Frame(f));
+        }
+        let o = self.ordered.pop_front()?;
+        if let Out::Frame(Frame::Data(b)) = &o {
             self.data_bytes -= b.len();
         }
-        Some(f)
+        Some(o)
     }
 
     /// Stop accepting frames; what is queued is still written.
@@ -143,6 +165,11 @@ impl Outbox {
         self.with(|l| l.push_ordered(f))
     }
 
+    /// See [`Lanes::push_barrier`].
+    pub fn barrier(&self) -> Pushed {
+        self.with(Lanes::push_barrier)
+    }
+
     /// Writes what is queued, then ends the writer.
     pub fn close(&self) {
         self.with(Lanes::close);
@@ -152,8 +179,8 @@ impl Outbox {
         self.with(|l| l.dropped)
     }
 
-    /// Waits for the next frame; `None` once closed and empty.
-    pub async fn next(&self) -> Option<Frame> {
+    /// Waits for the next frame or barrier; `None` once closed and empty.
+    pub async fn next(&self) -> Option<Out> {
         loop {
             let (frame, closed) = {
                 let mut g = self
@@ -192,15 +219,12 @@ mod tests {
         let mut l = Lanes::default();
         l.push_ordered(Frame::Replay(Bytes::from_static(b"r")));
         l.push_data(Bytes::from_static(b"d"));
-        l.push_ordered(Frame::Exit(ExitMsg {
-            code: Some(0),
-            signal: None,
-        }));
+        l.push_ordered(Frame::Exit(ExitMsg::exited(0)));
         l.push_control(err());
-        assert!(matches!(l.pop(), Some(Frame::Error(_))));
-        assert!(matches!(l.pop(), Some(Frame::Replay(_))));
-        assert!(matches!(l.pop(), Some(Frame::Data(_))));
-        assert!(matches!(l.pop(), Some(Frame::Exit(_))));
+        assert!(matches!(l.pop(), Some(Out::Frame(Frame::Error(_)))));
+        assert!(matches!(l.pop(), Some(Out::Frame(Frame::Replay(_)))));
+        assert!(matches!(l.pop(), Some(Out::Frame(Frame::Data(_)))));
+        assert!(matches!(l.pop(), Some(Out::Frame(Frame::Exit(_)))));
         assert!(l.pop().is_none());
     }
 
@@ -227,6 +251,21 @@ mod tests {
         l.close();
         assert_eq!(l.push_ordered(Frame::Pong), Pushed::Overflow);
         assert!(l.pop().is_some(), "queued frames survive close");
+    }
+
+    #[test]
+    fn a_barrier_keeps_its_place_in_the_ordered_lane() {
+        let mut l = Lanes::default();
+        l.push_ordered(Frame::Replay(Bytes::from_static(b"r")));
+        l.push_barrier();
+        l.push_ordered(Frame::Exit(ExitMsg::exited(1)));
+        l.push_control(Frame::Pong);
+        assert_eq!(l.pop(), Some(Out::Frame(Frame::Pong)));
+        assert!(matches!(l.pop(), Some(Out::Frame(Frame::Replay(_)))));
+        assert_eq!(l.pop(), Some(Out::AwaitPeerRead));
+        assert!(matches!(l.pop(), Some(Out::Frame(Frame::Exit(_)))));
+        l.close();
+        assert_eq!(l.push_barrier(), Pushed::Overflow);
     }
 
     #[tokio::test]

@@ -47,7 +47,7 @@ use crate::child::ChildHandle;
 use crate::error::{Error, Result};
 use crate::hub::Hub;
 use crate::lease::LeaseHandle;
-use crate::outbox::Outbox;
+use crate::outbox::{Out, Outbox};
 
 pub use interprocess::local_socket::tokio::Listener;
 
@@ -66,6 +66,11 @@ const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 /// (SPEC §7). Measured per write call, so a slow reader that keeps taking
 /// bytes gets a full REPLAY however long it takes.
 pub const DEFAULT_WRITE_STALL: Duration = Duration::from_secs(30);
+/// Longest wait at a barrier for the peer to read what was written before
+/// it (a peer that reads nothing for this long gets the rest anyway).
+const PEER_READ_WAIT: Duration = Duration::from_secs(1);
+/// How often the writer looks at the socket's unread byte count there.
+const PEER_READ_POLL: Duration = Duration::from_millis(2);
 /// Longest holder name kept from ACQUIRE.
 const MAX_HOLDER_NAME: usize = 256;
 
@@ -271,10 +276,10 @@ async fn writer(outbox: Arc<Outbox>, mut w: Half, cancel: CancellationToken, sta
             f = outbox.next() => f,
             () = cancel.cancelled() => break,
         };
-        let Some(frame) = next else {
+        let Some(out) = next else {
             break;
         };
-        if let Err(why) = write_frame(&mut w, &mut buf, &frame, stall).await {
+        if let Err(why) = write_out(&mut w, &mut buf, &out, stall).await {
             tracing::info!(error = %why, "write failed; closing the connection");
             abort_connection(&outbox, &w, &cancel);
             return;
@@ -284,8 +289,8 @@ async fn writer(outbox: Arc<Outbox>, mut w: Half, cancel: CancellationToken, sta
     // then end the connection.
     outbox.close();
     let flushed = tokio::time::timeout(FLUSH_ON_CLOSE, async {
-        while let Some(frame) = outbox.next().await {
-            write_frame(&mut w, &mut buf, &frame, stall).await?;
+        while let Some(out) = outbox.next().await {
+            write_out(&mut w, &mut buf, &out, stall).await?;
         }
         Ok::<(), io::Error>(())
     })
@@ -301,6 +306,63 @@ fn abort_connection(outbox: &Outbox, w: &Half, cancel: &CancellationToken) {
     outbox.close();
     cancel.cancel();
     w.shutdown(rustix::net::Shutdown::Both);
+}
+
+/// Writes a frame, or waits at a barrier.
+async fn write_out(
+    w: &mut Half,
+    buf: &mut bytes::BytesMut,
+    out: &Out,
+    stall: Duration,
+) -> io::Result<()> {
+    match out {
+        Out::Frame(f) => write_frame(w, buf, f, stall).await,
+        Out::AwaitPeerRead => {
+            await_peer_read(w).await;
+            Ok(())
+        }
+    }
+}
+
+/// Waits until the peer has read every byte written so far (the socket's
+/// send queue, `SIOCOUTQ`, is empty), at most [`PEER_READ_WAIT`]. What is
+/// written next then reaches the peer in a read of its own.
+async fn await_peer_read(w: &Half) {
+    use std::os::fd::AsFd;
+    let deadline = tokio::time::Instant::now() + PEER_READ_WAIT;
+    loop {
+        let unread = match &*w.0 {
+            Stream::UdSocket(s) => unread_bytes(s.as_fd()),
+        };
+        match unread {
+            Ok(0) => return,
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(PEER_READ_POLL).await;
+            }
+            Ok(left) => {
+                tracing::debug!(left, "peer did not read within the barrier wait");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "SIOCOUTQ");
+                return;
+            }
+        }
+    }
+}
+
+/// Bytes written to a Unix stream socket that its peer has not read yet.
+fn unread_bytes(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: `fd` is a valid open socket for the duration of the call;
+    // SIOCOUTQ (= TIOCOUTQ) writes one c_int through the pointer, which
+    // points at a live local.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
 }
 
 /// Encodes and writes one frame. Each write call must make progress
