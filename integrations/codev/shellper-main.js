@@ -1,0 +1,76 @@
+#!/usr/bin/env node
+// shellper-main.js: drop-in replacement for codev's dist/terminal/shellper-main.js
+// that runs the native `shellper` (leased, self-terminating; see README.md,
+// "Using it under an unmodified codev Tower").
+//
+// codev's Tower starts `node <this file> <json-config>` and then checks the
+// process it started by pid and start time. This file replaces the Node
+// process with the shellper binary through process.execve (Node >= 22.15):
+// same pid, same start time, same stdio (info line on stdout, stderr to the
+// session's log), and "shellper-main.js" stays in the process's argv so
+// codev's `ps`-based sweeps still recognise it. The shellper ignores every
+// argument before the JSON config.
+//
+// Where the binary is looked up, in order:
+//   1. $SHELLPER_BIN (an absolute path);
+//   2. a file named `shellper` next to this script;
+//   3. `shellper` on $PATH.
+//
+// Deliberately no import/require: this file runs unchanged as an ES module
+// (codev's package is "type": "module") or as CommonJS.
+'use strict';
+
+function fail(message) {
+  try {
+    process.stderr.write(`[${new Date().toISOString()}] shellper-main.js: ${message}\n`);
+  } catch {
+    // stderr gone: nothing else to tell.
+  }
+  process.exit(1);
+}
+
+if (typeof process.execve !== 'function' || typeof process.getBuiltinModule !== 'function') {
+  fail(
+    `Node ${process.version} has no process.execve (needs Node 22.15 or later), ` +
+      'so it cannot hand this session to the native shellper. Run codev with Node >= 22.15, ' +
+      "or put codev's own shellper-main.js back.",
+  );
+}
+
+const fs = process.getBuiltinModule('node:fs');
+const path = process.getBuiltinModule('node:path');
+
+function executable(file) {
+  try {
+    fs.accessSync(file, fs.constants.X_OK);
+    return fs.statSync(file).isFile();
+  } catch {
+    return false;
+  }
+}
+
+function findShellper(script) {
+  const fromEnv = process.env.SHELLPER_BIN;
+  if (fromEnv) {
+    if (!executable(fromEnv)) fail(`SHELLPER_BIN=${fromEnv} is not an executable file`);
+    return fromEnv;
+  }
+  const beside = path.join(path.dirname(fs.realpathSync(script)), 'shellper');
+  if (executable(beside)) return beside;
+  for (const dir of (process.env.PATH || '').split(path.delimiter)) {
+    if (!dir) continue;
+    const candidate = path.join(dir, 'shellper');
+    if (executable(candidate)) return candidate;
+  }
+  return fail(`no shellper binary: set SHELLPER_BIN, put it next to ${script}, or on PATH`);
+}
+
+const script = process.argv[1];
+const bin = findShellper(script);
+try {
+  // argv: the binary, this script (for codev's ps sweeps; ignored by the
+  // shellper), then codev's arguments, the JSON config last.
+  process.execve(bin, [bin, script, ...process.argv.slice(2)], process.env);
+} catch (err) {
+  fail(`cannot exec ${bin}: ${err && err.message ? err.message : err}`);
+}
