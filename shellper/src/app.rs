@@ -213,9 +213,12 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
     };
     let first = match spawn_pty(&spec) {
         Ok(c) => Ok(c),
-        // The command cannot start: like codev's shellper, start anyway and
-        // report the child as exited with code 1 (SPEC §3).
-        Err(e @ crate::error::Error::Exec { .. }) => {
+        // Legacy mode (codev's Tower): the command cannot start, so do as
+        // codev's shellper does: start anyway and report the child as
+        // exited with code 1, which runs the Tower's restart and error
+        // paths (SPEC §3). A leased spawner (ours) gets exit 3 and the
+        // reason instead: it reports a failed spawn at spawn time.
+        Err(e @ crate::error::Error::Exec { .. }) if token.is_none() => {
             tracing::error!(error = %e, "the command cannot start; reporting exit code 1");
             Err(e)
         }

@@ -32,9 +32,9 @@ pub enum Error {
     #[error("spawning {command:?} on a PTY: {detail}")]
     Spawn { command: String, detail: String },
     /// The command could not be started on its PTY: not found, not
-    /// executable, its working directory missing. Not a startup failure of
-    /// the shellper: like codev's (node-pty's) shellper it starts anyway and
-    /// reports the child as exited with code 1 (SPEC §3).
+    /// executable, its working directory missing. In legacy mode not a
+    /// startup failure: like codev's (node-pty's) shellper it starts anyway
+    /// and reports the child as exited with code 1 (SPEC §3).
     #[error("cannot start {command:?}: {detail}")]
     Exec { command: String, detail: String },
 }

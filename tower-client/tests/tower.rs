@@ -436,7 +436,11 @@ async fn terminate_with_token_evicts_the_holder_and_ends_the_tree() {
         shellper_protocol::msg::TerminateReason::Requested
     );
     assert_eq!(report.survivors, 0);
-    assert!(report.signalled >= 3, "{report:?}");
+    // At least the shell; sleeps that the PTY hang-up (the shell, session
+    // leader, dying of the first SIGHUP) killed before the ladder reached
+    // them are not counted (seen under load: 2). The leak guard at the end
+    // proves the whole tree is gone.
+    assert!(report.signalled >= 1, "{report:?}");
     assert!(t.elapsed() < ladder);
     let e = wait_event(&mut ev, Duration::from_secs(3), |e| {
         matches!(e, Event::Revoked { .. })
