@@ -94,6 +94,7 @@ impl StatusSource {
 /// and returns the exit code.
 pub fn main_entry(args: Vec<String>) -> i32 {
     let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    let mut stdin_token = None;
     let cfg = match config::parse_args(&args, &cwd) {
         Ok(Parsed::Run(c)) => {
             let mut c = *c;
@@ -104,6 +105,20 @@ pub fn main_entry(args: Vec<String>) -> i32 {
                 }
             }
             c
+        }
+        Ok(Parsed::ConfigStdin) => {
+            let parsed = startup::read_stdin_to_eof(TOKEN_TIMEOUT, config::MAX_STDIN_CONFIG)
+                .and_then(|input| config::parse_stdin_config(&input, &cwd));
+            match parsed {
+                Ok((token, c)) => {
+                    stdin_token = Some(token);
+                    c
+                }
+                Err(e) => {
+                    eprintln!("shellper: {e}");
+                    return e.exit_code();
+                }
+            }
         }
         Ok(Parsed::Print(text)) => {
             print!("{text}");
@@ -116,7 +131,9 @@ pub fn main_entry(args: Vec<String>) -> i32 {
     };
     startup::touch_proc_self();
     startup::new_session();
-    let token = if cfg.leased {
+    let token = if let Some(t) = stdin_token {
+        Some(t)
+    } else if cfg.leased {
         match startup::read_token(TOKEN_TIMEOUT) {
             Ok(t) => Some(t),
             Err(e) => {

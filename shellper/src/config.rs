@@ -8,6 +8,11 @@
 //!   a script path there). A `lease` object (`{ttlMs, windowMs, claimMs,
 //!   killGraceMs}`, every field optional) selects leased mode: the token is
 //!   the first line of stdin.
+//! * **config on stdin** (a Tower of ours): `shellper --config-stdin`. Line
+//!   1 of stdin is the token, line 2 the whole JSON config (the codev object
+//!   plus `lease`), then EOF: argv carries neither the environment (world
+//!   readable in `/proc/PID/cmdline`, and one argument is capped at
+//!   128 KiB) nor anything secret. Always leased. See [`parse_stdin_config`].
 //! * **flags**: `shellper --socket PATH [--ttl DUR] [--window DUR] [--claim
 //!   DUR] [--kill-grace DUR] [--token-stdin] [--cols N --rows N --cwd DIR] --
 //!   CMD ARGS…`. Leased only with `--token-stdin`, legacy otherwise.
@@ -21,9 +26,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
-use shellper_protocol::LeaseConfig;
 use shellper_protocol::frame::MAX_DATA_PAYLOAD;
 use shellper_protocol::lease::{DEFAULT_CLAIM, DEFAULT_KILL_GRACE, DEFAULT_TTL, DEFAULT_WINDOW};
+use shellper_protocol::{LeaseConfig, Token};
 
 use crate::error::{Error, Result};
 
@@ -126,6 +131,9 @@ Examples:
   # 30 s window, after which the whole tree is killed.
   echo \"$TOKEN_HEX\" | shellper --socket /tmp/s/a.sock --token-stdin --ttl 6s --window 30s -- make test &
 
+  # A Tower of ours: token line, then the JSON config line on stdin (nothing in argv).
+  printf '%s\\n%s\\n' \"$TOKEN_HEX\" \"$CONFIG_JSON\" | shellper --config-stdin &
+
   # codev's invocation (a Tower spawning it): the JSON config is the last argument.
   shellper ignored.js '{\"command\":\"bash\",\"args\":[],\"cwd\":\"/tmp\",\"env\":{},\"cols\":80,\"rows\":24,\"socketPath\":\"/tmp/s/b.sock\"}'
 
@@ -207,6 +215,54 @@ pub enum Parsed {
     Run(Box<Config>),
     /// `--help` or `--version`: print this text to stdout and exit 0.
     Print(String),
+    /// `--config-stdin`: token and config come on stdin
+    /// ([`parse_stdin_config`]).
+    ConfigStdin,
+}
+
+/// The flag that selects the config-on-stdin form.
+pub const CONFIG_STDIN_FLAG: &str = "--config-stdin";
+/// Most bytes accepted on stdin in the `--config-stdin` form (token line
+/// plus config line); more is a usage error.
+pub const MAX_STDIN_CONFIG: usize = 4 * 1024 * 1024;
+
+/// Parses what a Tower wrote on stdin in the `--config-stdin` form: the
+/// token line, the JSON config line, then nothing (a final newline is
+/// required after the config; no byte may follow it). The shellper is
+/// leased whether or not the config has a `lease` object (defaults then).
+/// A malformed token is a token error (exit 3, as in the argv form);
+/// everything else is a usage error (exit 2).
+pub fn parse_stdin_config(input: &[u8], cwd: &Path) -> Result<(Token, Config)> {
+    if input.len() > MAX_STDIN_CONFIG {
+        return Err(Error::Usage(format!(
+            "stdin config is larger than {MAX_STDIN_CONFIG} bytes"
+        )));
+    }
+    let Some(nl) = input.iter().position(|&b| b == b'\n') else {
+        return Err(Error::Usage(
+            "stdin config: expected a token line and a config line".into(),
+        ));
+    };
+    let (token_line, rest) = (&input[..nl], &input[nl + 1..]);
+    let token_text =
+        std::str::from_utf8(token_line).map_err(|_| Error::Token("token is not UTF-8".into()))?;
+    let token = Token::from_hex(token_text).map_err(|e| Error::Token(e.to_string()))?;
+    let Some(end) = rest.iter().position(|&b| b == b'\n') else {
+        return Err(Error::Usage(
+            "stdin config: the config line is missing or not terminated by a newline".into(),
+        ));
+    };
+    if end + 1 != rest.len() {
+        return Err(Error::Usage(format!(
+            "stdin config: {} unexpected bytes after the config line",
+            rest.len() - end - 1
+        )));
+    }
+    let json = std::str::from_utf8(&rest[..end])
+        .map_err(|_| Error::Usage("stdin config: the config line is not UTF-8".into()))?;
+    let mut cfg = parse_json(json, cwd)?;
+    cfg.leased = true;
+    Ok((token, cfg))
 }
 
 /// Whether `argv` (without the program name) is codev's invocation: its
@@ -224,6 +280,9 @@ pub fn is_codev_invocation(args: &[String]) -> bool {
 /// Parses the arguments after the program name. `cwd` is the default
 /// working directory for the flags form.
 pub fn parse_args(args: &[String], cwd: &Path) -> Result<Parsed> {
+    if args.last().is_some_and(|a| a == CONFIG_STDIN_FLAG) && !args.iter().any(|a| a == "--") {
+        return Ok(Parsed::ConfigStdin);
+    }
     if is_codev_invocation(args) {
         // Invariant: is_codev_invocation returned true, so args is non-empty.
         let json = args.last().map(String::as_str).unwrap_or_default();
@@ -451,6 +510,7 @@ mod tests {
         match parse_args(&args(a), Path::new("/start"))? {
             Parsed::Run(c) => Ok(*c),
             Parsed::Print(p) => panic!("unexpected print: {p}"),
+            Parsed::ConfigStdin => panic!("unexpected --config-stdin"),
         }
     }
 
@@ -568,8 +628,47 @@ mod tests {
         }
         match parse_args(&args(&["--help"]), Path::new("/")).expect("help") {
             Parsed::Print(t) => assert!(t.contains("--socket")),
-            Parsed::Run(_) => panic!("help must print"),
+            Parsed::Run(_) | Parsed::ConfigStdin => panic!("help must print"),
         }
+    }
+
+    #[test]
+    fn config_on_stdin_is_token_line_then_config_line_then_eof() {
+        let cwd = Path::new("/start");
+        assert!(matches!(
+            parse_args(&args(&["--config-stdin"]), cwd),
+            Ok(Parsed::ConfigStdin)
+        ));
+        assert!(matches!(
+            parse_args(&args(&["x.js", "--config-stdin"]), cwd),
+            Ok(Parsed::ConfigStdin)
+        ));
+        let hex = "ab".repeat(32);
+        let json = r#"{"command":"sh","socketPath":"/s.sock","env":{"K":"v"}}"#;
+        let good = format!("{hex}\n{json}\n");
+        let (t, c) = parse_stdin_config(good.as_bytes(), cwd).expect("parses");
+        assert_eq!(t.to_hex(), hex);
+        assert!(c.leased, "the stdin form is always leased");
+        assert_eq!(
+            c.env.as_ref().and_then(|e| e.get("K")).map(String::as_str),
+            Some("v")
+        );
+
+        let usage = |input: String| {
+            let e = parse_stdin_config(input.as_bytes(), cwd).expect_err(&input);
+            assert_eq!(e.exit_code(), 2, "{input:?}: {e}");
+            e.to_string()
+        };
+        assert!(usage(format!("{hex}\n{json}\nextra")).contains("after the config line"));
+        assert!(usage(format!("{hex}\n{json}")).contains("not terminated"));
+        assert!(usage(format!("{hex}\n")).contains("missing"));
+        assert!(usage(hex.clone()).contains("token line"));
+        assert!(usage(format!("{hex}\n{{\n")).contains("invalid JSON"));
+        let big = format!("{hex}\n{}\n", " ".repeat(MAX_STDIN_CONFIG));
+        assert!(usage(big).contains("larger than"));
+        let bad =
+            parse_stdin_config(format!("nothex\n{json}\n").as_bytes(), cwd).expect_err("bad token");
+        assert!(matches!(bad, Error::Token(_)), "{bad}");
     }
 
     #[test]

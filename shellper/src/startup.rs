@@ -77,6 +77,33 @@ pub fn read_token(timeout: Duration) -> Result<Token> {
     Token::from_hex(&text).map_err(|e| Error::Token(e.to_string()))
 }
 
+/// Reads all of stdin up to EOF for the `--config-stdin` form, at most
+/// `cap + 1` bytes (so the caller can tell "too large"), within `timeout`
+/// for the whole read: a spawner that never closes the pipe must not leave
+/// us hanging before any deadline exists.
+pub fn read_stdin_to_eof(timeout: Duration, cap: usize) -> Result<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("config".into())
+        .spawn(move || {
+            let mut buf = Vec::new();
+            let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
+            let r = io::stdin()
+                .lock()
+                .take(limit)
+                .read_to_end(&mut buf)
+                .map(|_| buf);
+            let _ = tx.send(r);
+        })
+        .map_err(|e| Error::io("spawn config reader", e))?;
+    match rx.recv_timeout(timeout) {
+        Ok(r) => r.map_err(|e| Error::Token(format!("reading stdin: {e}"))),
+        Err(_) => Err(Error::Token(format!(
+            "token and config not on stdin (closed) within {timeout:?}"
+        ))),
+    }
+}
+
 fn dev_null() -> Result<File> {
     OpenOptions::new()
         .read(true)

@@ -208,3 +208,51 @@ fn idle_clients_cannot_lock_out_status_readers_or_the_holder() {
     stop(&mut sh);
     guard.finish();
 }
+
+/// `--config-stdin` refuses more than 4 MiB of stdin (exit 2, clear error)
+/// and anything after the config line.
+#[test]
+fn config_on_stdin_is_bounded_and_strict() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let guard = LeakGuard::new("config_stdin");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("s.sock");
+    let json = codev_config(
+        &guard,
+        &socket,
+        "/bin/sleep",
+        &["600"],
+        Some(FAST),
+        serde_json::json!({}),
+    );
+    let hex = token().to_hex();
+    let oversized = format!("{hex}\n{json}{}\n", " ".repeat(4 * 1024 * 1024));
+    let trailing = format!("{hex}\n{json}\n{{}}\n");
+    for (input, needle) in [
+        (oversized, "larger than"),
+        (trailing, "after the config line"),
+    ] {
+        let mut cmd = Command::new(shellper_testkit::cargo_bin("shellper"));
+        guard.apply(&mut cmd);
+        let mut p = cmd
+            .arg("--config-stdin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut stdin = p.stdin.take().expect("stdin");
+        // The shellper stops reading at the cap: a write error is expected.
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        });
+        let out = p.wait_with_output().expect("wait");
+        writer.join().expect("writer");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(needle), "{err}");
+        assert!(!socket.exists(), "nothing started");
+    }
+    guard.finish();
+}

@@ -118,7 +118,7 @@ impl Error {
 #[error("spawning shellper {id} failed at step `{step}`: {detail}{cleanup}\n--- last lines of {} ---\n{log_tail}", log.display())]
 pub struct SpawnFailure {
     pub id: String,
-    /// The step that failed: `prepare`, `open log`, `exec`, `write token`,
+    /// The step that failed: `prepare`, `open log`, `exec`, `write config`,
     /// `read info line`, `identity`, `registry`, `connect` or `acquire`.
     pub step: &'static str,
     pub detail: String,

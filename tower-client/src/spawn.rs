@@ -1,8 +1,11 @@
 //! Spawning a shellper (docs/CONVENTIONS.md, "Spawning a shellper").
 //!
-//! Pipeline: exec with the JSON config as the last argument (stdin and
-//! stdout pipes, stderr appended to `<id>.log`, every other descriptor
-//! closed at exec) → write the token line and close stdin → read the info
+//! Pipeline: exec `shellper --config-stdin` (stdin and stdout pipes,
+//! stderr appended to `<id>.log`, every other descriptor closed at exec) →
+//! write the token line and the JSON config line and close stdin (argv
+//! carries neither the environment, which `/proc/PID/cmdline` shows to
+//! every user and which one argument caps at 128 KiB, nor the token) →
+//! read the info
 //! line (bounded) → check the pid → record the shellper in the registry →
 //! connect → HELLO/WELCOME → ACQUIRE/GRANT → start its driver.
 //!
@@ -315,7 +318,7 @@ async fn pipeline(
         .open(&st.log)
         .map_err(|e| ("open log", format!("{}: {e}", st.log.display())))?;
     let mut cmd = Command::new(&ctx.shellper_bin);
-    cmd.arg(&config)
+    cmd.arg("--config-stdin")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
@@ -328,16 +331,16 @@ async fn pipeline(
     );
     let child_pid = child.id().ok_or(("exec", "exited at once".to_string()))?;
 
-    // Token: one line, then EOF.
+    // Token line, config line, then EOF (SPEC §3).
     let mut stdin = child
         .stdin
         .take()
-        .ok_or(("write token", "no stdin pipe".into()))?;
+        .ok_or(("write config", "no stdin pipe".into()))?;
     let token = Token::from_bytes(rand::random());
-    let line = format!("{}\n", token.to_hex());
-    match tokio::time::timeout_at(deadline, stdin.write_all(line.as_bytes())).await {
-        Err(_) => return Err(("write token", "timed out".into())),
-        Ok(Err(e)) => return Err(("write token", e.to_string())),
+    let input = format!("{}\n{config}\n", token.to_hex());
+    match tokio::time::timeout_at(deadline, stdin.write_all(input.as_bytes())).await {
+        Err(_) => return Err(("write config", "timed out".into())),
+        Ok(Err(e)) => return Err(("write config", e.to_string())),
         Ok(Ok(())) => {}
     }
     drop(stdin);
