@@ -511,7 +511,12 @@ impl Driver {
         let cancel = self.ctx.cancel.clone();
         while !self.finished {
             let term_deadline = self.terminate.as_ref().map(|t| t.deadline);
+            // Biased: a frame already on the socket (TERMINATED, EXIT) is
+            // read before the process exit is acted on, so a shellper that
+            // reported and exited between two polls is not judged to have
+            // exited without a report.
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => {
                     // Abandoned (a simulated crash, or the runtime going
                     // away): drop everything as a dead process would.
