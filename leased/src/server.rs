@@ -1,0 +1,580 @@
+//! The lease socket of an embedded (PTY-less) leased process: bind, accept
+//! (same uid only, at most 256 connections), HELLO within the handshake
+//! timeout, then the lease frames (SPEC.md §6.2, §7, §8). Terminal frames
+//! (DATA, RESIZE, SIGNAL, SPAWN) are refused with `Forbidden`: there is no
+//! PTY here. Each connection has one reader and one writer task; the writer
+//! is fed by a bounded channel so a peer that stops reading is dropped
+//! instead of pinning memory, and lease replies never wait behind anything.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use interprocess::local_socket::tokio::{Listener, Stream};
+use interprocess::local_socket::traits::StreamCommon as _;
+use interprocess::local_socket::traits::tokio::Listener as _;
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use shellper_protocol::Frame;
+use shellper_protocol::codec::{CodecError, FrameCodec};
+use shellper_protocol::lease::{self, ConnId, Reject};
+use shellper_protocol::msg::{
+    ClientInfo, ClientType, ErrorCode, ErrorMsg, Grant, Hello, Released, Renewed, Revoked, Status,
+    Welcome, WelcomeLease,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{Describe, Error, LeaseHandle, Worker, ms};
+
+/// Most simultaneous connections (SPEC.md §7).
+const MAX_CONNECTIONS: usize = 256;
+/// Frames queued for one connection before it counts as not reading (SPEC.md §7).
+const MAX_QUEUED: usize = 1024;
+/// A peer that accepts no bytes for this long is dropped.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+/// How long the exit path waits for final frames (TERMINATED) to be written.
+const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
+/// Longest holder name kept from ACQUIRE (SPEC.md §6.2).
+const MAX_HOLDER_NAME: usize = 256;
+
+/// Creates the socket directory (0700 if we create it) and binds the socket
+/// (0600), reclaiming a stale file only when nothing answers on it.
+pub(crate) fn bind(path: &Path) -> Result<Listener, Error> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::io(format!("create socket directory {}", dir.display()), e))?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(Error::SocketInUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| Error::io(format!("remove stale socket {}", path.display()), e))?;
+        }
+        Ok(_) => {
+            return Err(Error::io(
+                format!("socket path {}", path.display()),
+                io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"),
+            ));
+        }
+        Err(_) => {}
+    }
+    let name = path
+        .to_fs_name::<GenericFilePath>()
+        .map_err(|e| Error::io(format!("socket name {}", path.display()), e))?;
+    let listener = ListenerOptions::new()
+        .name(name)
+        .mode(0o600)
+        .reclaim_name(true)
+        .create_tokio()
+        .map_err(|e| Error::io(format!("bind {}", path.display()), e))?;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    Ok(listener)
+}
+
+/// Who we are, for WELCOME and STATUS.
+#[derive(Debug)]
+pub(crate) struct Identity {
+    pub pid: u32,
+    pub start_ticks: u64,
+    pub started_at_ms: u64,
+    pub describe: Describe,
+}
+
+#[derive(Debug)]
+struct Client {
+    kind: ClientType,
+    peer_pid: u32,
+    tx: mpsc::Sender<Frame>,
+    cancel: CancellationToken,
+}
+
+/// State shared by every connection task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    lease: LeaseHandle,
+    worker: Arc<Mutex<Worker>>,
+    me: Identity,
+    handshake_timeout: Duration,
+    clients: Mutex<HashMap<ConnId, Client>>,
+    tracker: TaskTracker,
+    next_conn: AtomicU64,
+    permits: Arc<Semaphore>,
+    my_uid: u32,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        lease: LeaseHandle,
+        worker: Arc<Mutex<Worker>>,
+        me: Identity,
+        handshake_timeout: Duration,
+    ) -> Self {
+        Shared {
+            lease,
+            worker,
+            me,
+            handshake_timeout,
+            clients: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            next_conn: AtomicU64::new(1),
+            permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            my_uid: rustix::process::geteuid().as_raw(),
+        }
+    }
+
+    fn clients(&self) -> std::sync::MutexGuard<'_, HashMap<ConnId, Client>> {
+        // A panic while holding this lock would be a bug elsewhere; the map
+        // itself stays consistent (single inserts/removes), so keep serving.
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `f` for connection `conn`; a peer whose queue is full is dropped.
+    pub(crate) fn send(&self, conn: ConnId, f: Frame) -> bool {
+        let clients = self.clients();
+        let Some(c) = clients.get(&conn) else {
+            return false;
+        };
+        if c.tx.try_send(f).is_err() {
+            c.cancel.cancel();
+            return false;
+        }
+        true
+    }
+
+    /// Ends every connection after its queued frames are written (bounded).
+    pub(crate) async fn close_all(&self) {
+        let all: Vec<Client> = self.clients().drain().map(|(_, c)| c).collect();
+        // Cancelling ends the readers; each writer still writes what is
+        // queued (its select is biased to the queue) and then shuts down.
+        for c in all {
+            c.cancel.cancel();
+        }
+        self.tracker.close();
+        let _ = tokio::time::timeout(
+            FLUSH_ON_CLOSE + Duration::from_millis(200),
+            self.tracker.wait(),
+        )
+        .await;
+    }
+
+    async fn status(&self) -> Option<Status> {
+        let snap = self.lease.snapshot().await?;
+        let cfg = self.lease.config();
+        let worker = self
+            .worker
+            .lock()
+            .map(|w| w.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        let (clients, holder_peer_pid) = {
+            let map = self.clients();
+            let list = map
+                .iter()
+                .map(|(id, c)| ClientInfo {
+                    kind: c.kind,
+                    pid: c.peer_pid,
+                    holder: Some(*id) == snap.holder,
+                })
+                .collect();
+            (
+                list,
+                snap.holder.and_then(|h| map.get(&h).map(|c| c.peer_pid)),
+            )
+        };
+        let d = &self.me.describe;
+        Some(Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            shellper_pid: self.me.pid,
+            shellper_start_ticks: self.me.start_ticks,
+            started_at_ms: self.me.started_at_ms,
+            child_pid: worker.pid,
+            child: worker.state,
+            command: d.command.clone(),
+            args: d.args.clone(),
+            cwd: d.cwd.clone(),
+            phase: snap.phase,
+            leased: snap.leased,
+            epoch: snap.epoch,
+            holder: snap.holder_info.clone(),
+            holder_peer_pid,
+            expires_in_ms: snap.expires_in.map(ms),
+            kill_in_ms: snap.kill_in.map(ms),
+            claim_in_ms: snap.claim_in.map(ms),
+            ttl_ms: ms(cfg.ttl),
+            window_ms: ms(cfg.window),
+            claim_ms: ms(cfg.claim),
+            kill_grace_ms: ms(cfg.kill_grace),
+            clients,
+            counters: snap.counters,
+        })
+    }
+}
+
+/// Accepts connections until `stop` is cancelled.
+pub(crate) async fn accept_loop(listener: Listener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok(stream) => {
+                let s2 = shared.clone();
+                shared.tracker.spawn(async move { serve(s2, stream).await });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn error_frame(code: ErrorCode, message: impl Into<String>) -> Frame {
+    Frame::Error(ErrorMsg {
+        code,
+        message: message.into(),
+    })
+}
+
+fn reject_frame(r: Reject) -> Frame {
+    let code = match r {
+        Reject::BadToken => ErrorCode::BadToken,
+        Reject::StaleEpoch { .. } => ErrorCode::StaleEpoch,
+        Reject::NotHolder => ErrorCode::NotHolder,
+        Reject::NotLeased => ErrorCode::NotLeased,
+        Reject::Terminating => ErrorCode::Terminating,
+    };
+    error_frame(code, r.to_string())
+}
+
+/// Reader and writer share the stream (`&Stream` is `AsyncRead + AsyncWrite`).
+#[derive(Debug)]
+struct Half(Arc<Stream>);
+
+impl tokio::io::AsyncRead for Half {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut &*self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Half {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut &*self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut &*self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut &*self.0).poll_shutdown(cx)
+    }
+}
+
+/// Writes queued frames until the queue closes (then shuts the write side
+/// down so the peer sees EOF after the last frame) or the peer stalls.
+async fn writer(mut rx: mpsc::Receiver<Frame>, mut w: Half, cancel: CancellationToken) {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            f = rx.recv() => f,
+            () = cancel.cancelled() => None,
+        };
+        let Some(frame) = next else { break };
+        buf.clear();
+        if let Err(e) = frame.encode_into(&mut buf) {
+            tracing::warn!(error = %e, "dropping unencodable frame");
+            continue;
+        }
+        match tokio::time::timeout(WRITE_STALL, w.write_all(&buf)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+    // Frames pushed just before the close (TERMINATED, ERROR) still go out.
+    rx.close();
+    let _ = tokio::time::timeout(FLUSH_ON_CLOSE, async {
+        while let Some(frame) = rx.recv().await {
+            buf.clear();
+            if frame.encode_into(&mut buf).is_err() || w.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+        let _ = w.shutdown().await;
+    })
+    .await;
+}
+
+/// Serves one connection from accept to close.
+async fn serve(shared: Arc<Shared>, stream: Stream) {
+    let creds = match stream.peer_creds() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "no peer credentials; closing");
+            return;
+        }
+    };
+    if creds.euid() != Some(shared.my_uid) {
+        tracing::warn!(uid = ?creds.euid(), "connection from another uid refused");
+        return;
+    }
+    let peer_pid = creds.pid().map_or(0, |p| p as u32);
+    let stream = Arc::new(stream);
+    let Ok(_permit) = shared.permits.clone().try_acquire_owned() else {
+        let mut w = Half(stream);
+        if let Ok(b) = error_frame(ErrorCode::Busy, "too many connections").to_bytes() {
+            let _ = tokio::time::timeout(Duration::from_millis(200), w.write_all(&b)).await;
+        }
+        return;
+    };
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(MAX_QUEUED);
+    let cancel = CancellationToken::new();
+    shared
+        .tracker
+        .spawn(writer(rx, Half(stream.clone()), cancel.clone()));
+    let mut frames = FramedRead::new(Half(stream), FrameCodec::new());
+    shared.clients().insert(
+        id,
+        Client {
+            kind: ClientType::Status,
+            peer_pid,
+            tx,
+            cancel: cancel.clone(),
+        },
+    );
+    if let Some(hello) = handshake(&shared, id, &mut frames, &cancel).await {
+        if let Some(c) = shared.clients().get_mut(&id) {
+            c.kind = hello.client_type;
+        }
+        let welcome = Welcome {
+            version: shellper_protocol::PROTOCOL_VERSION,
+            pid: shared
+                .worker
+                .lock()
+                .map(|w| w.pid.map_or(-1, i64::from))
+                .unwrap_or(-1),
+            cols: 80,
+            rows: 24,
+            start_time: shared.me.started_at_ms,
+            last_data_at: None,
+            always_sends_replay: false,
+            lease: hello.lease.map(|_| WelcomeLease {
+                version: shellper_protocol::LEASE_PROTOCOL_VERSION,
+                leased: shared.lease.is_leased(),
+                shellper_pid: shared.me.pid,
+            }),
+        };
+        shared.send(id, Frame::Welcome(welcome));
+        if hello.client_type == ClientType::Tower && !shared.lease.is_leased() {
+            legacy_acquire(&shared, id).await;
+        }
+        read_loop(&shared, id, &mut frames, &cancel).await;
+    }
+    shared.clients().remove(&id);
+    shared.lease.disconnected(id);
+}
+
+async fn next_frame(
+    frames: &mut FramedRead<Half, FrameCodec>,
+    cancel: &CancellationToken,
+) -> Option<Result<Frame, CodecError>> {
+    tokio::select! {
+        f = frames.next() => f,
+        () = cancel.cancelled() => None,
+    }
+}
+
+fn protocol_error(shared: &Shared, id: ConnId, e: CodecError) {
+    if let CodecError::Frame(fe) = e {
+        tracing::info!(conn = id, error = %fe, "protocol error; closing connection");
+        shared.lease.protocol_error();
+        shared.send(id, error_frame(ErrorCode::Protocol, fe.to_string()));
+    }
+}
+
+async fn handshake(
+    shared: &Shared,
+    id: ConnId,
+    frames: &mut FramedRead<Half, FrameCodec>,
+    cancel: &CancellationToken,
+) -> Option<Hello> {
+    let deadline = tokio::time::Instant::now() + shared.handshake_timeout;
+    loop {
+        let f = match tokio::time::timeout_at(deadline, next_frame(frames, cancel)).await {
+            Err(_) => {
+                shared.send(
+                    id,
+                    error_frame(ErrorCode::Protocol, "handshake timeout: send HELLO first"),
+                );
+                return None;
+            }
+            Ok(None) => return None,
+            Ok(Some(Err(e))) => {
+                protocol_error(shared, id, e);
+                return None;
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        match f {
+            Frame::Hello(h) => return Some(h),
+            Frame::Acquire(_) | Frame::Renew(_) | Frame::Release(_) | Frame::StatusRequest(_) => {
+                shared.send(
+                    id,
+                    error_frame(ErrorCode::NotLeased, "send HELLO before lease requests"),
+                );
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn legacy_acquire(shared: &Shared, id: ConnId) {
+    if let Ok(g) = shared.lease.acquire_legacy(id).await {
+        if let Some((old, old_epoch)) = g.revoked {
+            shared.send(
+                old,
+                Frame::Revoked(Revoked {
+                    old_epoch,
+                    new_epoch: g.epoch,
+                }),
+            );
+            if let Some(c) = shared.clients().get(&old) {
+                c.cancel.cancel();
+            }
+        }
+    }
+}
+
+async fn read_loop(
+    shared: &Shared,
+    id: ConnId,
+    frames: &mut FramedRead<Half, FrameCodec>,
+    cancel: &CancellationToken,
+) {
+    while let Some(item) = next_frame(frames, cancel).await {
+        match item {
+            Ok(frame) => dispatch(shared, id, frame).await,
+            Err(e) => {
+                protocol_error(shared, id, e);
+                return;
+            }
+        }
+    }
+}
+
+async fn dispatch(shared: &Shared, id: ConnId, frame: Frame) {
+    match frame {
+        Frame::Data(_) | Frame::Resize(_) | Frame::Signal(_) | Frame::Spawn(_) => {
+            shared.send(
+                id,
+                error_frame(
+                    ErrorCode::Forbidden,
+                    "no terminal here: this leased process has no PTY",
+                ),
+            );
+        }
+        Frame::Ping => {
+            shared.send(id, Frame::Pong);
+        }
+        Frame::Acquire(mut a) => {
+            if a.holder.name.len() > MAX_HOLDER_NAME {
+                let mut end = MAX_HOLDER_NAME;
+                while !a.holder.name.is_char_boundary(end) {
+                    end -= 1;
+                }
+                a.holder.name.truncate(end);
+            }
+            match shared.lease.acquire(id, a.token, a.holder).await {
+                Ok(g) => {
+                    let cfg = shared.lease.config();
+                    shared.send(
+                        id,
+                        Frame::Grant(Grant {
+                            epoch: g.epoch,
+                            ttl_ms: ms(cfg.ttl),
+                            window_ms: ms(cfg.window),
+                            renew_every_ms: ms(cfg.suggested_renew()),
+                            expires_in_ms: ms(g.expires_in.unwrap_or(cfg.ttl)),
+                        }),
+                    );
+                    if let Some((old, old_epoch)) = g.revoked {
+                        shared.send(
+                            old,
+                            Frame::Revoked(Revoked {
+                                old_epoch,
+                                new_epoch: g.epoch,
+                            }),
+                        );
+                    }
+                }
+                Err(r) => {
+                    shared.send(id, reject_frame(r));
+                }
+            }
+        }
+        Frame::Renew(r) => {
+            let reply = match shared.lease.renew(id, r.epoch).await {
+                Ok(left) => Frame::Renewed(Renewed {
+                    epoch: r.epoch,
+                    seq: r.seq,
+                    expires_in_ms: ms(left),
+                }),
+                Err(e) => reject_frame(e),
+            };
+            shared.send(id, reply);
+        }
+        Frame::Release(r) => match shared.lease.release(id, r.epoch, r.mode).await {
+            // TERMINATED follows once the kill ladder is done.
+            Ok(lease::Released::Terminate) => {}
+            Ok(lease::Released::Detached { kill_in }) => {
+                shared.send(
+                    id,
+                    Frame::Released(Released {
+                        epoch: r.epoch,
+                        kill_in_ms: ms(kill_in),
+                    }),
+                );
+            }
+            Err(e) => {
+                shared.send(id, reject_frame(e));
+            }
+        },
+        Frame::StatusRequest(_) => {
+            if let Some(s) = shared.status().await {
+                shared.send(id, Frame::Status(Box::new(s)));
+            }
+        }
+        // Frames only a shellper sends, a second HELLO, PONG, unknown types: ignored.
+        _ => {}
+    }
+}
