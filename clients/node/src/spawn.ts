@@ -101,7 +101,7 @@ function tail(path: string | undefined, max = 4096): string {
 }
 
 export async function spawnShellper(opts: SpawnOptions): Promise<Spawned> {
-  const mode = opts.mode ?? "argv";
+  const mode = opts.mode ?? "config-stdin";
   const { args, stdin } = invocation(mode, opts.config, opts.token);
   const logFd = opts.logPath !== undefined ? fs.openSync(opts.logPath, "a", 0o600) : "ignore";
   let child: ChildProcess;
