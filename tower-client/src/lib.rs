@@ -50,15 +50,20 @@ pub mod registry;
 pub mod sched;
 pub mod scope;
 
+mod adopt;
+mod config;
 mod conn;
+mod ctx;
 mod driver;
 mod spawn;
 mod terminal;
 mod tower;
 
+pub use config::TowerConfig;
 pub use conn::{TerminateOutcome, query_status, terminate_with_token};
 pub use driver::{
-    Event, ExitWhat, LeaseState, ProcExit, ShellperHandle, ShellperInfo, TerminateReport,
+    EVENT_QUEUE, Event, Events, ExitWhat, LeaseState, ProcExit, ShellperHandle, ShellperInfo,
+    TerminateReport,
 };
 pub use error::{Error, Result, SpawnFailure};
 pub use registry::{Registry, RegistryEntry};
@@ -67,8 +72,8 @@ pub use shellper_protocol::{LeaseConfig, Token};
 pub use spawn::{SpawnSpec, resolve_shellper};
 pub use terminal::{Output, Terminal, TerminalReader, TerminalWriter};
 pub use tower::{
-    AdoptFailure, AdoptReport, EVENT_QUEUE, Events, FD_RESERVE, FDS_PER_SHELLPER, FDS_PER_SPAWN,
-    FdBudget, MAX_SOCKET_PATH, TERMINATE_CONCURRENCY, Tower, TowerConfig,
+    AdoptFailure, AdoptReport, FD_RESERVE, FDS_PER_SHELLPER, FDS_PER_SPAWN, FdBudget,
+    MAX_SOCKET_PATH, TERMINATE_CONCURRENCY, Tower,
 };
 
 /// Raises the soft limit on open descriptors to the hard limit and returns

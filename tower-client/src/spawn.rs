@@ -33,10 +33,10 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use crate::conn::{self, HelloOpts};
-use crate::driver::{ProcWatch, ShellperHandle, ShellperInfo};
+use crate::ctx::Ctx;
+use crate::driver::{Granted, ProcWatch, ShellperInfo};
 use crate::error::{Error, Result, SpawnFailure};
 use crate::registry::RegistryEntry;
-use crate::tower::Ctx;
 
 /// What to run in a new shellper.
 #[derive(Debug, Clone)]
@@ -246,7 +246,8 @@ struct Started {
 
 type StepErr = (&'static str, String);
 
-pub(crate) async fn spawn(ctx: &Arc<Ctx>, spec: SpawnSpec) -> Result<ShellperHandle> {
+/// Spawns a shellper and acquires its lease; the Tower starts its driver.
+pub(crate) async fn spawn(ctx: &Arc<Ctx>, spec: SpawnSpec) -> Result<Granted> {
     let id = new_id(ctx);
     let mut st = Started {
         socket: ctx.scope.socket_path(&id),
@@ -276,7 +277,7 @@ async fn pipeline(
     ctx: &Arc<Ctx>,
     spec: &SpawnSpec,
     st: &mut Started,
-) -> std::result::Result<ShellperHandle, StepErr> {
+) -> std::result::Result<Granted, StepErr> {
     let deadline = Instant::now() + ctx.cfg.spawn_timeout;
     let lease = spec.lease.unwrap_or(ctx.cfg.lease);
     let cwd = match &spec.cwd {
@@ -444,7 +445,14 @@ async fn pipeline(
         .child
         .take()
         .ok_or(("acquire", "internal: child handle missing".into()))?;
-    Ok(ctx.start_driver(info, token, c, grant, exit, ProcWatch::Child(child)))
+    Ok(Granted {
+        info,
+        token,
+        conn: c,
+        grant,
+        exit,
+        proc: ProcWatch::Child(child),
+    })
 }
 
 /// Start time of `pid` in clock ticks since boot, if it exists.

@@ -2,264 +2,27 @@
 //! leases from one scheduler task, and reports events.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shellper_proctree::PidfdLookup;
-use shellper_protocol::LeaseConfig;
 use shellper_protocol::msg::HolderInfo;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::Token;
-use crate::conn::{self, HelloOpts};
-use crate::driver::{
-    Ctl, CtlSink, CtlTx, Driver, Event, HandleInner, ProcWatch, ShellperHandle, ShellperInfo,
-    TerminateReport, renew_interval,
-};
+use crate::adopt;
+use crate::config::TowerConfig;
+use crate::ctx::Ctx;
+use crate::driver::{self, CtlSink, EVENT_QUEUE, EventTx, Events, ShellperHandle, TerminateReport};
 use crate::error::{Error, Result};
 use crate::registry::{Registry, RegistryEntry, RegistryStore};
-use crate::sched::{self, RttSamples, SchedMsg};
-use crate::scope::{InstanceLock, Scope};
+use crate::sched::{self, RttSamples};
+use crate::scope::Scope;
 use crate::spawn::{self, SpawnSpec};
 
 /// How many terminations [`Tower::terminate_all`] runs at once.
 pub const TERMINATE_CONCURRENCY: usize = 16;
-
-/// How a Tower runs its shellpers.
-#[derive(Debug, Clone)]
-pub struct TowerConfig {
-    /// Lease timings for new shellpers (validated by [`LeaseConfig::new`]).
-    pub lease: LeaseConfig,
-    /// Name sent in ACQUIRE (shown by `leasectl`).
-    pub holder_name: String,
-    /// The shellper binary; `None`: next to the current executable, then
-    /// `PATH`.
-    pub shellper_bin: Option<PathBuf>,
-    /// Bound on each connect + handshake + acquire (adoption, reconnects,
-    /// status).
-    pub connect_timeout: Duration,
-    /// Bound on a whole spawn (exec to GRANT).
-    pub spawn_timeout: Duration,
-}
-
-impl Default for TowerConfig {
-    fn default() -> Self {
-        TowerConfig {
-            lease: LeaseConfig::default(),
-            holder_name: "tower-client".into(),
-            shellper_bin: None,
-            connect_timeout: Duration::from_secs(1),
-            spawn_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// How many events wait for the application before new ones are dropped.
-pub const EVENT_QUEUE: usize = 4096;
-
-/// The stream of [`Event`]s of a Tower.
-///
-/// Bounded ([`EVENT_QUEUE`]): events are reports, and an application that
-/// stops reading them must never stall a driver (and with it the renewals
-/// of its lease) nor grow the Tower's memory without end. When the queue is
-/// full, new events are dropped and counted ([`dropped`](Self::dropped));
-/// nothing else is affected: the leases, handles and registry do not depend
-/// on anybody reading events.
-#[derive(Debug)]
-pub struct Events {
-    rx: mpsc::Receiver<Event>,
-    dropped: Arc<AtomicU64>,
-}
-
-impl Events {
-    /// The next event (`None` only once the Tower and all drivers are gone).
-    pub async fn recv(&mut self) -> Option<Event> {
-        self.rx.recv().await
-    }
-
-    /// An event if one is queued.
-    pub fn try_recv(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
-    }
-
-    /// Events dropped so far because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-}
-
-/// The sending side of [`Events`]: never waits.
-#[derive(Debug, Clone)]
-pub(crate) struct EventTx {
-    tx: mpsc::Sender<Event>,
-    dropped: Arc<AtomicU64>,
-}
-
-impl EventTx {
-    pub(crate) fn channel(cap: usize) -> (EventTx, Events) {
-        let (tx, rx) = mpsc::channel(cap);
-        let dropped = Arc::new(AtomicU64::new(0));
-        (
-            EventTx {
-                tx,
-                dropped: dropped.clone(),
-            },
-            Events { rx, dropped },
-        )
-    }
-
-    /// Queues `ev`, or drops and counts it if the application is behind.
-    pub(crate) fn send(&self, ev: Event) {
-        if let Err(mpsc::error::TrySendError::Full(ev)) = self.tx.try_send(ev) {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!("event queue full: {n} events dropped so far (latest: {ev:?})");
-            }
-        }
-    }
-}
-
-/// State shared by the Tower and its drivers.
-#[derive(Debug)]
-pub(crate) struct Ctx {
-    pub scope: Scope,
-    /// Held for as long as any driver runs (drivers hold the `Ctx`), so the
-    /// scope cannot be taken over while its leases are still being renewed.
-    pub lock: Mutex<Option<InstanceLock>>,
-    pub registry: RegistryStore,
-    pub cfg: TowerConfig,
-    pub shellper_bin: PathBuf,
-    pub holder: HolderInfo,
-    pub sched: mpsc::UnboundedSender<SchedMsg<CtlTx>>,
-    pub events: EventTx,
-    pub handles: Mutex<HashMap<String, ShellperHandle>>,
-    pub next_key: AtomicU64,
-    pub cancel: CancellationToken,
-    /// Spawns holding a share of the descriptor budget.
-    pub spawns_in_flight: Mutex<u64>,
-    pub spawn_done: tokio::sync::Notify,
-}
-
-impl Ctx {
-    fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<String, ShellperHandle>> {
-        // Map operations cannot leave it inconsistent; survive a poisoning.
-        self.handles.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Removes a driver's handle from the map, unless the id is now held by
-    /// a newer driver (re-adopted after a detach).
-    pub(crate) fn forget(&self, inner: &Arc<HandleInner>) {
-        let mut map = self.handles();
-        if map
-            .get(&inner.info.id)
-            .is_some_and(|h| Arc::ptr_eq(&h.inner, inner))
-        {
-            map.remove(&inner.info.id);
-        }
-    }
-
-    /// Removes `id` from the registry for good (revoked, or its process is
-    /// gone). A failed write is not ignored: the in-memory registry already
-    /// lacks the entry, and the write is retried with backoff until it
-    /// lands (or the Tower is abandoned), because a revoked entry left on
-    /// disk would be re-adopted by the next Tower (SPEC §8.4).
-    pub(crate) async fn remove_entry(self: &Arc<Self>, id: &str) {
-        let id = id.to_string();
-        let Err(e) = self
-            .registry
-            .commit(|r| {
-                r.remove(&id);
-            })
-            .await
-        else {
-            return;
-        };
-        tracing::error!(%id, "removing it from the registry failed (retrying): {e}");
-        let ctx = self.clone();
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                tokio::select! {
-                    _ = ctx.cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                // The entry is already gone from memory: any commit writes
-                // the registry without it.
-                match ctx
-                    .registry
-                    .commit(|r| {
-                        r.remove(&id);
-                    })
-                    .await
-                {
-                    Ok(()) => {
-                        tracing::warn!(%id, "removed from the registry after a retry");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::error!(%id, "removing it from the registry failed again: {e}");
-                    }
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        });
-    }
-
-    /// Registers a granted lease and starts its driver.
-    pub(crate) fn start_driver(
-        self: &Arc<Self>,
-        info: ShellperInfo,
-        token: Token,
-        c: conn::Conn,
-        grant: shellper_protocol::msg::Grant,
-        exit: Option<shellper_protocol::msg::ExitMsg>,
-        proc: ProcWatch,
-    ) -> ShellperHandle {
-        let (tx, rx) = mpsc::unbounded_channel::<Ctl>();
-        let inner = Arc::new(HandleInner {
-            info,
-            ctl: tx,
-            epoch: AtomicU64::new(grant.epoch),
-            state: AtomicU8::new(0),
-            connect_timeout: self.cfg.connect_timeout,
-        });
-        let handle = ShellperHandle {
-            inner: inner.clone(),
-        };
-        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        let driver = Driver::new(
-            self.clone(),
-            inner,
-            key,
-            token,
-            (c.reader, c.writer),
-            grant.epoch,
-            proc,
-            rx,
-        );
-        driver.schedule(
-            renew_interval(&grant),
-            Duration::from_millis(grant.expires_in_ms),
-        );
-        self.handles()
-            .insert(handle.id().to_string(), handle.clone());
-        self.events.send(Event::Held {
-            id: handle.id().to_string(),
-            epoch: grant.epoch,
-            recovered: false,
-        });
-        if let Some(e) = exit {
-            self.events
-                .send(crate::driver::child_exit_event(handle.id().to_string(), &e));
-        }
-        tokio::spawn(driver.run());
-        handle
-    }
-}
 
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes on
 /// Linux, including the terminating NUL).
@@ -486,7 +249,8 @@ impl Tower {
     /// reconnect.
     pub async fn spawn(&self, spec: SpawnSpec) -> Result<ShellperHandle> {
         let _slot = self.reserve_spawn_fds().await?;
-        spawn::spawn(&self.ctx, spec).await
+        let granted = spawn::spawn(&self.ctx, spec).await?;
+        Ok(driver::start(&self.ctx, granted))
     }
 
     /// Waits until a spawn fits in the descriptor budget (counting the
@@ -537,7 +301,7 @@ impl Tower {
             }
             let ctx = self.ctx.clone();
             set.spawn(async move {
-                let r = catch_panic(adopt_one(&ctx, &entry), &entry.id).await;
+                let r = adopt::catch_panic(adopt::adopt_one(&ctx, &entry), &entry.id).await;
                 (entry, r)
             });
         }
@@ -546,7 +310,7 @@ impl Tower {
             // failed); only a cancelled runtime lands here.
             let Ok((entry, r)) = j else { continue };
             match r {
-                Ok(Some(h)) => report.adopted.push(h),
+                Ok(Some(g)) => report.adopted.push(driver::start(&self.ctx, g)),
                 Ok(None) => report.gone.push(entry),
                 Err(error) => report.failed.push(AdoptFailure { entry, error }),
             }
@@ -629,103 +393,4 @@ async fn collect<T: 'static>(mut set: JoinSet<(String, T)>) -> Vec<(String, T)> 
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
-}
-
-/// Runs an adoption, turning a panic into an error for that entry: a bug in
-/// one adoption must neither vanish silently (the entry would be neither
-/// adopted nor reported) nor take the others down.
-async fn catch_panic<T>(fut: impl std::future::Future<Output = Result<T>>, id: &str) -> Result<T> {
-    use futures_util::FutureExt;
-    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(r) => r,
-        Err(p) => {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!(%id, "adoption panicked: {what}");
-            Err(Error::NotHeld {
-                id: id.to_string(),
-                why: format!("adoption panicked (a bug; the shellper was left alone): {what}"),
-            })
-        }
-    }
-}
-
-/// Adopts one entry: `Ok(None)` if its process is gone.
-async fn adopt_one(ctx: &Arc<Ctx>, e: &RegistryEntry) -> Result<Option<ShellperHandle>> {
-    // Pin the process first, then check it is the one we registered: a
-    // recycled pid is never mistaken for our shellper.
-    // Only the kernel's word makes it gone: any other failure (EMFILE,
-    // ENOSYS, EPERM) leaves the entry and its socket alone, to retry.
-    let pidfd = match shellper_proctree::pidfd_for(e.pid as i32, e.start_ticks) {
-        PidfdLookup::Alive(fd) => fd,
-        PidfdLookup::Gone => return Ok(None),
-        PidfdLookup::Unknown(err) => {
-            return Err(Error::io(
-                "cannot tell whether the shellper is alive (kept; retry later) for",
-                &e.socket,
-                err,
-            ));
-        }
-    };
-    let token = e.token().map_err(|err| Error::RegistryCorrupt {
-        path: ctx.scope.registry_path(),
-        detail: format!("entry {}: {err}", e.id),
-    })?;
-    let timeout = ctx.cfg.connect_timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut c = conn::connect(&e.socket, HelloOpts::LEASE, timeout, false).await?;
-    if let Some(l) = &c.welcome.lease
-        && l.shellper_pid != e.pid
-    {
-        return Err(Error::Conn {
-            socket: e.socket.clone(),
-            step: "WELCOME",
-            detail: format!(
-                "socket is served by pid {}, but the registry says pid {}",
-                l.shellper_pid, e.pid
-            ),
-        });
-    }
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let (grant, exit) = conn::acquire(&mut c, &token, ctx.holder.clone(), left).await?;
-    let proc =
-        ProcWatch::pidfd(pidfd).map_err(|err| Error::io("watching pidfd of", &e.socket, err))?;
-    let child_pid = u32::try_from(c.welcome.pid).ok();
-    let info = ShellperInfo {
-        id: e.id.clone(),
-        pid: e.pid,
-        start_ticks: e.start_ticks,
-        child_pid,
-        socket: e.socket.clone(),
-        log: ctx.scope.log_path(&e.id),
-        command: e.command.clone(),
-        args: e.args.clone(),
-        cwd: e.cwd.clone(),
-    };
-    Ok(Some(ctx.start_driver(info, token, c, grant, exit, proc)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_panicking_adoption_is_reported_as_a_failure() {
-        let r: Result<()> = catch_panic(
-            async {
-                if std::hint::black_box(true) {
-                    panic!("boom in adoption");
-                }
-                Ok(())
-            },
-            "sh-0000000a",
-        )
-        .await;
-        let err = r.expect_err("reported");
-        assert!(err.to_string().contains("boom in adoption"), "{err}");
-        assert!(err.to_string().contains("sh-0000000a"), "{err}");
-    }
 }

@@ -63,3 +63,253 @@ async fn revoked_entry_leaves_the_registry_even_if_the_first_write_fails() {
     assert!(res.iter().all(|(_, r)| r.is_ok()), "{res:?}");
     guard.with_settle(Duration::from_millis(500)).finish();
 }
+
+// ---- a scripted shellper: the test plays the shellper's side of the
+// socket while a real process (a `sleep`) stands for its pid, so faults can
+// be placed exactly. ----
+
+use std::io::{Read as _, Write as _};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use shellper_protocol::frame::{Parsed, parse};
+use shellper_protocol::msg::{Grant, TerminateReason, Terminated, Welcome, WelcomeLease};
+use shellper_protocol::{Frame, LEASE_PROTOCOL_VERSION, PROTOCOL_VERSION, Token};
+use tower_client::RegistryEntry;
+
+/// Reads frames until `want` matches one (skipping others); `None` on EOF.
+fn read_until(
+    s: &mut UnixStream,
+    buf: &mut Vec<u8>,
+    want: impl Fn(&Frame) -> bool,
+) -> Option<Frame> {
+    loop {
+        while let Ok(Parsed::Frame { frame, consumed }) = parse(buf) {
+            buf.drain(..consumed);
+            if want(&frame) {
+                return Some(frame);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Accepts one Tower connection and grants it `epoch`.
+fn serve_grant(l: &UnixListener, pid: u32, epoch: u64) -> (UnixStream, Vec<u8>) {
+    let (mut s, _) = l.accept().unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut s, &mut buf, |f| matches!(f, Frame::Hello(_))).unwrap();
+    let w = Frame::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        pid: i64::from(pid),
+        cols: 80,
+        rows: 24,
+        start_time: 0,
+        last_data_at: None,
+        always_sends_replay: false,
+        lease: Some(WelcomeLease {
+            version: LEASE_PROTOCOL_VERSION,
+            leased: true,
+            shellper_pid: pid,
+        }),
+    });
+    s.write_all(&w.to_bytes().unwrap()).unwrap();
+    read_until(&mut s, &mut buf, |f| matches!(f, Frame::Acquire(_))).unwrap();
+    let g = Frame::Grant(Grant {
+        epoch,
+        ttl_ms: 600,
+        window_ms: 4000,
+        renew_every_ms: 200,
+        expires_in_ms: 600,
+    });
+    s.write_all(&g.to_bytes().unwrap()).unwrap();
+    (s, buf)
+}
+
+/// A `sleep` standing for the shellper process, and a registry naming it
+/// with `socket`, written before the Tower opens the scope.
+fn scripted_scope(guard: &LeakGuard, dir: &Path) -> (std::process::Child, PathBuf, String) {
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("60");
+    guard.apply(&mut cmd);
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let start_ticks = shellper_proctree::read_stat(pid as i32)
+        .unwrap()
+        .start_ticks;
+    let id = "sh-0000abcd".to_string();
+    let socket = dir.join(format!("{id}.sock"));
+    let mut reg = Registry::new();
+    reg.upsert(RegistryEntry {
+        id: id.clone(),
+        token: Token::from_bytes([7; 32]).to_hex(),
+        pid,
+        start_ticks,
+        socket: socket.clone(),
+        command: "sleep".into(),
+        args: vec!["60".into()],
+        cwd: "/".into(),
+        created_at_ms: 0,
+    });
+    reg.save(&dir.join("registry.json")).unwrap();
+    (child, socket, id)
+}
+
+/// Item 4: a lease connection that breaks while the socket refuses
+/// connections for longer than the old 0.5 s of retries is taken back once
+/// the shellper answers again: `unresponsive` meanwhile, never `lost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_keeps_trying_within_the_window_and_reports_unresponsive() {
+    let guard = LeakGuard::new("reconnect_backoff");
+    let dir = scope_tmp();
+    let (mut child, socket, id) = scripted_scope(&guard, dir.path());
+    let pid = child.id();
+    let l = UnixListener::bind(&socket).unwrap();
+    let sock2 = socket.clone();
+    let fake = std::thread::spawn(move || {
+        let (s, _) = serve_grant(&l, pid, 1);
+        std::thread::sleep(Duration::from_millis(300));
+        // Connection broken and nothing listening for 1.5 s (a restart of
+        // the listener, a full backlog, EMFILE on our side).
+        drop(s);
+        drop(l);
+        std::fs::remove_file(&sock2).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let l = UnixListener::bind(&sock2).unwrap();
+        let (s, _) = serve_grant(&l, pid, 2);
+        std::thread::sleep(Duration::from_millis(500));
+        drop(s);
+    });
+    let (tower, mut ev) = open(dir.path(), lease(600, 4000, 300));
+    let rep = tower.adopt_all().await;
+    assert_eq!(rep.adopted.len(), 1, "{:?}", rep.failed);
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let e = tokio::time::timeout_at(deadline, ev.recv())
+            .await
+            .unwrap_or_else(|_| panic!("not re-acquired; events: {seen:?}"))
+            .unwrap();
+        assert!(
+            !matches!(e, Event::Lost { .. }),
+            "gave up: {e:?} after {seen:?}"
+        );
+        seen.push(e.clone());
+        if matches!(e, Event::Held { epoch: 2, .. }) {
+            break;
+        }
+    }
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::Unresponsive { id: i, .. } if *i == id)),
+        "{seen:?}"
+    );
+    fake.join().unwrap();
+    tower.abandon();
+    let _ = child.kill();
+    let _ = child.wait();
+    guard.finish();
+}
+
+/// Item 8: the shellper's TERMINATED is still in the socket when its exit
+/// is noticed first; the `terminated` event carries its figures, never
+/// `signalled: 0, elapsed_ms: 0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_report_is_read_even_when_the_exit_is_seen_first() {
+    let guard = LeakGuard::new("terminated_drain");
+    let dir = scope_tmp();
+    let (child, socket, _id) = scripted_scope(&guard, dir.path());
+    let pid = child.id();
+    let l = UnixListener::bind(&socket).unwrap();
+    let child = std::sync::Arc::new(std::sync::Mutex::new(child));
+    let c2 = child.clone();
+    let fake = std::thread::spawn(move || {
+        let (mut s, mut buf) = serve_grant(&l, pid, 1);
+        read_until(&mut s, &mut buf, |f| matches!(f, Frame::Release(_))).unwrap();
+        // The process is gone first; its report lands a moment later.
+        let mut c = c2.lock().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        let t = Frame::Terminated(Terminated {
+            reason: TerminateReason::Requested,
+            signalled: 6,
+            survivors: 0,
+            elapsed_ms: 320,
+            sweeps: 3,
+        });
+        s.write_all(&t.to_bytes().unwrap()).unwrap();
+    });
+    let (tower, mut ev) = open(dir.path(), lease(600, 4000, 300));
+    let rep = tower.adopt_all().await;
+    assert_eq!(rep.adopted.len(), 1, "{:?}", rep.failed);
+    let r = rep.adopted[0]
+        .terminate(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(r.report.map(|t| t.signalled), Some(6));
+    let e = wait_event(&mut ev, Duration::from_secs(2), |e| {
+        matches!(e, Event::Terminated { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            e,
+            Event::Terminated {
+                signalled: 6,
+                elapsed_ms: 320,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    fake.join().unwrap();
+    guard.finish();
+}
+
+/// Item 3: a SIGSTOPped shellper stops reading its lease connection; the
+/// driver must keep answering every command within its deadline (no socket
+/// write in the loop), and take the lease back once it runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_shellper_with_a_full_socket_never_wedges_its_driver() {
+    let guard = LeakGuard::new("stopped_full_socket");
+    let dir = scope_tmp();
+    let (tower, _ev) = open(dir.path(), lease(600, 20_000, 300));
+    let h = tower.spawn(spec(&guard, SLEEPER)).await.unwrap();
+    let pid = h.info().pid as i32;
+    // SAFETY: kill(2) on the shellper we just spawned.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let t0 = tokio::time::Instant::now();
+    let mut refused = false;
+    for i in 0..200_000u32 {
+        match tokio::time::timeout(Duration::from_secs(3), h.resize(80 + (i % 2) as u16, 24)).await
+        {
+            Err(_) => panic!("resize #{i} wedged the driver"),
+            Ok(Err(_)) => {
+                refused = true;
+                break;
+            }
+            Ok(Ok(())) => {}
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "socket never filled"
+        );
+    }
+    assert!(refused, "a stopped shellper's socket never filled");
+    let st = tokio::time::timeout(Duration::from_secs(4), h.status()).await;
+    assert!(matches!(st, Ok(Err(_))), "status must fail in time: {st:?}");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        h.terminate(Duration::from_secs(15)),
+    )
+    .await;
+    assert!(matches!(r, Ok(Ok(_))), "{r:?}");
+    guard.with_settle(Duration::from_millis(500)).finish();
+}

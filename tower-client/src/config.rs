@@ -1,0 +1,35 @@
+//! How a Tower runs its shellpers.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shellper_protocol::LeaseConfig;
+
+/// How a Tower runs its shellpers.
+#[derive(Debug, Clone)]
+pub struct TowerConfig {
+    /// Lease timings for new shellpers (validated by [`LeaseConfig::new`]).
+    pub lease: LeaseConfig,
+    /// Name sent in ACQUIRE (shown by `leasectl`).
+    pub holder_name: String,
+    /// The shellper binary; `None`: next to the current executable, then
+    /// `PATH`.
+    pub shellper_bin: Option<PathBuf>,
+    /// Bound on each connect + handshake + acquire (adoption, reconnects,
+    /// status).
+    pub connect_timeout: Duration,
+    /// Bound on a whole spawn (exec to GRANT).
+    pub spawn_timeout: Duration,
+}
+
+impl Default for TowerConfig {
+    fn default() -> Self {
+        TowerConfig {
+            lease: LeaseConfig::default(),
+            holder_name: "tower-client".into(),
+            shellper_bin: None,
+            connect_timeout: Duration::from_secs(1),
+            spawn_timeout: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,694 @@
+//! The driver loop: one task per held shellper. It owns the lease
+//! connection, the process watch and all per-shellper state, and advances
+//! every long operation (a reconnect, a terminate, a release) as a state
+//! the loop polls, so it always keeps handling commands, frames and the
+//! process's exit. Nothing in it waits on a socket write (see [`Link`]).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use shellper_proctree::{LinuxTable, ProcessTable, Sig};
+use shellper_protocol::msg::{
+    ErrorCode, ExitMsg, Grant, Release, ReleaseMode, Renew, SignalMsg, Status, StatusRequest,
+    TerminateReason, Terminated,
+};
+use shellper_protocol::{Frame, Token};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::events::{
+    Event, ExitWhat, ProcExit, TerminateReport, child_exit_event, exit_reason, reason_name,
+};
+use super::handle::{Ctl, HandleInner, ST_ENDED, ST_HELD, ST_LAPSED, ST_UNRESPONSIVE};
+use super::link::{Link, LinkEvent, SendError};
+use super::watch::ProcWatch;
+use crate::conn::{self, HelloOpts};
+use crate::ctx::Ctx;
+use crate::error::{Error, Result};
+use crate::sched::{Health, Key, SchedMsg};
+
+/// First reconnect attempt after an unexpected close: long enough for the
+/// exit of a dying shellper (the kernel closes its socket first) to be
+/// noticed before anything is concluded.
+const RECONNECT_FIRST: Duration = Duration::from_millis(200);
+/// Backoff between reconnect attempts: doubled from this, capped below.
+const RECONNECT_BASE: Duration = Duration::from_millis(100);
+const RECONNECT_CAP: Duration = Duration::from_secs(5);
+
+type Acquired = Result<(conn::Conn, Grant, Option<ExitMsg>)>;
+
+/// A reconnect in progress: attempts with capped exponential backoff and
+/// jitter until the shellper's kill deadline leaves no time.
+struct Reconnect {
+    since: Instant,
+    give_up_at: Instant,
+    attempt: u32,
+    next_at: Instant,
+    in_flight: Option<Pin<Box<dyn Future<Output = Acquired> + Send>>>,
+    last_err: String,
+    why: String,
+}
+
+/// Polls the reconnect state: waits for its next attempt, runs it, and
+/// returns its result. Cancel-safe: the attempt in flight is kept in the
+/// state, so a `select!` that picks another branch loses nothing.
+async fn reconnect_step(
+    r: &mut Option<Reconnect>,
+    attempt: impl Fn() -> Pin<Box<dyn Future<Output = Acquired> + Send>>,
+) -> Acquired {
+    let Some(r) = r else {
+        return std::future::pending().await;
+    };
+    if r.in_flight.is_none() {
+        tokio::time::sleep_until(r.next_at).await;
+        r.in_flight = Some(attempt());
+    }
+    let res = match r.in_flight.as_mut() {
+        Some(f) => f.await,
+        None => return std::future::pending().await,
+    };
+    r.in_flight = None;
+    res
+}
+
+struct PendingTerminate {
+    deadline: Instant,
+    timeout: Duration,
+    reply: Option<oneshot::Sender<Result<TerminateReport>>>,
+}
+
+/// The per-shellper task.
+pub(crate) struct Driver {
+    pub ctx: Arc<Ctx>,
+    pub handle: Arc<HandleInner>,
+    pub key: Key,
+    pub token: Token,
+    pub conn: Option<Link>,
+    /// The reattach window of the lease: how long a reconnect may go on.
+    pub window: Duration,
+    reconnect: Option<Reconnect>,
+    pub epoch: u64,
+    pub proc: ProcWatch,
+    pub ctl_rx: mpsc::UnboundedReceiver<Ctl>,
+    pending_status: VecDeque<oneshot::Sender<Result<Status>>>,
+    detach: Option<oneshot::Sender<Result<Duration>>>,
+    terminate: Option<PendingTerminate>,
+    /// TERMINATED received (requested or not).
+    report: Option<Terminated>,
+    /// A `lost` event was emitted already.
+    lost: bool,
+    finished: bool,
+}
+
+/// The next event of an optional connection; pending forever when there is
+/// none (so `select!` simply never picks it).
+async fn next_opt(conn: &mut Option<Link>) -> LinkEvent {
+    match conn {
+        Some(l) => l.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Driver {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        ctx: Arc<Ctx>,
+        handle: Arc<HandleInner>,
+        key: Key,
+        token: Token,
+        conn: Link,
+        epoch: u64,
+        window: Duration,
+        proc: ProcWatch,
+        ctl_rx: mpsc::UnboundedReceiver<Ctl>,
+    ) -> Self {
+        Driver {
+            ctx,
+            handle,
+            key,
+            token,
+            conn: Some(conn),
+            window,
+            reconnect: None,
+            epoch,
+            proc,
+            ctl_rx,
+            pending_status: VecDeque::new(),
+            detach: None,
+            terminate: None,
+            report: None,
+            lost: false,
+            finished: false,
+        }
+    }
+
+    fn id(&self) -> String {
+        self.handle.info.id.clone()
+    }
+
+    fn emit(&self, ev: Event) {
+        self.ctx.events.send(ev);
+    }
+
+    fn set_state(&self, s: u8) {
+        self.handle.state.store(s, Ordering::Relaxed);
+    }
+
+    /// Starts renewing a freshly granted lease.
+    pub(crate) fn schedule(&self, interval: Duration, expires_in: Duration) {
+        let _ = self.ctx.sched.send(SchedMsg::Insert {
+            key: self.key,
+            target: self.handle.ctl.clone(),
+            interval,
+            expires_in,
+            at: Instant::now(),
+        });
+    }
+
+    fn unschedule(&self) {
+        let _ = self.ctx.sched.send(SchedMsg::Remove { key: self.key });
+    }
+
+    pub(crate) async fn run(mut self) {
+        let cancel = self.ctx.cancel.clone();
+        while !self.finished {
+            let term_deadline = self.terminate.as_ref().map(|t| t.deadline);
+            // Biased: a frame already on the socket (TERMINATED, EXIT) is
+            // read before the process exit is acted on (and `on_gone` drains
+            // whatever is left before concluding).
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    // Abandoned (a simulated crash, or the runtime going
+                    // away): drop everything as a dead process would.
+                    return;
+                }
+                ev = next_opt(&mut self.conn) => match ev {
+                    LinkEvent::Frame(f) => self.on_frame(f).await,
+                    LinkEvent::Closed(why) => self.on_closed(&why),
+                },
+                Some(c) = self.ctl_rx.recv() => self.on_ctl(c),
+                r = reconnect_step(&mut self.reconnect, || {
+                    let socket = self.handle.info.socket.clone();
+                    let token = self.token.clone();
+                    let holder = self.ctx.holder.clone();
+                    let timeout = self.handle.connect_timeout;
+                    Box::pin(async move {
+                        let mut c = conn::connect(&socket, HelloOpts::LEASE, timeout, false).await?;
+                        let (grant, exit) = conn::acquire(&mut c, &token, holder, timeout).await?;
+                        Ok((c, grant, exit))
+                    })
+                }) => self.on_reconnect(r),
+                exit = self.proc.wait() => {
+                    self.proc = ProcWatch::Done;
+                    self.on_gone(exit).await;
+                }
+                _ = tokio::time::sleep_until(term_deadline.unwrap_or_else(Instant::now)),
+                    if term_deadline.is_some() => self.on_terminate_timeout(),
+            }
+        }
+        self.unschedule();
+        self.set_state(ST_ENDED);
+        for s in self.pending_status.drain(..) {
+            let _ = s.send(Err(Error::NotHeld {
+                id: self.handle.info.id.clone(),
+                why: "the driver stopped".into(),
+            }));
+        }
+        let proc = std::mem::replace(&mut self.proc, ProcWatch::Done);
+        proc.reap_in_background();
+        self.ctx.forget(&self.handle);
+    }
+
+    /// Queues a frame on the lease connection; never waits. A full queue
+    /// (the shellper is not reading) refuses the frame; a stopped writer is
+    /// reported through the connection's next event.
+    fn write(&mut self, f: Frame) -> Result<(), SendError> {
+        match &self.conn {
+            Some(l) => l.send(f),
+            None => Err(SendError::Closed),
+        }
+    }
+
+    fn on_ctl(&mut self, c: Ctl) {
+        match c {
+            Ctl::Renew { seq } => {
+                if self.terminate.is_none() && self.detach.is_none() {
+                    let epoch = self.epoch;
+                    // A renewal that cannot be queued is simply missed: the
+                    // scheduler reports the lease unresponsive if it matters.
+                    let _ = self.write(Frame::Renew(Renew { epoch, seq }));
+                }
+            }
+            Ctl::Health(h) => {
+                let id = self.id();
+                match h {
+                    Health::Held => {
+                        self.set_state(ST_HELD);
+                        self.emit(Event::Held {
+                            id,
+                            epoch: self.epoch,
+                            recovered: true,
+                        });
+                    }
+                    Health::Unresponsive { waited } => {
+                        self.set_state(ST_UNRESPONSIVE);
+                        self.emit(Event::Unresponsive {
+                            id,
+                            waited_ms: waited.as_millis() as u64,
+                        });
+                    }
+                    Health::Lapsed => {
+                        self.set_state(ST_LAPSED);
+                        self.emit(Event::Lapsed { id });
+                    }
+                }
+            }
+            Ctl::Status(reply) => match self.write(Frame::StatusRequest(StatusRequest {})) {
+                Ok(()) => self.pending_status.push_back(reply),
+                Err(e) => {
+                    let _ = reply.send(Err(self.not_sent(e)));
+                }
+            },
+            Ctl::Signal(sig, reply) => {
+                let r = self.write(Frame::Signal(SignalMsg { signal: sig }));
+                let _ = reply.send(r.map_err(|e| self.not_sent(e)));
+            }
+            Ctl::Resize(r, reply) => {
+                let r = self.write(Frame::Resize(r));
+                let _ = reply.send(r.map_err(|e| self.not_sent(e)));
+            }
+            Ctl::Detach { hold, reply } => {
+                if self.terminate.is_some() || self.detach.is_some() {
+                    let _ = reply.send(Err(self.busy("a release is already in progress")));
+                    return;
+                }
+                self.unschedule();
+                let hold_ms = hold.map_or(0, |h| h.as_millis().min(u64::MAX as u128) as u64);
+                let f = Frame::Release(Release {
+                    epoch: self.epoch,
+                    mode: ReleaseMode::Detach { hold_ms },
+                });
+                match self.write(f) {
+                    Ok(()) => self.detach = Some(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(self.not_sent(e)));
+                    }
+                }
+            }
+            Ctl::Terminate { timeout, reply } => {
+                if self.terminate.is_some() {
+                    let _ = reply.send(Err(self.busy("a terminate is already in progress")));
+                    return;
+                }
+                self.unschedule();
+                self.terminate = Some(PendingTerminate {
+                    deadline: Instant::now() + timeout,
+                    timeout,
+                    reply: Some(reply),
+                });
+                let f = Frame::Release(Release {
+                    epoch: self.epoch,
+                    mode: ReleaseMode::Terminate,
+                });
+                if self.write(f).is_err() {
+                    self.reconnect = None;
+                    // No usable lease connection: SIGTERM makes the shellper run its
+                    // kill ladder all the same; death is confirmed by its
+                    // process disappearing (and exit code 0 when ours).
+                    let info = &self.handle.info;
+                    let _ = LinuxTable.signal(info.pid as i32, info.start_ticks, Sig::Term);
+                }
+            }
+        }
+    }
+
+    fn not_connected(&self) -> Error {
+        Error::NotHeld {
+            id: self.id(),
+            why: "the lease connection is closed".into(),
+        }
+    }
+
+    fn not_sent(&self, e: SendError) -> Error {
+        match e {
+            SendError::Closed => self.not_connected(),
+            SendError::Full => Error::NotHeld {
+                id: self.id(),
+                why: "the shellper is not reading its lease connection (stopped or wedged)".into(),
+            },
+        }
+    }
+
+    fn busy(&self, why: &str) -> Error {
+        Error::NotHeld {
+            id: self.id(),
+            why: why.into(),
+        }
+    }
+
+    async fn on_frame(&mut self, f: Frame) {
+        match f {
+            Frame::Renewed(r) if r.epoch == self.epoch => {
+                let _ = self.ctx.sched.send(SchedMsg::Ack {
+                    key: self.key,
+                    seq: r.seq,
+                    expires_in: Duration::from_millis(r.expires_in_ms.min(7 * 86_400_000)),
+                    at: Instant::now(),
+                });
+            }
+            Frame::Renewed(_) => {}
+            Frame::Revoked(r) => self.on_revoked(r.old_epoch, Some(r.new_epoch)).await,
+            Frame::Terminated(t) => {
+                if self.terminate.is_none() && !self.lost {
+                    self.lost = true;
+                    self.emit(Event::Lost {
+                        id: self.id(),
+                        reason: reason_name(t.reason).into(),
+                    });
+                }
+                self.unschedule();
+                self.report = Some(t);
+            }
+            Frame::Exit(e) => self.emit(child_exit_event(self.id(), &e)),
+            Frame::Status(s) => {
+                if let Some(reply) = self.pending_status.pop_front() {
+                    let _ = reply.send(Ok(*s));
+                }
+            }
+            Frame::Released(r) => {
+                if let Some(reply) = self.detach.take() {
+                    // No longer held: gone from the Tower's map before the
+                    // caller hears about it.
+                    self.ctx.forget(&self.handle);
+                    self.set_state(ST_ENDED);
+                    self.emit(Event::Detached {
+                        id: self.id(),
+                        kill_in_ms: r.kill_in_ms,
+                    });
+                    let _ = reply.send(Ok(Duration::from_millis(r.kill_in_ms)));
+                    // Detached shellpers stay in the registry: a restarted
+                    // Tower adopts them back.
+                    self.conn = None;
+                    self.finished = true;
+                }
+            }
+            Frame::Error(m) => self.on_error(m.code, m.message).await,
+            Frame::Ping => {
+                let _ = self.write(Frame::Pong);
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_error(&mut self, code: ErrorCode, message: String) {
+        tracing::debug!(id = %self.handle.info.id, ?code, %message, "ERROR from shellper");
+        match code {
+            ErrorCode::StaleEpoch | ErrorCode::NotHolder => {
+                if let Some(r) = self.detach.take() {
+                    let _ = r.send(Err(Error::Refused {
+                        socket: self.handle.info.socket.clone(),
+                        step: "RELEASE (detach)",
+                        code,
+                        message: message.clone(),
+                    }));
+                }
+                if let Some(t) = self.terminate.as_mut()
+                    && let Some(r) = t.reply.take()
+                {
+                    let _ = r.send(Err(Error::Refused {
+                        socket: self.handle.info.socket.clone(),
+                        step: "RELEASE (terminate)",
+                        code,
+                        message: message.clone(),
+                    }));
+                }
+                // Our epoch is no longer current: someone else holds it.
+                self.on_revoked(self.epoch, None).await;
+            }
+            ErrorCode::Terminating => {
+                // Terminating for a reason of its own (or ours, racing):
+                // stop renewing, wait for TERMINATED and the process.
+                self.unschedule();
+                if let Some(r) = self.detach.take() {
+                    let _ = r.send(Err(Error::Refused {
+                        socket: self.handle.info.socket.clone(),
+                        step: "RELEASE (detach)",
+                        code,
+                        message,
+                    }));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_revoked(&mut self, old_epoch: u64, new_epoch: Option<u64>) {
+        if self.finished {
+            return;
+        }
+        self.ctx.forget(&self.handle);
+        self.set_state(ST_ENDED);
+        self.emit(Event::Revoked {
+            id: self.id(),
+            old_epoch,
+            new_epoch,
+        });
+        self.conn = None;
+        self.finished = true;
+        // Never re-acquire after a revocation (SPEC §8.4): drop it from the
+        // registry so a restart of this Tower does not take it back either.
+        let id = self.id();
+        self.ctx.remove_entry(&id).await;
+    }
+
+    /// The lease connection ended without a detach.
+    fn on_closed(&mut self, why: &str) {
+        self.conn = None;
+        self.unschedule();
+        for s in self.pending_status.drain(..) {
+            let _ = s.send(Err(Error::NotHeld {
+                id: self.handle.info.id.clone(),
+                why: format!("lease connection {why}"),
+            }));
+        }
+        if let Some(r) = self.detach.take() {
+            let _ = r.send(Err(Error::NotHeld {
+                id: self.id(),
+                why: format!("lease connection {why} before RELEASED"),
+            }));
+        }
+        if self.terminate.is_some()
+            || self.report.is_some()
+            || self.lost
+            || self.reconnect.is_some()
+        {
+            return; // waiting for the process to go
+        }
+        // Unexpected. The process may be exiting (the kernel closes its
+        // socket first): the loop keeps watching it while the first attempt
+        // waits, and an exit seen meanwhile ends this.
+        let now = Instant::now();
+        self.reconnect = Some(Reconnect {
+            since: now,
+            give_up_at: now + self.window,
+            attempt: 0,
+            next_at: now + RECONNECT_FIRST,
+            in_flight: None,
+            last_err: String::new(),
+            why: why.to_string(),
+        });
+    }
+
+    /// One reconnect attempt finished.
+    fn on_reconnect(&mut self, r: Acquired) {
+        let Some(mut rc) = self.reconnect.take() else {
+            return;
+        };
+        match r {
+            Ok((c, grant, exit)) => {
+                self.epoch = grant.epoch;
+                self.window = Duration::from_millis(grant.window_ms);
+                self.handle.epoch.store(grant.epoch, Ordering::Relaxed);
+                self.conn = Some(Link::new(c.reader, c.writer));
+                self.schedule(
+                    renew_interval(&grant),
+                    Duration::from_millis(grant.expires_in_ms),
+                );
+                self.set_state(ST_HELD);
+                self.emit(Event::Held {
+                    id: self.id(),
+                    epoch: grant.epoch,
+                    recovered: false,
+                });
+                if let Some(e) = exit {
+                    self.emit(child_exit_event(self.id(), &e));
+                }
+            }
+            Err(e) => {
+                rc.last_err = e.to_string();
+                let now = Instant::now();
+                if now >= rc.give_up_at {
+                    self.lost = true;
+                    self.set_state(ST_LAPSED);
+                    self.emit(Event::Lost {
+                        id: self.id(),
+                        reason: format!(
+                            "lease connection {}; re-acquire failed for {} ms ({} attempts), last: {}",
+                            rc.why,
+                            now.duration_since(rc.since).as_millis(),
+                            rc.attempt + 1,
+                            rc.last_err
+                        ),
+                    });
+                    // Keep watching the process so its exit is still reported.
+                    return;
+                }
+                if rc.attempt == 0 {
+                    // Not concluded: the shellper may be stopped, busy, or
+                    // out of descriptors for a moment.
+                    self.set_state(ST_UNRESPONSIVE);
+                    self.emit(Event::Unresponsive {
+                        id: self.id(),
+                        waited_ms: now.duration_since(rc.since).as_millis() as u64,
+                    });
+                }
+                rc.attempt += 1;
+                let backoff = RECONNECT_BASE
+                    .saturating_mul(1u32 << rc.attempt.min(16))
+                    .min(RECONNECT_CAP);
+                let jitter = rand::random_range(0.8..1.2);
+                rc.next_at = (now + backoff.mul_f64(jitter)).min(rc.give_up_at);
+                self.reconnect = Some(rc);
+            }
+        }
+    }
+
+    fn on_terminate_timeout(&mut self) {
+        if let Some(t) = self.terminate.as_mut() {
+            t.deadline = Instant::now() + Duration::from_secs(86_400 * 365);
+            if let Some(reply) = t.reply.take() {
+                let info = &self.handle.info;
+                let alive = LinuxTable.alive(info.pid as i32, info.start_ticks);
+                let _ = reply.send(Err(Error::Terminate {
+                    id: info.id.clone(),
+                    detail: format!(
+                        "no confirmed death within {:?}: TERMINATED report {}, shellper pid {} {}",
+                        t.timeout,
+                        if self.report.is_some() {
+                            "received"
+                        } else {
+                            "not received"
+                        },
+                        info.pid,
+                        if alive { "still alive" } else { "gone" },
+                    ),
+                }));
+            }
+        }
+    }
+
+    /// The shellper process is gone.
+    async fn on_gone(&mut self, exit: ProcExit) {
+        // What it wrote just before exiting (TERMINATED, EXIT) is still in
+        // our socket buffer even when its exit was noticed first: read it
+        // before concluding anything.
+        if let Some(mut l) = self.conn.take() {
+            for f in l.drain(Duration::from_millis(200), 64).await {
+                match f {
+                    Frame::Terminated(t) => self.report = Some(t),
+                    Frame::Exit(e) => self.emit(child_exit_event(self.id(), &e)),
+                    _ => {}
+                }
+            }
+        }
+        self.reconnect = None;
+        self.finished = true;
+        let id = self.id();
+        let requested = self.terminate.is_some();
+        self.ctx.forget(&self.handle);
+        self.set_state(ST_ENDED);
+        // Gone for good: forget it (before anyone is told, so a caller that
+        // wakes on the reply sees the registry without it), and remove a
+        // socket file a killed shellper could not remove itself.
+        self.ctx.remove_entry(&id).await;
+        let _ = std::fs::remove_file(&self.handle.info.socket);
+        if let Some(t) = self.terminate.as_mut()
+            && let Some(reply) = t.reply.take()
+        {
+            let res = match &self.report {
+                Some(r) if r.survivors > 0 => Err(Error::Terminate {
+                    id: id.clone(),
+                    detail: format!("the kill ladder left {} survivors", r.survivors),
+                }),
+                Some(_) => Ok(()),
+                None if matches!(exit.code, Some(c) if c != 0) || exit.signal.is_some() => {
+                    Err(Error::Terminate {
+                        id: id.clone(),
+                        detail: format!(
+                            "the shellper exited without a TERMINATED report ({})",
+                            exit_reason(&exit).unwrap_or_default()
+                        ),
+                    })
+                }
+                None => Ok(()),
+            };
+            if res.is_ok() {
+                // Emitted before the reply so a caller that wakes on the
+                // reply finds the event already queued.
+                let r = self.report.clone().unwrap_or(Terminated {
+                    reason: TerminateReason::Requested,
+                    signalled: 0,
+                    survivors: 0,
+                    elapsed_ms: 0,
+                    sweeps: 0,
+                });
+                self.emit(Event::Terminated {
+                    id: id.clone(),
+                    signalled: r.signalled,
+                    survivors: r.survivors,
+                    elapsed_ms: r.elapsed_ms,
+                });
+            }
+            let _ = reply.send(res.map(|()| TerminateReport {
+                report: self.report.clone(),
+                exit,
+            }));
+        }
+        let reason = self
+            .report
+            .as_ref()
+            .map(|r| reason_name(r.reason).to_string())
+            .or_else(|| exit_reason(&exit));
+        if !requested {
+            if !self.lost {
+                self.lost = true;
+                self.emit(Event::Lost {
+                    id: id.clone(),
+                    reason: reason
+                        .clone()
+                        .unwrap_or_else(|| "the shellper process is gone".into()),
+                });
+            }
+            self.emit(Event::Exited {
+                id: id.clone(),
+                what: ExitWhat::Shellper,
+                code: exit.code,
+                signal: exit.signal,
+                reason,
+            });
+        }
+    }
+}
+
+/// The renewal interval to use for a grant: the shellper's suggestion,
+/// clamped into `[10 ms, ttl / 2]` so a bogus value can neither spin the
+/// scheduler nor let the lease lapse.
+pub(crate) fn renew_interval(g: &shellper_protocol::msg::Grant) -> Duration {
+    let ttl = Duration::from_millis(g.ttl_ms.max(20));
+    Duration::from_millis(g.renew_every_ms).clamp(Duration::from_millis(10), ttl / 2)
+}
