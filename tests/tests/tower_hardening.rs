@@ -473,3 +473,70 @@ fn unusable_registry_exits_4() {
     assert!(m.stderr().contains("schema_version 2"), "{}", m.stderr());
     guard.finish();
 }
+
+/// Item 6: the scope deleted under a running minitower and taken by a
+/// second one: the first notices (identity of the directory and lock file),
+/// stops with exit 4 without writing anything there, and the second's
+/// registry stays intact.
+#[test]
+fn scope_replaced_under_a_running_tower_stops_it_without_writing() {
+    let guard = LeakGuard::new("scope_replaced");
+    let tmp = tempfile::tempdir().unwrap();
+    let scope = scope_in(&tmp);
+    let mut a = Mini::start(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "500ms",
+            "--window",
+            "2s",
+            "--kill-grace",
+            "300ms",
+            "--spawn",
+            "1",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    );
+    a.event("ready", Duration::from_secs(20));
+    std::fs::remove_dir_all(&scope).unwrap();
+    let mut b = Mini::start(
+        &guard,
+        &scope,
+        &[
+            "--ttl",
+            "500ms",
+            "--window",
+            "2s",
+            "--kill-grace",
+            "300ms",
+            "--spawn",
+            "1",
+            "--on-exit",
+            "terminate",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    );
+    b.event("ready", Duration::from_secs(20));
+    let b_id = b.of("spawned")[0]["id"].as_str().unwrap().to_string();
+    let st = a.wait_exit(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(4), "{}", a.stderr());
+    assert!(a.stderr().contains("stopping"), "{}", a.stderr());
+    let reg = registry(&scope);
+    assert_eq!(reg.shellpers.len(), 1, "{reg:?}");
+    assert_eq!(reg.shellpers[0].id, b_id);
+    b.signal(libc::SIGTERM);
+    assert!(
+        b.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        b.stderr()
+    );
+    // A's detached shellper ends with its window.
+    let left = guard.wait_gone(Duration::from_secs(10));
+    assert!(left.is_empty(), "{left:?}");
+    guard.finish();
+}

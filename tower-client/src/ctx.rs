@@ -38,6 +38,8 @@ pub(crate) struct Ctx {
     /// Spawns holding a share of the descriptor budget.
     pub spawns_in_flight: Mutex<u64>,
     pub spawn_done: tokio::sync::Notify,
+    /// Set when the scope was found deleted or replaced.
+    pub scope_lost: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx {
@@ -79,6 +81,11 @@ impl Ctx {
         else {
             return;
         };
+        if matches!(e, crate::error::Error::ScopeReplaced { .. }) {
+            // Never written through a replaced scope; nothing to retry.
+            tracing::error!(%id, "not removed from the registry: {e}");
+            return;
+        }
         tracing::error!(%id, "removing it from the registry failed (retrying): {e}");
         let ctx = self.clone();
         tokio::spawn(async move {

@@ -86,6 +86,11 @@ pub enum Error {
     #[error("shellper {id}: not held any more ({why})")]
     NotHeld { id: String, why: String },
 
+    /// The scope this Tower locked was deleted or replaced under it. The
+    /// Tower stops writing there (another Tower may own the path now).
+    #[error("scope registry {}: the scope is no longer the one this Tower locked: {detail}; stopping (the sessions keep running for their window)", path.display())]
+    ScopeReplaced { path: PathBuf, detail: String },
+
     /// Holding one more shellper would not fit under the descriptor limit.
     #[error(
         "cannot hold another shellper: {open} of the {limit} descriptors allowed (RLIMIT_NOFILE) are in use with {held} held; this Tower can hold about {capacity} under that limit. Raise it (ulimit -n) or spread the shellpers over several scopes"

@@ -211,6 +211,9 @@ pub(crate) struct RegistryStore {
     path: PathBuf,
     state: std::sync::Mutex<(Registry, u64)>,
     write_token: tokio::sync::Mutex<u64>,
+    /// The locked scope: checked before every write, so the registry is
+    /// never written through a scope that was replaced.
+    ident: Option<crate::scope::ScopeIdent>,
 }
 
 impl RegistryStore {
@@ -219,6 +222,15 @@ impl RegistryStore {
             path,
             state: std::sync::Mutex::new((reg, 0)),
             write_token: tokio::sync::Mutex::new(0),
+            ident: None,
+        }
+    }
+
+    /// A store that refuses to write once the scope is not the locked one.
+    pub(crate) fn guarded(path: PathBuf, reg: Registry, ident: crate::scope::ScopeIdent) -> Self {
+        RegistryStore {
+            ident: Some(ident),
+            ..RegistryStore::new(path, reg)
         }
     }
 
@@ -250,9 +262,18 @@ impl RegistryStore {
             (st.0.to_bytes(), st.1)
         };
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
-            .await
-            .map_err(|e| Error::io("writing registry", &self.path, std::io::Error::other(e)))??;
+        let ident = self.ident.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Some(i) = &ident {
+                i.verify().map_err(|detail| Error::ScopeReplaced {
+                    path: path.clone(),
+                    detail,
+                })?;
+            }
+            write_atomic(&path, &bytes)
+        })
+        .await
+        .map_err(|e| Error::io("writing registry", &self.path, std::io::Error::other(e)))??;
         *flushed = version;
         Ok(())
     }

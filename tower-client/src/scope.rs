@@ -176,7 +176,9 @@ impl Scope {
         // A crash in the middle of a registry write leaves a temporary file;
         // only the lock holder may clean those up.
         crate::registry::remove_stale_temps(&self.dir);
-        Ok(InstanceLock { file, path })
+        let ident = ScopeIdent::of(&self.dir, &file)
+            .map_err(|e| Error::io("inspecting the locked scope", &self.dir, e))?;
+        Ok(InstanceLock { file, path, ident })
     }
 
     /// The pid of the process holding the instance lock, `None` if the
@@ -219,6 +221,55 @@ pub struct InstanceLock {
     // unlocks explicitly instead of relying on the close.
     file: File,
     path: PathBuf,
+    ident: ScopeIdent,
+}
+
+/// What a Tower locked: the scope directory and the lock file, each by
+/// device and inode. A path can be re-created under a running Tower (the
+/// scope deleted, a second Tower starting there); the identities cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeIdent {
+    dir: PathBuf,
+    dir_id: (u64, u64),
+    lock_path: PathBuf,
+    lock_id: (u64, u64),
+}
+
+impl ScopeIdent {
+    fn of(dir: &Path, lock: &File) -> std::io::Result<ScopeIdent> {
+        let d = fs::symlink_metadata(dir)?;
+        let l = lock.metadata()?;
+        Ok(ScopeIdent {
+            dir: dir.to_path_buf(),
+            dir_id: (d.dev(), d.ino()),
+            lock_path: dir.join(LOCK_FILE),
+            lock_id: (l.dev(), l.ino()),
+        })
+    }
+
+    /// `Ok` while the paths still name the directory and lock file that
+    /// were locked; else why not (a Tower must then stop writing there).
+    pub fn verify(&self) -> std::result::Result<(), String> {
+        let id = |p: &Path| fs::symlink_metadata(p).map(|m| (m.dev(), m.ino()));
+        match id(&self.dir) {
+            Ok(d) if d == self.dir_id => {}
+            Ok(_) => {
+                return Err(format!(
+                    "{} was replaced by another directory",
+                    self.dir.display()
+                ));
+            }
+            Err(e) => return Err(format!("{} is gone ({e})", self.dir.display())),
+        }
+        match id(&self.lock_path) {
+            Ok(l) if l == self.lock_id => Ok(()),
+            Ok(_) => Err(format!(
+                "{} was replaced (another Tower may hold the new one)",
+                self.lock_path.display()
+            )),
+            Err(e) => Err(format!("{} is gone ({e})", self.lock_path.display())),
+        }
+    }
 }
 
 impl Drop for InstanceLock {
@@ -237,6 +288,11 @@ impl InstanceLock {
     /// Path of the lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The identity of what was locked.
+    pub fn ident(&self) -> &ScopeIdent {
+        &self.ident
     }
 }
 

@@ -483,6 +483,15 @@ fn tree_of(root: u32, root_start_ticks: Option<u64>) -> Vec<(i32, u64)> {
     }
 }
 
+/// [`tree_of`] on the blocking pool: it reads all of /proc, which must not
+/// run on the Tower's runtime thread (with one runtime thread, every
+/// renewal of every lease would wait for it).
+async fn tree_of_blocking(root: u32, root_start_ticks: Option<u64>) -> Vec<(i32, u64)> {
+    tokio::task::spawn_blocking(move || tree_of(root, root_start_ticks))
+        .await
+        .unwrap_or_default()
+}
+
 /// Kills whatever a failed spawn started and verifies it is gone. Returns
 /// an empty string on success, else a sentence for the error message.
 async fn cleanup(ctx: &Arc<Ctx>, st: &mut Started) -> String {
@@ -492,7 +501,7 @@ async fn cleanup(ctx: &Arc<Ctx>, st: &mut Started) -> String {
             let ticks = st.ident.map(|i| i.1).or_else(|| start_ticks(pid));
             // Remember the tree before anything dies: once the shellper is
             // gone its orphans are reparented and no longer look like ours.
-            let mut tree = tree_of(pid, ticks);
+            let mut tree = tree_of_blocking(pid, ticks).await;
             // SIGTERM first: a real shellper runs its kill ladder on it.
             if let Some(t) = ticks {
                 let _ = LinuxTable.signal(pid as i32, t, Sig::Term);
@@ -501,7 +510,7 @@ async fn cleanup(ctx: &Arc<Ctx>, st: &mut Started) -> String {
                 ctx.cfg.lease.kill_grace.min(Duration::from_secs(5)) + Duration::from_secs(1);
             let exited = tokio::time::timeout(grace, child.wait()).await.is_ok();
             if !exited {
-                for d in tree_of(pid, ticks) {
+                for d in tree_of_blocking(pid, ticks).await {
                     if !tree.contains(&d) {
                         tree.push(d);
                     }
@@ -518,11 +527,14 @@ async fn cleanup(ctx: &Arc<Ctx>, st: &mut Started) -> String {
             // pinned to its start time, then waited for.
             let until = Instant::now() + Duration::from_secs(2);
             loop {
-                let alive: Vec<_> = tree
-                    .iter()
-                    .filter(|(p, t)| LinuxTable.alive(*p, *t))
-                    .copied()
-                    .collect();
+                let t2 = tree.clone();
+                let alive: Vec<_> = tokio::task::spawn_blocking(move || {
+                    t2.into_iter()
+                        .filter(|(p, t)| LinuxTable.alive(*p, *t))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
                 if alive.is_empty() {
                     break;
                 }

@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::adopt;
 use crate::config::TowerConfig;
 use crate::ctx::Ctx;
-use crate::driver::{self, CtlSink, EVENT_QUEUE, EventTx, Events, ShellperHandle, TerminateReport};
+use crate::driver::{
+    self, CtlSink, EVENT_QUEUE, Event, EventTx, Events, ShellperHandle, TerminateReport,
+};
 use crate::error::{Error, Result};
 use crate::registry::{Registry, RegistryEntry, RegistryStore};
 use crate::sched::{self, RttSamples};
@@ -23,6 +25,10 @@ use crate::spawn::{self, SpawnSpec};
 
 /// How many terminations [`Tower::terminate_all`] runs at once.
 pub const TERMINATE_CONCURRENCY: usize = 16;
+
+/// How often a Tower checks that its scope and lock file are still the
+/// ones it locked.
+pub const SCOPE_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes on
 /// Linux, including the terminating NUL).
@@ -142,12 +148,13 @@ impl Tower {
         check_socket_path_len(&scope)?;
         let lock = scope.lock()?;
         let reg = scope.read_registry()?;
+        let ident = lock.ident().clone();
         let (sched_tx, sched_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = EventTx::channel(EVENT_QUEUE);
         let rtt = Arc::new(Mutex::new(RttSamples::default()));
         let cancel = CancellationToken::new();
         let ctx = Arc::new(Ctx {
-            registry: RegistryStore::new(scope.registry_path(), reg),
+            registry: RegistryStore::guarded(scope.registry_path(), reg, ident.clone()),
             scope,
             lock: Mutex::new(Some(lock)),
             holder: HolderInfo {
@@ -162,7 +169,36 @@ impl Tower {
             next_key: AtomicU64::new(1),
             cancel: cancel.clone(),
             spawns_in_flight: Mutex::new(0),
+            scope_lost: std::sync::atomic::AtomicBool::new(false),
             spawn_done: tokio::sync::Notify::new(),
+        });
+        // The scope is checked periodically too, not only on writes: a
+        // Tower with nothing to write must still notice it lost its scope.
+        let (weak, ev2, cancel2) = (Arc::downgrade(&ctx), ctx.events.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SCOPE_CHECK_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel2.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                // Holds no strong reference between ticks: the check must not
+                // keep the scope locked after the Tower and its drivers end.
+                let Some(c2) = weak.upgrade() else { return };
+                let id = ident.clone();
+                let res = tokio::task::spawn_blocking(move || id.verify()).await;
+                if let Ok(Err(detail)) = res {
+                    tracing::error!("scope {}: {detail}", c2.scope.dir().display());
+                    c2.scope_lost
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    ev2.send(Event::ScopeLost {
+                        scope: c2.scope.dir().display().to_string(),
+                        detail,
+                    });
+                    return;
+                }
+            }
         });
         let r = rtt.clone();
         tokio::spawn(async move {
@@ -172,6 +208,14 @@ impl Tower {
             }
         });
         Ok((Tower { ctx, rtt }, ev_rx))
+    }
+
+    /// True once the Tower found its scope deleted or replaced (see
+    /// [`Event::ScopeLost`]); it writes nothing there any more.
+    pub fn scope_lost(&self) -> bool {
+        self.ctx
+            .scope_lost
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The scope this Tower holds.

@@ -313,3 +313,46 @@ async fn stopped_shellper_with_a_full_socket_never_wedges_its_driver() {
     assert!(matches!(r, Ok(Ok(_))), "{r:?}");
     guard.with_settle(Duration::from_millis(500)).finish();
 }
+
+/// Item 7: a shellper killed by SIGKILL (the OOM killer, an operator) runs
+/// no ladder; the Tower saw it die and takes the tree down from outside,
+/// by the PTY session and its leader's start time, and reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_shellper_tree_is_taken_down_by_the_tower() {
+    let guard = LeakGuard::new("sigkill_tree");
+    let dir = scope_tmp();
+    let (tower, mut ev) = open(dir.path(), lease(600, 20_000, 300));
+    // Everything ignores SIGHUP, so nothing dies when the PTY closes.
+    let h = tower
+        .spawn(spec(
+            &guard,
+            "trap '' HUP; sleep 1000 & sleep 1000 & sh -c 'sleep 1000' & wait",
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = guard.survivors().len();
+    assert!(before >= 5, "tree not started: {before}");
+    // SAFETY: kill(2) on the shellper we spawned (not reaped: we hold it).
+    assert_eq!(unsafe { libc::kill(h.info().pid as i32, libc::SIGKILL) }, 0);
+    let e = wait_event(&mut ev, Duration::from_secs(10), |e| {
+        matches!(e, Event::TreeKilled { .. })
+    })
+    .await;
+    match &e {
+        Event::TreeKilled {
+            signalled,
+            survivors,
+            session_verified,
+            ..
+        } => {
+            assert!(*session_verified, "{e:?}");
+            assert!(*signalled >= 4, "{e:?}");
+            assert_eq!(*survivors, 0, "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let left = guard.wait_gone(Duration::from_secs(5));
+    assert!(left.is_empty(), "survivors: {left:?}");
+    guard.finish();
+}

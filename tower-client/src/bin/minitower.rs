@@ -57,7 +57,9 @@ EXIT CODES
   2  usage error (bad flag or lease timings)
   3  the scope is held by another Tower (the message names its pid)
   4  the scope is unusable (bad owner or permissions, socket paths too long,
-     registry corrupt, a directory, or of an unknown schema version)
+     registry corrupt, a directory, or of an unknown schema version), or it
+     was deleted or replaced while running (checked every second and before
+     every registry write; held shellpers are detached, never killed)
 
 EXAMPLES
   Hold two shells in a private scope, detach on Ctrl-C:
@@ -412,6 +414,7 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
         }
     }
     let mut spawns_failed = false;
+    let mut scope_lost = false;
     if stop_signal.is_none() && cli.spawn > 0 && spawned == 0 {
         // Asked to run something and nothing runs: say so with the exit
         // code rather than holding nothing (what was adopted is detached,
@@ -440,6 +443,14 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
             };
             tokio::select! {
                 ev = events.recv() => match ev {
+                    Some(ev @ tower_client::Event::ScopeLost { .. }) => {
+                        out_line(&ev.to_json());
+                        if let tower_client::Event::ScopeLost { scope, detail } = &ev {
+                            eprintln!("minitower: scope {scope}: {detail}; stopping (sessions detached, alive for their window)");
+                        }
+                        scope_lost = true;
+                        break Some("scope lost");
+                    }
                     Some(ev) => out_line(&ev.to_json()),
                     None => break None,
                 },
@@ -455,7 +466,7 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
         };
     }
 
-    let on_exit = if spawns_failed {
+    let on_exit = if spawns_failed || scope_lost {
         OnExit::Detach
     } else {
         cli.on_exit
@@ -490,7 +501,9 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
     while let Some(ev) = events.try_recv() {
         out_line(&ev.to_json());
     }
-    if failed > 0 || spawns_failed {
+    if scope_lost {
+        ExitCode::from(4)
+    } else if failed > 0 || spawns_failed {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

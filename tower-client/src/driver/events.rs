@@ -61,6 +61,25 @@ pub enum Event {
     /// Detached on our request; the shellper terminates in `kill_in_ms`
     /// unless a Tower re-acquires it.
     Detached { id: String, kill_in_ms: u64 },
+    /// The shellper died without running its own kill ladder (SIGKILL: the
+    /// OOM killer, an operator), so the Tower took its tree down from
+    /// outside: the PTY child's session, named by its id and its leader's
+    /// start time (never a bare pid or sid). `session_verified: false`
+    /// means the session could no longer be proven to be the same one (its
+    /// leader gone), so nothing of it was touched.
+    TreeKilled {
+        id: String,
+        signalled: u32,
+        survivors: u32,
+        elapsed_ms: u64,
+        session_verified: bool,
+    },
+    /// The scope directory or its lock file was deleted or replaced under
+    /// the Tower (another Tower may own the path now). Not about one
+    /// shellper (`id()` is empty). The Tower no longer writes its
+    /// registry; an application should stop (detaching, so the sessions
+    /// live on for their window).
+    ScopeLost { scope: String, detail: String },
 }
 
 impl Event {
@@ -74,7 +93,9 @@ impl Event {
             | Event::Exited { id, .. }
             | Event::Lost { id, .. }
             | Event::Terminated { id, .. }
-            | Event::Detached { id, .. } => id,
+            | Event::Detached { id, .. }
+            | Event::TreeKilled { id, .. } => id,
+            Event::ScopeLost { .. } => "",
         }
     }
 

@@ -57,6 +57,10 @@ pub(crate) struct Granted {
     pub proc: ProcWatch,
 }
 
+fn info_child(h: &ShellperHandle) -> Option<i32> {
+    h.info().child_pid.and_then(|p| i32::try_from(p).ok())
+}
+
 /// Registers a granted lease with the Tower's context and starts its
 /// driver task.
 pub(crate) fn start(ctx: &Arc<Ctx>, g: Granted) -> ShellperHandle {
@@ -80,7 +84,7 @@ pub(crate) fn start(ctx: &Arc<Ctx>, g: Granted) -> ShellperHandle {
         inner: inner.clone(),
     };
     let key = ctx.next_key.fetch_add(1, Ordering::Relaxed);
-    let driver = Driver::new(
+    let mut driver = Driver::new(
         ctx.clone(),
         inner,
         key,
@@ -91,6 +95,11 @@ pub(crate) fn start(ctx: &Arc<Ctx>, g: Granted) -> ShellperHandle {
         proc,
         rx,
     );
+    // The PTY child leads its own session; read its identity now, while
+    // it is provably the shellper's child (one stat read).
+    if let Some(c) = info_child(&handle) {
+        driver.session = shellper_proctree::session_of_child(handle.info().pid as i32, c);
+    }
     driver.schedule(
         renew_interval(&grant),
         Duration::from_millis(grant.expires_in_ms),

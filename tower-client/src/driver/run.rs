@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use shellper_proctree::{LinuxTable, ProcessTable, Sig};
+use shellper_proctree::{
+    KillPlan, LinuxTable, ProcessTable, RealClock, Session, Sig, TreeSpec, kill_tree,
+};
 use shellper_protocol::msg::{
     ErrorCode, ExitMsg, Grant, Release, ReleaseMode, Renew, SignalMsg, Status, StatusRequest,
     TerminateReason, Terminated,
@@ -91,6 +93,10 @@ pub(crate) struct Driver {
     /// The reattach window of the lease: how long a reconnect may go on.
     pub window: Duration,
     reconnect: Option<Reconnect>,
+    /// The PTY child's session (sid and leader start time), read while the
+    /// child was still the shellper's: what to take down if the shellper is
+    /// killed without running its own ladder.
+    pub session: Option<Session>,
     pub epoch: u64,
     pub proc: ProcWatch,
     pub ctl_rx: mpsc::UnboundedReceiver<Ctl>,
@@ -134,6 +140,7 @@ impl Driver {
             conn: Some(conn),
             window,
             reconnect: None,
+            session: None,
             epoch,
             proc,
             ctl_rx,
@@ -592,6 +599,60 @@ impl Driver {
         }
     }
 
+    /// Takes down, from outside and off the runtime thread, what the dead
+    /// shellper's tree left running: members of the PTY child's session
+    /// while that session is provably the same one (leader with its start
+    /// time, or a witness). Reports what it killed and what survived.
+    fn kill_orphaned_tree(&self) {
+        let Some(session) = self.session else {
+            return;
+        };
+        let info = &self.handle.info;
+        let plan = KillPlan {
+            tree: TreeSpec {
+                root: info.pid as i32,
+                root_start_ticks: Some(info.start_ticks),
+                sessions: vec![session],
+                ..TreeSpec::default()
+            },
+            ..KillPlan::new(
+                info.pid as i32,
+                Some(session),
+                self.ctx.cfg.lease.kill_grace.min(Duration::from_secs(5)),
+            )
+        };
+        let events = self.ctx.events.clone();
+        let id = self.id();
+        tokio::spawn(async move {
+            let res = tokio::task::spawn_blocking(move || {
+                let verified = shellper_proctree::tree::verified_sessions(
+                    &shellper_proctree::snapshot(),
+                    &plan.tree,
+                )
+                .contains(&session.sid);
+                let report =
+                    verified.then(|| kill_tree(&LinuxTable, &RealClock, &plan, &mut || {}));
+                (verified, report)
+            })
+            .await;
+            let Ok((verified, report)) = res else { return };
+            if !verified {
+                tracing::warn!(%id, sid = session.sid, "shellper killed; its session can no longer be proven ours: left alone");
+            }
+            let r = report.unwrap_or_default();
+            if !r.survivors.is_empty() {
+                tracing::error!(%id, survivors = ?r.survivors, "processes of a killed shellper's tree survived");
+            }
+            events.send(Event::TreeKilled {
+                id,
+                signalled: r.signalled,
+                survivors: r.survivors.len() as u32,
+                elapsed_ms: r.elapsed.as_millis() as u64,
+                session_verified: verified,
+            });
+        });
+    }
+
     /// The shellper process is gone.
     async fn on_gone(&mut self, exit: ProcExit) {
         // What it wrote just before exiting (TERMINATED, EXIT) is still in
@@ -610,6 +671,13 @@ impl Driver {
         self.finished = true;
         let id = self.id();
         let requested = self.terminate.is_some();
+        // Killed without a ladder of its own (SIGKILL, or no TERMINATED
+        // from one we could not wait for): its tree runs on under PID 1.
+        let sigkilled = exit.signal == Some(9)
+            || (self.report.is_none() && exit.code.is_none() && exit.signal.is_none());
+        if sigkilled {
+            self.kill_orphaned_tree();
+        }
         self.ctx.forget(&self.handle);
         self.set_state(ST_ENDED);
         // Gone for good: forget it (before anyone is told, so a caller that
