@@ -24,8 +24,10 @@ use bytes::{Bytes, BytesMut};
 use rustix::process::{Pid, Signal};
 use shellper_proctree::ChildExit;
 use shellper_protocol::msg::{ChildState, ExitMsg, Spawn};
+use std::future::Future;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
@@ -35,8 +37,15 @@ use crate::lease::LeaseHandle;
 /// How long EXIT waits for the PTY output to drain after the child's
 /// status was collected.
 pub const EXIT_DRAIN: Duration = Duration::from_millis(500);
-/// Input chunks queued for the PTY before senders wait.
-const INPUT_QUEUE: usize = 64;
+/// Input bytes one client may have queued for the PTY. When they are
+/// queued the shellper stops reading from that client (backpressure) until
+/// the child takes input.
+pub const INPUT_QUEUE_PER_CLIENT: usize = 256 * 1024;
+/// Input bytes queued for the PTY from every client together.
+pub const INPUT_QUEUE_TOTAL: usize = 1024 * 1024;
+/// Input reaches the PTY writer in pieces of at most this size, each a copy,
+/// so a queued piece never pins the (up to 16 MiB) frame it came from.
+const INPUT_PIECE: usize = 16 * 1024;
 /// PTY read size.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -212,25 +221,75 @@ pub enum ChildCmd {
     Spawn(Spawn, oneshot::Sender<std::result::Result<u32, String>>),
 }
 
+/// A piece of input on its way to the PTY, holding its share of the
+/// client's and the total budget until it is written (or dropped with the
+/// queue when the child is replaced).
+#[derive(Debug)]
+struct Input {
+    bytes: Bytes,
+    _client: OwnedSemaphorePermit,
+    _total: OwnedSemaphorePermit,
+}
+
+type InputTx = mpsc::UnboundedSender<Input>;
+
 /// Access to the PTY child from connection tasks.
 #[derive(Debug, Clone)]
 pub struct ChildHandle {
     tx: mpsc::UnboundedSender<ChildCmd>,
-    input: Arc<Mutex<Option<mpsc::Sender<Bytes>>>>,
+    input: Arc<Mutex<Option<InputTx>>>,
+    /// Room left in the input queue, in bytes, over every client.
+    total: Arc<Semaphore>,
+}
+
+/// A client's input budget: [`INPUT_QUEUE_PER_CLIENT`] bytes.
+pub fn client_input_budget() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(INPUT_QUEUE_PER_CLIENT))
 }
 
 impl ChildHandle {
-    /// Writes input to the current child. Waits when the PTY does not keep
-    /// up (back-pressure on the sending connection only); dropped when no
-    /// child is running.
-    pub async fn input(&self, data: Bytes) {
-        let tx = self
-            .input
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if let Some(tx) = tx {
-            let _ = tx.send(data).await;
+    /// Queues input for the current child, piece by piece; each piece waits
+    /// for room in the client's `budget` and in the total, so the caller
+    /// (the client's reader) stops reading while the queue is full: the
+    /// queue is bounded in bytes, never in frames. Returns once everything
+    /// is queued; the rest is dropped when no child runs or when `gone`
+    /// resolves (the client went away: it must not pin memory).
+    pub async fn input(
+        &self,
+        data: Bytes,
+        budget: &Arc<Semaphore>,
+        gone: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(gone);
+        for piece in data.chunks(INPUT_PIECE) {
+            // Invariant: a piece is at most INPUT_PIECE bytes, far below u32.
+            let n = piece.len() as u32;
+            let permits = async {
+                let c = budget.clone().acquire_many_owned(n).await.ok()?;
+                let t = self.total.clone().acquire_many_owned(n).await.ok()?;
+                Some((c, t))
+            };
+            let (c, t) = tokio::select! {
+                p = permits => match p {
+                    Some(p) => p,
+                    None => return,
+                },
+                () = &mut gone => return,
+            };
+            let tx = self
+                .input
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            let Some(tx) = tx else { return };
+            let input = Input {
+                bytes: Bytes::copy_from_slice(piece),
+                _client: c,
+                _total: t,
+            };
+            if tx.send(input).is_err() {
+                return;
+            }
         }
     }
 
@@ -271,7 +330,7 @@ pub struct ChildActor {
     hub: Arc<Hub>,
     lease: LeaseHandle,
     rx: mpsc::UnboundedReceiver<ChildCmd>,
-    input: Arc<Mutex<Option<mpsc::Sender<Bytes>>>>,
+    input: Arc<Mutex<Option<InputTx>>>,
     done_tx: mpsc::UnboundedSender<u64>,
     done_rx: mpsc::UnboundedReceiver<u64>,
     current: Option<Current>,
@@ -310,7 +369,8 @@ impl ChildActor {
             }
             None => actor.next_generation = 1,
         }
-        (actor, ChildHandle { tx, input })
+        let total = Arc::new(Semaphore::new(INPUT_QUEUE_TOTAL));
+        (actor, ChildHandle { tx, input, total })
     }
 
     fn adopt(&mut self, child: PtyChild) -> u64 {
@@ -342,10 +402,11 @@ impl ChildActor {
             }
             let _ = done.send(generation);
         });
-        let (in_tx, mut in_rx) = mpsc::channel::<Bytes>(INPUT_QUEUE);
+        // Unbounded channel, bounded in bytes by the budgets the pieces carry.
+        let (in_tx, mut in_rx) = mpsc::unbounded_channel::<Input>();
         let writer = tokio::spawn(async move {
-            while let Some(b) = in_rx.recv().await {
-                if writer.write_all(&b).await.is_err() {
+            while let Some(input) = in_rx.recv().await {
+                if writer.write_all(&input.bytes).await.is_err() {
                     break;
                 }
             }

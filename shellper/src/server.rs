@@ -401,9 +401,51 @@ struct Conn {
     kind: ClientType,
     outbox: Arc<Outbox>,
     cancel: CancellationToken,
+    /// The socket, to notice a peer that closed while its input waits.
+    sock: Arc<Stream>,
+    /// Room for this client's input in the PTY queue, in bytes.
+    input_budget: Arc<tokio::sync::Semaphore>,
 }
 
+/// How often a reader blocked on a full input queue checks that its peer
+/// is still there.
+const HANGUP_POLL: Duration = Duration::from_millis(200);
+
 impl Conn {
+    /// Resolves when the connection is cancelled or the peer has closed its
+    /// socket entirely (POLLHUP; a peer that only shut down its write side
+    /// still gets its input delivered). Used while the reader waits for
+    /// room in the input queue, when it does not read the socket.
+    async fn gone(&self) {
+        use std::os::fd::AsFd as _;
+        let Stream::UdSocket(s) = &*self.sock;
+        let hung_up = async {
+            loop {
+                tokio::time::sleep(HANGUP_POLL).await;
+                let fd = s.as_fd();
+                let mut fds = [rustix::event::PollFd::new(
+                    &fd,
+                    rustix::event::PollFlags::empty(),
+                )];
+                let zero = rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                if rustix::event::poll(&mut fds, Some(&zero)).is_ok()
+                    && fds[0]
+                        .revents()
+                        .intersects(rustix::event::PollFlags::HUP | rustix::event::PollFlags::ERR)
+                {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            () = self.cancel.cancelled() => {}
+            () = hung_up => {}
+        }
+    }
+
     fn send(&self, f: Frame) {
         if self.outbox.control(f) == crate::outbox::Pushed::Overflow {
             self.cancel.cancel();
@@ -441,6 +483,7 @@ async fn serve(shared: Arc<Shared>, stream: Stream) {
     };
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let stream = Arc::new(stream);
+    let sock = stream.clone();
     let (r, w) = (Half(stream.clone()), Half(stream));
     let outbox = Arc::new(Outbox::new());
     let cancel = CancellationToken::new();
@@ -456,6 +499,8 @@ async fn serve(shared: Arc<Shared>, stream: Stream) {
         kind: ClientType::Status,
         outbox,
         cancel,
+        sock,
+        input_budget: crate::child::client_input_budget(),
     };
     let registered = match handshake(&shared, &mut frames, &mut conn).await {
         Some(hello) if reserved && hello.client_type == ClientType::Terminal => {
@@ -622,7 +667,9 @@ async fn read_loop(
 async fn dispatch(shared: &Shared, conn: &Conn, frame: Frame) {
     let can_write = conn.kind != ClientType::Status;
     match frame {
-        Frame::Data(b) if can_write => shared.child.input(b).await,
+        Frame::Data(b) if can_write => {
+            shared.child.input(b, &conn.input_budget, conn.gone()).await;
+        }
         Frame::Resize(r) if can_write => {
             shared.child.resize(r.cols.max(1), r.rows.max(1));
         }

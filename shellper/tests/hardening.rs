@@ -256,3 +256,93 @@ fn config_on_stdin_is_bounded_and_strict() {
     }
     guard.finish();
 }
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Clients send 16 MiB DATA frames to a child that never reads stdin:
+/// the shellper's memory stays bounded (it stops reading from them) and
+/// returns once they leave.
+#[test]
+fn queued_input_is_bounded_in_bytes_and_freed_when_the_clients_leave() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const CLIENTS: usize = 4;
+    const MIB: u64 = 1024;
+    let guard = LeakGuard::new("input_bound");
+    let mut sh = Shellper::start_codev(
+        &guard,
+        "/bin/sleep",
+        &["600"],
+        None,
+        // A small replay buffer: the PTY echoes some input back as output.
+        serde_json::json!({"replayBufferBytes": 65536}),
+    );
+    let base = vm_rss_kib(sh.pid);
+    let frame = Arc::new(
+        shellper_protocol::Frame::Data(bytes::Bytes::from(vec![b'a'; 16 << 20]))
+            .to_bytes()
+            .expect("encode"),
+    );
+    let stop_flag = Arc::new(AtomicBool::new(false));
+    let mut socks = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut c = sh.connect();
+        c.hello(ClientType::Terminal, true, false, false);
+        socks.push(c.stream.try_clone().expect("clone"));
+        let (frame, stop_flag) = (frame.clone(), stop_flag.clone());
+        writers.push(std::thread::spawn(move || {
+            use std::io::Write;
+            while !stop_flag.load(Ordering::SeqCst) {
+                if c.stream.write_all(&frame).is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    // While they push, the shellper's resident memory stays bounded: per
+    // client the frame being queued and the next one being received (2 ×
+    // 16 MiB), plus the bounded queue. Unbounded, it reached 1.5 GB. Stop
+    // early when the bound is broken, so a regression does not eat the host.
+    let bound = base + CLIENTS as u64 * 36 * MIB + 32 * MIB;
+    let mut peak = 0;
+    let end = std::time::Instant::now() + Duration::from_secs(4);
+    while std::time::Instant::now() < end && peak <= bound {
+        peak = peak.max(vm_rss_kib(sh.pid));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop_flag.store(true, Ordering::SeqCst);
+    for s in &socks {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+    for w in writers {
+        w.join().expect("writer");
+    }
+    drop(socks);
+    assert!(
+        peak <= bound,
+        "RSS grew from {base} KiB to {peak} KiB (bound {bound} KiB)"
+    );
+    // They left: the memory is given back.
+    let mut now = 0;
+    let back = wait_for(Duration::from_secs(10), || {
+        now = vm_rss_kib(sh.pid);
+        now <= base + 16 * MIB
+    });
+    assert!(
+        back,
+        "RSS {now} KiB after the clients left (baseline {base} KiB, peak {peak} KiB)"
+    );
+    eprintln!("RSS baseline {base} KiB, peak {peak} KiB, after {now} KiB");
+    // And the shellper is fine.
+    assert!(sh.status().child_pid.is_some());
+    stop(&mut sh);
+    guard.finish();
+}
