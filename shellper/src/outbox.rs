@@ -12,7 +12,9 @@
 //! * the **ordered** lane carries REPLAY, DATA and EXIT in PTY order (EXIT
 //!   must not overtake the last output). DATA past [`DATA_QUEUE_BYTES`] is
 //!   dropped for that client only (terminal output is ephemeral, as in
-//!   codev); REPLAY and EXIT are never dropped. It may also hold a
+//!   codev); REPLAY and EXIT are never dropped, but REPLAY counts against
+//!   the same budget, so a client still taking a large REPLAY gets no DATA
+//!   piled up behind it. It may also hold a
 //!   *barrier* ([`Out::AwaitPeerRead`]): the writer waits there until the
 //!   peer has read everything written before it, so what follows lands in
 //!   a later read (SPEC §7: the retained EXIT after WELCOME and REPLAY).
@@ -27,7 +29,8 @@ use bytes::Bytes;
 use shellper_protocol::Frame;
 use tokio::sync::Notify;
 
-/// Most DATA bytes queued for one client before new DATA is dropped.
+/// Most REPLAY and DATA bytes queued for one client before new DATA is
+/// dropped.
 pub const DATA_QUEUE_BYTES: usize = 1024 * 1024;
 /// Most control frames queued for one client before it is disconnected.
 pub const CONTROL_QUEUE_FRAMES: usize = 1024;
@@ -85,10 +88,14 @@ impl Lanes {
     }
 
     /// REPLAY and EXIT: never dropped (bounded by the replay buffer and by
-    /// there being one EXIT per child).
+    /// there being one EXIT per child). REPLAY bytes count against the
+    /// output budget.
     pub fn push_ordered(&mut self, f: Frame) -> Pushed {
         if self.closed {
             return Pushed::Overflow;
+        }
+        if let Frame::Replay(b) = &f {
+            self.data_bytes += b.len();
         }
         self.ordered.push_back(Out::Frame(f));
         Pushed::Queued
@@ -110,7 +117,7 @@ impl Lanes {
             return Some(Out::Frame(f));
         }
         let o = self.ordered.pop_front()?;
-        if let Out::Frame(Frame::Data(b)) = &o {
+        if let Out::Frame(Frame::Data(b) | Frame::Replay(b)) = &o {
             self.data_bytes -= b.len();
         }
         Some(o)
@@ -266,6 +273,18 @@ mod tests {
         assert!(matches!(l.pop(), Some(Out::Frame(Frame::Exit(_)))));
         l.close();
         assert_eq!(l.push_barrier(), Pushed::Overflow);
+    }
+
+    #[test]
+    fn replay_counts_against_the_output_budget() {
+        let mut l = Lanes::default();
+        let replay = Bytes::from(vec![0u8; DATA_QUEUE_BYTES]);
+        assert_eq!(l.push_ordered(Frame::Replay(replay)), Pushed::Queued);
+        // The budget is used up by the REPLAY: DATA is dropped...
+        assert_eq!(l.push_data(Bytes::from_static(b"x")), Pushed::Dropped);
+        // ...until the REPLAY has been written.
+        assert!(matches!(l.pop(), Some(Out::Frame(Frame::Replay(_)))));
+        assert_eq!(l.push_data(Bytes::from_static(b"x")), Pushed::Queued);
     }
 
     #[tokio::test]

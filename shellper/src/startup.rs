@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use shellper_protocol::Token;
@@ -19,6 +20,14 @@ use crate::error::{Error, Result};
 
 /// Log file size at which it is rotated to `<log>.1` (CONVENTIONS.md).
 pub const LOG_ROTATE_BYTES: u64 = 1024 * 1024;
+/// Overrides [`LOG_ROTATE_BYTES`] (at least 1024), for tests and operators
+/// who want smaller logs.
+pub const LOG_ROTATE_ENV: &str = "SHELLPER_LOG_ROTATE_BYTES";
+
+/// Set once fd 2 points at the log ([`stderr_to`]): from then on every
+/// rotation moves fd 2 to the new live file, so a panic message (written
+/// straight to fd 2) lands in `<log>`, not in the rotated `<log>.1`.
+static STDERR_FOLLOWS_LOG: AtomicBool = AtomicBool::new(false);
 
 /// Looks up `/proc/<pid>` so its inode (and ctime) exists from now on:
 /// codev's Tower uses that ctime as the shellper's start-time identity.
@@ -135,7 +144,9 @@ pub fn write_info_line(pid: u32, start_time_ms: u64) -> Result<()> {
 /// Points stderr at the log file (panics land there too).
 pub fn stderr_to(path: &Path) -> Result<()> {
     let f = open_log(path)?;
-    rustix::stdio::dup2_stderr(&f).map_err(|e| Error::io("dup2 stderr", e.into()))
+    rustix::stdio::dup2_stderr(&f).map_err(|e| Error::io("dup2 stderr", e.into()))?;
+    STDERR_FOLLOWS_LOG.store(true, Ordering::SeqCst);
+    Ok(())
 }
 
 fn open_log(path: &Path) -> Result<File> {
@@ -149,7 +160,10 @@ fn open_log(path: &Path) -> Result<File> {
 
 /// An append-only log file rotated to `<path>.1` when it reaches
 /// [`LOG_ROTATE_BYTES`], so a chatty shellper never fills the disk: at most
-/// two files of about 1 MiB each.
+/// two files of at most about 1 MiB each. The size is the file's own (fd 2
+/// writes to the same file behind our back: panics, the spawner's early
+/// messages), a rotated file is cut to the cap, and fd 2 follows the live
+/// file once it points at the log.
 #[derive(Debug)]
 pub struct RotatingLog {
     path: PathBuf,
@@ -173,6 +187,10 @@ impl RotatingLog {
     fn rotate(&mut self) -> io::Result<()> {
         let mut old = self.path.clone().into_os_string();
         old.push(".1");
+        if self.size > self.max {
+            // Written to behind our back: keep `.log.1` within the cap.
+            let _ = self.file.set_len(self.max);
+        }
         std::fs::rename(&self.path, &old)?;
         self.file = OpenOptions::new()
             .create(true)
@@ -180,12 +198,19 @@ impl RotatingLog {
             .mode(0o600)
             .open(&self.path)?;
         self.size = 0;
+        if STDERR_FOLLOWS_LOG.load(Ordering::SeqCst) {
+            let _ = rustix::stdio::dup2_stderr(&self.file);
+        }
         Ok(())
     }
 }
 
 impl Write for RotatingLog {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // One fstat per log line: counts what fd 2 appended meanwhile.
+        if let Ok(m) = self.file.metadata() {
+            self.size = m.len();
+        }
         if self.size + buf.len() as u64 > self.max && self.size > 0 {
             // If rotation fails keep appending: losing the bound is better
             // than losing the log.
@@ -206,7 +231,11 @@ impl Write for RotatingLog {
 /// level filter, not `EnvFilter`: its directive matching costs about a
 /// MiB of resident memory in every idle shellper.
 pub fn init_logging(path: &Path) -> Result<()> {
-    let log = RotatingLog::open(path, LOG_ROTATE_BYTES)?;
+    let max = std::env::var(LOG_ROTATE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(LOG_ROTATE_BYTES, |v| v.max(1024));
+    let log = RotatingLog::open(path, max)?;
     let level = std::env::var("SHELLPER_LOG")
         .ok()
         .and_then(|v| v.parse::<tracing_subscriber::filter::LevelFilter>().ok())
@@ -236,5 +265,23 @@ mod tests {
             .expect("rotated")
             .len();
         assert!(cur <= 100 && old <= 100, "{cur} {old}");
+    }
+
+    #[test]
+    fn bytes_written_around_the_log_count_and_the_rotated_file_is_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("x.log");
+        let mut log = RotatingLog::open(&p, 100).expect("open");
+        log.write_all(b"first\n").expect("write");
+        // fd 2 (a panic, the spawner) appends to the same file directly.
+        let mut other = open_log(&p).expect("open");
+        other.write_all(&[b'p'; 500]).expect("write");
+        log.write_all(b"after\n").expect("write");
+        let cur = std::fs::metadata(&p).expect("log").len();
+        let old = std::fs::metadata(dir.path().join("x.log.1"))
+            .expect("rotated")
+            .len();
+        assert!(cur <= 100, "live log {cur} bytes");
+        assert!(old <= 100, "rotated log {old} bytes");
     }
 }

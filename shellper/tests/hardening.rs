@@ -346,3 +346,37 @@ fn queued_input_is_bounded_in_bytes_and_freed_when_the_clients_leave() {
     stop(&mut sh);
     guard.finish();
 }
+
+/// After the log rotates, fd 2 (where a panic message goes) is the live
+/// log, not the rotated file.
+#[test]
+fn after_a_log_rotation_fd_2_is_the_live_log() {
+    let guard = LeakGuard::new("log_fd2");
+    let mut sh = Shellper::start_codev_with(
+        &guard,
+        "/bin/sleep",
+        &["600"],
+        None,
+        serde_json::json!({}),
+        |cmd| {
+            cmd.env("SHELLPER_LOG_ROTATE_BYTES", "2048")
+                .env("SHELLPER_LOG", "debug");
+        },
+    );
+    let log = sh.socket.with_extension("log");
+    let rotated = std::path::PathBuf::from(format!("{}.1", log.display()));
+    // Every connection writes debug lines; connect until the log rotates.
+    let rotated_now = wait_for(Duration::from_secs(20), || {
+        let mut c = sh.connect();
+        c.hello(ClientType::Status, true, false, false);
+        drop(c);
+        rotated.exists()
+    });
+    assert!(rotated_now, "the log never rotated:\n{}", sh.log());
+    let fd2 = std::fs::read_link(format!("/proc/{}/fd/2", sh.pid)).expect("fd 2");
+    assert_eq!(fd2, log, "fd 2 is not the live log");
+    let old = std::fs::metadata(&rotated).expect("rotated").len();
+    assert!(old <= 2048, "rotated log is {old} bytes");
+    stop(&mut sh);
+    guard.finish();
+}
