@@ -10,9 +10,19 @@ use std::fmt;
 /// Length of a token in bytes.
 pub const TOKEN_LEN: usize = 32;
 
-/// A 256-bit lease token. `Debug` never prints the secret.
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A 256-bit lease token. `Debug` never prints the secret, and `==` is the
+/// constant-time [`Token::ct_eq`] (a derived `PartialEq` would compare with
+/// `memcmp`, which stops at the first differing byte).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Token(pub [u8; TOKEN_LEN]);
+
+impl PartialEq for Token {
+    fn eq(&self, other: &Token) -> bool {
+        self.ct_eq(other)
+    }
+}
+
+impl Eq for Token {}
 
 /// A token string that is not 64 hexadecimal digits.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -32,12 +42,20 @@ impl Token {
     /// Constant-time comparison: the time taken does not depend on where the
     /// first differing byte is, so a local attacker cannot probe the token
     /// byte by byte through response timing.
+    ///
+    /// How: an OR-fold of the XOR of every byte pair, with no branch inside
+    /// the loop and no early exit; each accumulated value passes through
+    /// [`std::hint::black_box`], so the optimiser cannot see that a non-zero
+    /// accumulator decides the answer and turn the fold back into a
+    /// short-circuiting compare. The one branch is on the final result.
+    /// (The `subtle` crate does the same with volatile reads; it is not
+    /// needed for one 32-byte compare.)
     pub fn ct_eq(&self, other: &Token) -> bool {
         let mut diff = 0u8;
         for (a, b) in self.0.iter().zip(other.0.iter()) {
-            diff |= a ^ b;
+            diff = std::hint::black_box(diff | (a ^ b));
         }
-        std::hint::black_box(diff) == 0
+        diff == 0
     }
 
     /// Lowercase hex, 64 characters (the form used on stdin and in registries).
@@ -118,5 +136,34 @@ mod tests {
         b.0[31] = 2;
         assert!(!a.ct_eq(&b));
         assert_eq!(format!("{a:?}"), "Token(<redacted>)");
+    }
+
+    /// `==` is `ct_eq`: a difference at any single byte or bit position is
+    /// seen, and equal tokens compare equal.
+    #[test]
+    fn eq_is_the_constant_time_compare() {
+        let a = Token(core::array::from_fn(|i| i as u8));
+        assert!(a == a.clone());
+        for i in 0..TOKEN_LEN {
+            for bit in 0..8 {
+                let mut b = a.clone();
+                b.0[i] ^= 1 << bit;
+                assert!(a != b && !a.ct_eq(&b), "byte {i} bit {bit}");
+            }
+        }
+    }
+
+    /// No derived comparison can creep back in: `PartialEq` for `Token` is
+    /// written by hand on top of `ct_eq`.
+    #[test]
+    fn token_does_not_derive_partial_eq() {
+        let src = include_str!("token.rs");
+        let decl = src.find("pub struct Token(").expect("declaration");
+        let derive = src[..decl].rfind("#[derive(").expect("derive");
+        assert!(
+            !src[derive..decl].contains("PartialEq"),
+            "a derived PartialEq compares with an early exit"
+        );
+        assert!(src.contains("impl PartialEq for Token"));
     }
 }
