@@ -27,8 +27,11 @@ Exit codes:
   1    `orphans`: orphans found; `reap`: a target was refused (held, no --force)
        or something of its tree survived; `demo`: the verdict is bad
   2    error: bad usage, unreadable scope or registry, unknown id, unreadable
-       --tracked input
-  130  interrupted by Ctrl-C (`demo` and `reap` clean up first; `watch` exits 0)";
+       --tracked input, another user's process (`reap --pid`); with an
+       unreadable registry `list`, `show` and `orphans` still print what they
+       found, and the warning once
+  130  interrupted by Ctrl-C (`demo` and `reap` clean up first; `watch` exits 0
+       on Ctrl-C, SIGTERM or SIGHUP, with the cursor restored)";
 
 const EXAMPLES_HELP: &str = "\
 Examples:

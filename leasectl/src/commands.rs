@@ -88,9 +88,22 @@ pub fn json_out<T: Serialize>(v: &T) -> Result<()> {
     out(&(s + "\n"))
 }
 
+/// Prints the registry problem once (stderr). The commands that report on
+/// the scope (`list`, `show`, `orphans`) still print what they found, then
+/// exit [`EXIT_ERROR`]: their answer is incomplete (no tokens, no registry
+/// entries), and a script must not take it for a clean one.
 fn warn_registry(scan: &Scan) {
     if let Some(e) = &scan.registry_error {
         eprintln!("leasectl: warning: {e}");
+    }
+}
+
+/// `code`, or [`EXIT_ERROR`] when the registry could not be read.
+fn unless_registry_error(scan: &Scan, code: i32) -> i32 {
+    if scan.registry_error.is_some() {
+        EXIT_ERROR
+    } else {
+        code
     }
 }
 
@@ -111,7 +124,7 @@ async fn list(scope: &Path, timeout: Duration, json: bool, p: &Palette) -> Resul
             &scan.shellpers,
         ))?;
     }
-    Ok(EXIT_OK)
+    Ok(unless_registry_error(&scan, EXIT_OK))
 }
 
 async fn show(scope: &Path, timeout: Duration, id: &str, json: bool, p: &Palette) -> Result<i32> {
@@ -144,7 +157,7 @@ async fn show(scope: &Path, timeout: Duration, id: &str, json: bool, p: &Palette
     } else {
         out(&render::show_text(p, v, &tree))?;
     }
-    Ok(EXIT_OK)
+    Ok(unless_registry_error(&scan, EXIT_OK))
 }
 
 /// One JSON line of `watch` (not on a terminal).
@@ -175,17 +188,27 @@ async fn watch(
     let mut prev: HashMap<String, Phase> = HashMap::new();
     let mut changed_at: HashMap<String, u64> = HashMap::new();
     let mut log: Vec<String> = Vec::new();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    // Every way an operator stops `watch` (Ctrl-C, `kill`, a closed
+    // terminal) ends the loop below, so the cursor is shown again. The
+    // handlers are installed before the cursor is hidden.
+    let mut quit = Quit::install()?;
+    let mut registry_warned: Option<String> = None;
     if tty {
         out("\x1b[?25l")?;
     }
     let mut iteration: u64 = 0;
     let result = loop {
-        let scan = match scan_scope(scope, timeout, None).await {
-            Ok(s) => s,
-            Err(e) => break Err(e),
+        let scan = tokio::select! {
+            s = scan_scope(scope, timeout, None) => match s {
+                Ok(s) => s,
+                Err(e) => break Err(e),
+            },
+            _ = quit.recv() => break Ok(EXIT_OK),
         };
+        if scan.registry_error != registry_warned {
+            warn_registry(&scan);
+            registry_warned.clone_from(&scan.registry_error);
+        }
         let ts = now_ms();
         let mut lines = String::new();
         let mut seen = Vec::new();
@@ -286,13 +309,41 @@ async fn watch(
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = &mut ctrl_c => break Ok(EXIT_OK),
+            _ = quit.recv() => break Ok(EXIT_OK),
         }
     };
     if tty {
         let _ = out("\x1b[?25h");
     }
     result
+}
+
+/// SIGINT, SIGTERM and SIGHUP, as one stream: `watch` quits on any.
+struct Quit {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Quit {
+    fn install() -> Result<Quit> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let sig = |k| signal(k).map_err(|e| Error::Output(std::io::Error::other(e)));
+        Ok(Quit {
+            int: sig(SignalKind::interrupt())?,
+            term: sig(SignalKind::terminate())?,
+            hup: sig(SignalKind::hangup())?,
+        })
+    }
+
+    /// Resolves when one of the signals arrives (cancel-safe).
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.hup.recv() => {}
+        }
+    }
 }
 
 /// `HH:MM:SS.mmm` (UTC) of a Unix-epoch millisecond time.
@@ -312,6 +363,7 @@ async fn orphans_cmd(
     let tracked = tracked_arg.map(tracked::read_tracked).transpose()?;
     let scan = scan_scope(scope, timeout, None).await?;
     warn_registry(&scan);
+    let registry_ok = scan.registry_error.is_none();
     let report =
         tokio::task::spawn_blocking(move || orphans::find(&scan, tracked.as_ref(), scope_only))
             .await
@@ -321,7 +373,9 @@ async fn orphans_cmd(
     } else {
         out(&orphans::text(p, &report))?;
     }
-    Ok(if report.orphans.is_empty() {
+    Ok(if !registry_ok {
+        EXIT_ERROR
+    } else if report.orphans.is_empty() {
         EXIT_OK
     } else {
         EXIT_FOUND
@@ -389,13 +443,9 @@ async fn reap_cmd(scope: &Path, timeout: Duration, o: ReapOpts, p: &Palette) -> 
     } else {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, (t, plan)) in targets.into_iter().zip(plans).enumerate() {
-            let grace = o.grace;
-            tasks.spawn(async move {
-                (
-                    i,
-                    reap::execute(&t, plan, grace, timeout.max(Duration::from_secs(1))).await,
-                )
-            });
+            let (grace, force) = (o.grace, o.force);
+            let handshake = timeout.max(Duration::from_secs(1));
+            tasks.spawn(async move { (i, reap::execute(&t, plan, grace, handshake, force).await) });
         }
         let mut done: Vec<(usize, reap::Outcome)> = Vec::new();
         while let Some(r) = tasks.join_next().await {

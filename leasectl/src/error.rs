@@ -41,6 +41,13 @@ pub enum Error {
     #[error("pid {pid} is not a shellper to reap: {why}")]
     NotAShellper { pid: u32, why: String },
 
+    /// `reap --pid` named another user's process: the kernel refuses our
+    /// signals (EPERM), so trying would only waste the grace periods.
+    #[error(
+        "pid {pid}: not permitted: it belongs to uid {owner} and leasectl runs as uid {me}; run leasectl as that user (or root)"
+    )]
+    NotPermitted { pid: u32, owner: String, me: u32 },
+
     /// Talking to a shellper failed during reap (authenticated terminate).
     #[error("shellper {id}: {step}: {detail}")]
     Protocol {

@@ -244,11 +244,12 @@ pub fn plan(t: &Target, snap: &[ProcInfo], force: bool) -> Plan {
         p.note = Some(format!("nothing to do: process {pid} is gone already"));
         return p;
     }
+    if shellper_proctree::signal_permitted(pid as i32) == Some(false) {
+        p.refused = Some(not_permitted(pid).to_string());
+        return p;
+    }
     if t.phase == Some(Phase::Held) && !force {
-        p.refused = Some(format!(
-            "its lease is held by {}; --force evicts the holder",
-            t.holder.as_deref().unwrap_or("a live Tower")
-        ));
+        p.refused = Some(held_refusal(t.holder.as_deref()));
         return p;
     }
     if t.reachable && t.token.is_some() && t.phase != Some(Phase::Terminating) {
@@ -257,6 +258,28 @@ pub fn plan(t: &Target, snap: &[ProcInfo], force: bool) -> Plan {
     p.steps.push(Method::Sigterm);
     p.steps.push(Method::OutsideLadder);
     p
+}
+
+fn held_refusal(holder: Option<&str>) -> String {
+    format!(
+        "its lease is held by {}; --force evicts the holder",
+        holder.unwrap_or("a live Tower")
+    )
+}
+
+/// Right before an acting step: is the shellper held *now*? The plan was
+/// made from a scan, and a Tower may have re-adopted the shellper since
+/// (acquiring its lease then would evict a live Tower). `Some(holder)` when
+/// held; `None` when not, or when it does not answer (a wedged shellper
+/// cannot be renewed by anyone either).
+async fn held_now(socket: &std::path::Path, timeout: Duration) -> Option<String> {
+    let st = tower_client::query_status(socket, timeout).await.ok()?;
+    (st.phase == shellper_protocol::msg::WirePhase::Held).then(|| {
+        st.holder.as_ref().map_or_else(
+            || "a Tower".to_string(),
+            |h| format!("{}/{}", h.name, st.holder_peer_pid.unwrap_or(h.pid)),
+        )
+    })
 }
 
 /// True while that exact process is alive.
@@ -303,8 +326,15 @@ async fn wait_gone(recorded: &[TreeProc], spec: &TreeSpec, bound: Duration) -> b
     }
 }
 
-/// Executes a plan.
-pub async fn execute(t: &Target, plan: Plan, grace: Duration, handshake: Duration) -> Outcome {
+/// Executes a plan. Without `force`, a shellper found held right before a
+/// step is left alone (the plan is refused then): see [`held_now`].
+pub async fn execute(
+    t: &Target,
+    mut plan: Plan,
+    grace: Duration,
+    handshake: Duration,
+    force: bool,
+) -> Outcome {
     let mut executed = Vec::new();
     let recorded = plan.tree.clone();
     let spec = plan.spec.clone();
@@ -312,6 +342,17 @@ pub async fn execute(t: &Target, plan: Plan, grace: Duration, handshake: Duratio
     let mut done = false;
     for &m in &plan.steps {
         if done {
+            break;
+        }
+        if !force
+            && m != Method::RemoveStaleSocket
+            && let Some(socket) = &t.socket
+            && let Some(holder) = held_now(socket, handshake).await
+        {
+            plan.refused = Some(format!(
+                "re-checked before acting: {}",
+                held_refusal(Some(&holder))
+            ));
             break;
         }
         let start = Instant::now();
@@ -482,6 +523,14 @@ fn outside(
     )
 }
 
+fn not_permitted(pid: u32) -> crate::error::Error {
+    crate::error::Error::NotPermitted {
+        pid,
+        owner: shellper_proctree::owner_uid(pid as i32).map_or("?".into(), |u| u.to_string()),
+        me: rustix::process::geteuid().as_raw(),
+    }
+}
+
 /// A target given by pid (`reap --pid`): it must be a shellper process
 /// (ours or codev's), so a typo never takes down an unrelated tree. A pid
 /// of one of the scope's shellpers becomes that shellper's target (token
@@ -497,6 +546,11 @@ pub fn target_from_pid(pid: u32, scan: &Scan) -> crate::error::Result<Target> {
     let info = read_stat(pid as i32)
         .filter(|p| p.is_live())
         .ok_or_else(|| not("no such live process"))?;
+    // Another user's process: every signal would fail with EPERM. Say so at
+    // once instead of running the ladder against it.
+    if shellper_proctree::signal_permitted(pid as i32) == Some(false) {
+        return Err(not_permitted(pid));
+    }
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
     let exe_name = exe
         .as_ref()

@@ -113,10 +113,8 @@ pub async fn scan_scope(dir: &Path, timeout: Duration, only: Option<&str>) -> Re
     let scope = Scope::open_existing(dir).map_err(|e| Error::Scope(Box::new(e)))?;
     match scope.read_registry() {
         Ok(r) => scan.registry = Some(r),
-        Err(e) => {
-            tracing::warn!("{e}");
-            scan.registry_error = Some(e.to_string());
-        }
+        // Reported once, by the command (`warn_registry`), not here too.
+        Err(e) => scan.registry_error = Some(e.to_string()),
     }
     let lock = scope.lock_path();
     scan.tower.pid = scope.lock_holder().unwrap_or_else(|e| {

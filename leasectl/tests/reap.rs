@@ -319,3 +319,99 @@ fn reap_force_on_a_husk_spares_a_session_that_reuses_its_old_child_pid() {
     assert!(guard.wait_gone(Duration::from_secs(3)).is_empty());
     guard.finish();
 }
+
+/// `reap --pid` of another user's process: the kernel would refuse every
+/// signal (EPERM), so leasectl refuses at once with "not permitted" instead
+/// of running the ladder for seconds and reporting SURVIVORS. As root, the
+/// test runs leasectl as `nobody` against a root-owned shellper-looking
+/// process; unprivileged, it targets pid 1 (root's).
+#[test]
+fn reap_pid_of_another_users_process_is_not_permitted_at_once() {
+    use std::os::unix::process::CommandExt;
+    let guard = LeakGuard::new("leasectl_reap_eperm");
+    let root = rustix::process::geteuid().is_root();
+    let mut target = None;
+    let pid = if root {
+        let node = fake_node_shellper(&guard, false);
+        let pid = node.id();
+        target = Some(node);
+        pid
+    } else {
+        1
+    };
+    let scope = std::env::temp_dir().join(format!("leasectl-eperm-none-{}", std::process::id()));
+    let mut cmd = std::process::Command::new(shellper_testkit::cargo_bin("leasectl"));
+    cmd.env("NO_COLOR", "1")
+        .env(guard.env_pair().0, guard.tag())
+        .arg("--scope")
+        .arg(&scope)
+        .args(["reap", "--pid", &pid.to_string(), "--grace", "3s"]);
+    if root {
+        cmd.uid(65534).gid(65534);
+    }
+    let start = std::time::Instant::now();
+    let out = cmd.output().unwrap();
+    let took = start.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not permitted"), "{err}");
+    assert!(took < Duration::from_secs(2), "took {took:?}: {err}");
+    if let Some(mut node) = target {
+        assert!(shellper_testkit::proc_alive(pid as i32));
+        let _ = node.kill();
+        let _ = node.wait();
+    }
+    guard.finish();
+}
+
+/// "Held, so refuse" is decided again right before acting: a shellper that
+/// was lapsed when reap scanned and was re-adopted by a restarted Tower
+/// before reap acted is left alone (acquiring would evict the live Tower).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reap_rechecks_held_right_before_acting() {
+    let guard = LeakGuard::new("leasectl_reap_recheck");
+    let (_tmp, scope) = scope();
+    let args = ["--ttl", "1s", "--window", "60s", "--kill-grace", "300ms"];
+    let mut first = start_tower(
+        &guard,
+        &scope,
+        &[&args[..], &["--spawn", "1"]].concat(),
+        &["sleep", "600"],
+    );
+    let sp = first.spawned[0].clone();
+    first.kill();
+    // The scan sees it lapsed: the plan would take it down.
+    let scan = leasectl::scan::scan_scope(&scope, Duration::from_millis(500), None)
+        .await
+        .unwrap();
+    let v = scan.shellpers.iter().find(|v| v.id == sp.id).unwrap();
+    assert_eq!(v.phase, leasectl::model::Phase::Lapsed, "{v:?}");
+    let target = leasectl::reap::Target::from_view(v, &scan);
+    let plan = leasectl::reap::plan(&target, &shellper_proctree::snapshot(), false);
+    assert!(plan.refused.is_none() && !plan.steps.is_empty(), "{plan:?}");
+    // Meanwhile a Tower re-adopts it.
+    let mut second = start_tower(&guard, &scope, &args, &[]);
+    assert_eq!(second.spawned.len(), 1, "re-adopted");
+    let outcome = leasectl::reap::execute(
+        &target,
+        plan,
+        Duration::from_secs(3),
+        Duration::from_secs(1),
+        false,
+    )
+    .await;
+    let why = outcome.plan.refused.clone().unwrap_or_default();
+    assert!(why.contains("held by"), "{outcome:?}");
+    assert!(outcome.executed.is_empty(), "{outcome:?}");
+    assert!(!outcome.clean);
+    assert!(shellper_testkit::proc_alive(sp.pid as i32));
+    assert!(shellper_testkit::proc_alive(sp.child_pid as i32));
+    let (_, doc) = run_json(leasectl(&guard, &scope).args(["list", "--json"]));
+    assert_eq!(entry(&doc, &sp.id)["phase"], "held");
+    second.kill();
+    let _ = leasectl(&guard, &scope)
+        .args(["reap", &sp.id, "--grace", "2s"])
+        .output();
+    assert!(guard.wait_gone(Duration::from_secs(3)).is_empty());
+    guard.finish();
+}

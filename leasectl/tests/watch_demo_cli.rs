@@ -256,10 +256,97 @@ fn errors_exit_2_with_context() {
     )
     .unwrap();
     std::fs::write(s.join("registry.json"), "{garbage").unwrap();
-    let out = leasectl(&guard, &s).arg("list").output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt"));
+    for cmd in [
+        &["list"][..],
+        &["list", "--json"],
+        &["orphans", "--scope-only"],
+    ] {
+        let out = leasectl(&guard, &s).args(cmd).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
+        assert!(err.contains("is corrupt"), "{cmd:?}: {err}");
+        assert_eq!(
+            err.matches("is corrupt").count(),
+            1,
+            "{cmd:?}: warned once: {err}"
+        );
+    }
     // Usage errors are clap's exit 2.
     let out = leasectl(&guard, &scope).args(["reap"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+    guard.finish();
+}
+
+/// `watch` on a terminal hides the cursor while it redraws; whichever way
+/// it is stopped (Ctrl-C, `kill`, the terminal hanging up) it shows the
+/// cursor again and exits 0.
+#[test]
+fn watch_on_a_terminal_restores_the_cursor_when_killed() {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use std::io::Read;
+    let guard = LeakGuard::new("leasectl_watch_cursor");
+    let (_tmp, scope) = scope();
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+        grantpt(&master).unwrap();
+        unlockpt(&master).unwrap();
+        let name = ptsname(&master, Vec::new()).unwrap();
+        let slave = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(name.to_str().unwrap())
+            .unwrap();
+        let mut c = Command::new(cargo_bin("leasectl"));
+        c.env("NO_COLOR", "1")
+            .arg("--scope")
+            .arg(&scope)
+            .args(["watch", "--interval", "100ms"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::null());
+        guard.apply(&mut c);
+        let mut child = c.spawn().unwrap();
+        drop(slave);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let mut reader = std::fs::File::from(master);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // EIO once the last writer closed the terminal: end of output.
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let end = Instant::now() + Duration::from_secs(10);
+        while !text(&seen).contains("leasectl watch") && Instant::now() < end {
+            if let Ok(b) = rx.recv_timeout(Duration::from_millis(100)) {
+                seen.extend(b);
+            }
+        }
+        assert!(
+            text(&seen).contains("\x1b[?25l"),
+            "cursor hidden: {:?}",
+            text(&seen)
+        );
+        signal(child.id(), sig);
+        let exited = wait_until(Duration::from_secs(5), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+        assert!(exited, "watch did not exit on signal {sig}");
+        assert_eq!(child.wait().unwrap().code(), Some(0), "signal {sig}");
+        while let Ok(b) = rx.recv_timeout(Duration::from_millis(300)) {
+            seen.extend(b);
+        }
+        let out = text(&seen);
+        let hidden = out.rfind("\x1b[?25l").unwrap();
+        assert!(
+            out[hidden..].contains("\x1b[?25h"),
+            "cursor not shown again after signal {sig}: {:?}",
+            &out[hidden..]
+        );
+    }
     guard.finish();
 }

@@ -92,8 +92,9 @@ pub use ladder::{
 };
 pub use locks::{FlockHolder, flock_holder, parse_proc_locks};
 pub use procfs::{
-    ProcInfo, environ_contains, read_cmdline, read_cmdline_if_safe, read_proc, read_stat,
-    same_process, session_of_child, snapshot, start_time_unix_ms, stat_lookup,
+    ProcInfo, environ_contains, owner_uid, read_cmdline, read_cmdline_if_safe, read_proc,
+    read_stat, same_process, session_of_child, signal_permitted, snapshot, start_time_unix_ms,
+    stat_lookup,
 };
 pub use reap::{ChildExit, become_subreaper, reap_zombies};
 pub use sockets::{SocketOwners, listening_unix_sockets, parse_net_unix, socket_inodes_of};

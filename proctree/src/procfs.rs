@@ -226,6 +226,29 @@ pub fn session_of_child(parent: i32, child: i32) -> Option<crate::tree::Session>
         .and_then(|p| crate::tree::Session::led_by(&p))
 }
 
+/// Whether the kernel lets us signal `pid` (`kill(pid, 0)`, nothing is
+/// sent): `Some(true)` yes, `Some(false)` EPERM (another user's process and
+/// we lack the privilege), `None` no such process (or pid ≤ 0).
+pub fn signal_permitted(pid: i32) -> Option<bool> {
+    let p = rustix::process::Pid::from_raw(pid)?;
+    match rustix::process::test_kill_process(p) {
+        Ok(()) => Some(true),
+        Err(rustix::io::Errno::PERM) => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// The uid owning process `pid` (the owner of `/proc/PID`), if it exists.
+pub fn owner_uid(pid: i32) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    if pid <= 0 {
+        return None;
+    }
+    std::fs::metadata(format!("/proc/{pid}"))
+        .ok()
+        .map(|m| m.uid())
+}
+
 /// True if `pid` is the process that started at `start_ticks` (zombie or
 /// not: identity only, see [`ProcInfo::is_live`] for liveness). This is the
 /// guard against pid recycling: store `(pid, start_ticks)`, never a bare pid.
@@ -323,6 +346,18 @@ mod tests {
             };
             assert_eq!(read_cmdline_if_safe(&p), None, "state {state}");
         }
+    }
+
+    #[test]
+    fn signal_permission_probe() {
+        let me = std::process::id() as i32;
+        assert_eq!(signal_permitted(me), Some(true));
+        assert_eq!(signal_permitted(0), None);
+        assert_eq!(signal_permitted(-3), None);
+        assert_eq!(owner_uid(me), Some(rustix::process::getuid().as_raw()));
+        // pid 1 belongs to root: only root may signal it.
+        let root = rustix::process::geteuid().is_root();
+        assert_eq!(signal_permitted(1), Some(root));
     }
 
     #[test]
