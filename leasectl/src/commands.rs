@@ -404,31 +404,43 @@ async fn reap_cmd(scope: &Path, timeout: Duration, o: ReapOpts, p: &Palette) -> 
         .transpose()?;
     let scan = scan_scope(scope, timeout, None).await?;
     warn_registry(&scan);
-    let targets: Vec<Target> =
-        if o.orphans {
-            let report = orphans::find(&scan, tracked.as_ref(), o.scope_only);
+    // Full /proc scans (the orphan search, the tree of every target) run
+    // on the blocking pool, never on the runtime's threads.
+    let (ids, pids, orphans_mode, scope_only, force) =
+        (o.ids, o.pids, o.orphans, o.scope_only, o.force);
+    let scope_buf = scope.to_path_buf();
+    let (targets, plans) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let snap = shellper_proctree::snapshot();
+        let targets: Vec<Target> = if orphans_mode {
+            let report = orphans::find(&scan, tracked.as_ref(), scope_only);
             reap::targets_from_orphans(&report, &scan)
         } else {
             let mut t = Vec::new();
-            for id in &o.ids {
+            for id in &ids {
                 let v = scan.shellpers.iter().find(|v| &v.id == id).ok_or_else(|| {
                     Error::UnknownId {
                         id: id.clone(),
-                        scope: scope.to_path_buf(),
+                        scope: scope_buf.clone(),
                     }
                 })?;
-                t.push(Target::from_view(v, &scan));
+                let mut target = Target::from_view(v, &scan);
+                // A dead shellper may have left its child's session running.
+                target.sessions = orphans::sessions_of_dead(v, &scan, &snap);
+                t.push(target);
             }
-            for pid in &o.pids {
+            for pid in &pids {
                 t.push(reap::target_from_pid(*pid, &scan)?);
             }
             t
         };
-    let snap = shellper_proctree::snapshot();
-    let plans: Vec<_> = targets
-        .iter()
-        .map(|t| reap::plan(t, &snap, o.force))
-        .collect();
+        let plans: Vec<_> = targets
+            .iter()
+            .map(|t| reap::plan(t, &snap, force))
+            .collect();
+        Ok((targets, plans))
+    })
+    .await
+    .map_err(|e| Error::Output(std::io::Error::other(e)))??;
     let mut outcomes = Vec::new();
     if o.dry_run {
         for plan in plans {

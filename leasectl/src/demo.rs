@@ -780,10 +780,8 @@ async fn act2(guard: &mut DemoGuard, bin: &Path, window: Duration, say: &Say<'_>
     say.line(&format!(
         "SIGTERM minitower (pid {pid2}, --on-exit terminate): it terminates every shellper"
     ));
-    let pid = rustix::process::Pid::from_raw(pid2 as i32);
-    if let Some(pid) = pid {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    }
+    // Our own child, not yet reaped (its handle is in `guard.towers`).
+    let _ = shellper_proctree::signal_unreaped_child(pid2 as i32, libc::SIGTERM);
     let end = Instant::now() + Duration::from_secs(15);
     loop {
         let exited = guard

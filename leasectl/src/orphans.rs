@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
-use shellper_proctree::{ProcInfo, SocketOwners, start_time_unix_ms};
+use shellper_proctree::{ProcInfo, Session, SocketOwners, members, start_time_unix_ms};
 
 use crate::model::{Phase, SCHEMA_VERSION, ShellperView};
 use crate::procs::{self, Flavor};
@@ -42,6 +42,9 @@ pub enum Reason {
     NoSocket,
     /// Not in the `--tracked` list.
     Untracked,
+    /// The shellper is gone (SIGKILLed, OOM-killed) but its PTY child's
+    /// session still runs, under PID 1: nothing will ever end it.
+    ShellperGone,
 }
 
 /// One orphan.
@@ -62,6 +65,9 @@ pub struct Orphan {
     pub socket: Option<String>,
     pub command: String,
     pub age_ms: Option<u64>,
+    /// Sessions left by a dead shellper (sid and leader start time): what
+    /// `reap` takes down.
+    pub sessions: Vec<Session>,
 }
 
 /// A socket file with nothing alive behind it.
@@ -162,6 +168,46 @@ pub fn find(scan: &Scan, tracked: Option<&BTreeSet<u32>>, scope_only: bool) -> O
     find_with(scan, tracked, &snap, &found)
 }
 
+/// Most bytes of a shellper log read (its live file and the rotated one).
+const LOG_READ_CAP: u64 = 2 * 1024 * 1024;
+
+/// The log of the shellper whose socket is `socket` (CONVENTIONS.md), the
+/// rotated part first, at most [`LOG_READ_CAP`] bytes.
+fn read_log(socket: &std::path::Path) -> String {
+    use std::io::Read;
+    let s = socket.to_string_lossy();
+    let log = match s.strip_suffix(".sock") {
+        Some(stem) => format!("{stem}.log"),
+        None => format!("{s}.log"),
+    };
+    let mut text = String::new();
+    for path in [format!("{log}.1"), log] {
+        if let Ok(f) = std::fs::File::open(&path) {
+            let mut buf = Vec::new();
+            let _ = f.take(LOG_READ_CAP / 2).read_to_end(&mut buf);
+            text.push_str(&String::from_utf8_lossy(&buf));
+            text.push('\n');
+        }
+    }
+    text
+}
+
+/// Sessions that the dead shellper `v` of the scope left running (see
+/// [`procs::sessions_left`]); empty unless the registry knows its start time
+/// and its log names a child that still leads its session.
+pub fn sessions_of_dead(v: &ShellperView, scan: &Scan, snap: &[ProcInfo]) -> Vec<Session> {
+    let Some(entry) = scan.entry(&v.id) else {
+        return Vec::new();
+    };
+    if v.phase != Phase::Dead {
+        return Vec::new();
+    }
+    let logged = procs::logged_children(&read_log(std::path::Path::new(&v.socket)));
+    procs::sessions_left(snap, entry.start_ticks, &logged, &|t| {
+        start_time_unix_ms(t).ok()
+    })
+}
+
 /// [`find`] over a given snapshot (for tests).
 pub fn find_with(
     scan: &Scan,
@@ -175,6 +221,36 @@ pub fn find_with(
     let mut stale = Vec::new();
     let mut seen_pids: HashSet<u32> = HashSet::new();
     for v in &scan.shellpers {
+        let left = sessions_of_dead(v, scan, snap);
+        if !left.is_empty() {
+            let spec = shellper_proctree::TreeSpec {
+                sessions: left.clone(),
+                ..Default::default()
+            };
+            let n = members(snap, &spec).len();
+            orphans.push(Orphan {
+                id: Some(v.id.clone()),
+                pid: None,
+                start_ticks: None,
+                child_pid: left.first().map(|s| s.sid as u32),
+                flavor: Flavor::Shellper,
+                phase: Some(v.phase),
+                reasons: vec![Reason::ShellperGone],
+                detail: format!(
+                    "shellper gone (pid {}); its child's session {} still runs: {n} process(es)",
+                    scan.entry(&v.id).map_or("?".into(), |e| e.pid.to_string()),
+                    left.iter()
+                        .map(|s| s.sid.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                socket: Some(v.socket.clone()),
+                command: v.command_line(),
+                age_ms: v.age_ms,
+                sessions: left,
+            });
+            continue;
+        }
         if v.phase == Phase::Dead {
             // A registry entry without a socket file holds nothing; the
             // Tower prunes it on its next start.
@@ -215,6 +291,7 @@ pub fn find_with(
             socket: Some(v.socket.clone()),
             command: v.command_line(),
             age_ms: v.age_ms,
+            sessions: Vec::new(),
         });
     }
     for f in found {
@@ -259,6 +336,7 @@ pub fn find_with(
             socket: live_socket.map(|p| p.display().to_string()),
             command: f.info.cmdline.join(" "),
             age_ms,
+            sessions: Vec::new(),
         });
     }
     OrphanReport {
@@ -342,5 +420,6 @@ pub fn reason_name(r: Reason) -> &'static str {
         Reason::Unreachable => "unreachable",
         Reason::NoSocket => "no_socket",
         Reason::Untracked => "untracked",
+        Reason::ShellperGone => "shellper_gone",
     }
 }

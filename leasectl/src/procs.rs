@@ -97,9 +97,10 @@ pub fn find_shellpers(snap: &[ProcInfo], owners: &SocketOwners) -> Vec<FoundShel
         .filter(|p| p.is_live() && p.pid != me && p.pid > 1)
     {
         // Kernel threads have no exe and no cmdline; skip the reads.
-        let exe = std::fs::read_link(format!("/proc/{}/exe", p.pid)).ok();
-        let Some(exe) = exe else { continue };
-        let exe_name = exe.file_name().map(|n| n.to_string_lossy().into_owned());
+        let Some(exe_name) = shellper_proctree::exe_name(p.pid) else {
+            continue;
+        };
+        let exe_name = Some(exe_name);
         let argv = safe_cmdline(p);
         if let Some(flavor) = classify(&p.comm, exe_name.as_deref(), &argv) {
             let mut info = p.clone();
@@ -190,6 +191,67 @@ pub fn tree_of(
     (out, spec)
 }
 
+/// A PTY child a shellper's log names: `shellper started … child_pid=N`
+/// at start-up, `SPAWN: new PTY child pid=N` on a restart in place, with the
+/// log line's wall-clock time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoggedChild {
+    pub pid: i32,
+    /// When the shellper logged it (ms since the Unix epoch): the child
+    /// existed by then.
+    pub logged_at_ms: u64,
+}
+
+/// The PTY children named in a shellper log's text (oldest first).
+pub fn logged_children(log: &str) -> Vec<LoggedChild> {
+    let field = |line: &str, key: &str| -> Option<i32> {
+        line.split_ascii_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+    };
+    log.lines()
+        .filter_map(|line| {
+            let pid = if line.contains("shellper started") {
+                field(line, "child_pid=")?
+            } else if line.contains("SPAWN: new PTY child") {
+                field(line, "pid=")?
+            } else {
+                return None;
+            };
+            let ts = line.split_ascii_whitespace().next()?;
+            let at = humantime::parse_rfc3339_weak(ts.trim_end_matches('Z')).ok()?;
+            let logged_at_ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64;
+            Some(LoggedChild { pid, logged_at_ms })
+        })
+        .collect()
+}
+
+/// Sessions a dead shellper left running: each PTY child its log names that
+/// still leads its session in `snap`, and that is provably that child: it
+/// started after the shellper (`shellper_start_ticks`, from the registry)
+/// and no later than the log line that named it (`start_ms` gives a start
+/// time in ms since the epoch; second-granular, hence one second of slack).
+/// A pid reused since started after the line, so it is never taken.
+pub fn sessions_left(
+    snap: &[ProcInfo],
+    shellper_start_ticks: u64,
+    logged: &[LoggedChild],
+    start_ms: &dyn Fn(u64) -> Option<u64>,
+) -> Vec<Session> {
+    let mut out: Vec<Session> = logged
+        .iter()
+        .filter_map(|c| {
+            let p = snap.iter().find(|p| p.pid == c.pid && p.is_live())?;
+            let s = Session::led_by(p)?;
+            let started = start_ms(p.start_ticks)?;
+            (p.start_ticks >= shellper_start_ticks && started <= c.logged_at_ms + 1000).then_some(s)
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Pids in `tracked` form a set; a shellper is tracked if its own pid or
 /// its child's pid is in it.
 pub fn is_tracked(tracked: &HashSet<u32>, pid: Option<u32>, child: Option<u32>) -> bool {
@@ -241,6 +303,47 @@ mod tests {
             None
         );
         assert_eq!(classify("bash", Some("bash"), &s(&["bash"])), None);
+    }
+
+    #[test]
+    fn reads_logged_children_and_keeps_only_provable_sessions() {
+        let log = "2026-11-26T22:42:03.238697Z  INFO shellper::app: shellper started pid=31801 child_pid=31803 command=true\n\
+                   2026-11-26T22:42:03.254548Z  INFO shellper::child: PTY child exited pid=31803 status=Exited(0)\n\
+                   garbage line\n\
+                   2026-11-26T22:43:00.000000Z  INFO shellper::child: SPAWN: new PTY child pid=31900 command=sh\n";
+        let got = logged_children(log);
+        assert_eq!(
+            got.iter().map(|c| c.pid).collect::<Vec<_>>(),
+            vec![31803, 31900]
+        );
+        assert_eq!(got[0].logged_at_ms, 1_764_196_923_238);
+        let leader = |pid, start| ProcInfo {
+            pid,
+            ppid: 1,
+            pgid: pid,
+            sid: pid,
+            state: 'S',
+            start_ticks: start,
+            comm: "sh".into(),
+            cmdline: Vec::new(),
+        };
+        // Ticks are ms here: start_ms is the identity map.
+        let ms = |t: u64| Some(t);
+        let shellper_start = 1_764_196_923_000;
+        let snap = vec![
+            leader(31803, 1_764_196_923_100), // the child: between start and line
+            leader(31900, 1_764_196_990_000), // started after its line: a reused pid
+        ];
+        assert_eq!(
+            sessions_left(&snap, shellper_start, &got, &ms),
+            vec![Session {
+                sid: 31803,
+                leader_start_ticks: 1_764_196_923_100
+            }]
+        );
+        // Started before the shellper: not its child.
+        let early = vec![leader(31803, shellper_start - 1)];
+        assert!(sessions_left(&early, shellper_start, &got, &ms).is_empty());
     }
 
     #[test]

@@ -229,6 +229,30 @@ pub fn plan(t: &Target, snap: &[ProcInfo], force: bool) -> Plan {
         spec: TreeSpec::default(),
     };
     let Some(pid) = t.pid else {
+        if !t.sessions.is_empty() {
+            // A dead shellper's sessions: the ladder over them alone.
+            let mut spec = TreeSpec {
+                sessions: t.sessions.clone(),
+                ..TreeSpec::default()
+            };
+            let found = members(snap, &spec);
+            shellper_proctree::tree::record_witnesses(&mut spec, snap, &found);
+            p.tree = found
+                .iter()
+                .map(|x| tree_proc(x, None, t.child_pid))
+                .collect();
+            p.sessions = t.sessions.clone();
+            p.spec = spec;
+            if p.tree.is_empty() {
+                p.note = Some("nothing to do: its sessions are gone".into());
+                return p;
+            }
+            p.steps.push(Method::OutsideLadder);
+            if t.socket.as_ref().is_some_and(|s| s.exists()) {
+                p.steps.push(Method::RemoveStaleSocket);
+            }
+            return p;
+        }
         if t.phase == Some(Phase::Dead) && t.socket.as_ref().is_some_and(|s| s.exists()) {
             p.steps.push(Method::RemoveStaleSocket);
         } else if t.phase == Some(Phase::Dead) {
@@ -327,7 +351,8 @@ async fn wait_gone(recorded: &[TreeProc], spec: &TreeSpec, bound: Duration) -> b
 }
 
 /// Executes a plan. Without `force`, a shellper found held right before a
-/// step is left alone (the plan is refused then): see [`held_now`].
+/// step is left alone (the plan is refused then): a Tower may have
+/// re-adopted it since the scan.
 pub async fn execute(
     t: &Target,
     mut plan: Plan,
@@ -336,6 +361,8 @@ pub async fn execute(
     force: bool,
 ) -> Outcome {
     let mut executed = Vec::new();
+    // A session-only plan runs every step (the ladder, then the socket).
+    let session_only = t.pid.is_none() && !t.sessions.is_empty();
     let recorded = plan.tree.clone();
     let spec = plan.spec.clone();
     let shellper = recorded.iter().find(|p| p.role == "shellper").cloned();
@@ -439,7 +466,7 @@ pub async fn execute(
             detail,
             elapsed_ms: start.elapsed().as_millis() as u64,
         });
-        done = ok;
+        done = ok && !session_only;
     }
     let survivors = leftovers_async(&recorded, &spec).await;
     let killed: Vec<TreeProc> = recorded
@@ -449,11 +476,15 @@ pub async fn execute(
         .collect();
     // The shellper removes its socket on an orderly exit; after SIGKILL the
     // file stays and nothing answers on it: remove it so `list` is clean.
+    // Only when a connect is refused: one that hangs (a full backlog) means
+    // something may still listen. Async and bounded: never a blocking
+    // connect on the runtime.
     if survivors.is_empty()
         && let Some(s) = &t.socket
         && s.exists()
-        && std::os::unix::net::UnixStream::connect(s).is_err()
         && !plan.steps.contains(&Method::RemoveStaleSocket)
+        && let Ok(Err(_)) =
+            tokio::time::timeout(handshake, tokio::net::UnixStream::connect(s)).await
     {
         let _ = std::fs::remove_file(s);
     }
@@ -493,6 +524,24 @@ fn outside(
             }
             Err(e) => detail = e.to_string(),
         }
+    }
+    if shellper.is_none() && !spec.sessions.is_empty() {
+        // The shellper is gone: its sessions get the ladder on their own
+        // (HUP, TERM, then KILL), verified sessions only.
+        let plan = shellper_proctree::KillPlan {
+            tree: spec.clone(),
+            grace,
+            hard_bound: grace + shellper_proctree::ladder::DEFAULT_KILL_PHASE,
+            poll: shellper_proctree::ladder::DEFAULT_POLL,
+            scan: shellper_proctree::Scan::Full,
+        };
+        let r = shellper_proctree::kill_tree(&table, &RealClock, &plan, &mut || {});
+        detail = format!(
+            "sessions of the dead shellper: {} signalled, {} SIGKILLed, {} survivor(s)",
+            r.signalled,
+            r.sigkilled,
+            r.survivors.len()
+        );
     }
     let mut extra = 0;
     for _ in 0..20 {
@@ -551,11 +600,7 @@ pub fn target_from_pid(pid: u32, scan: &Scan) -> crate::error::Result<Target> {
     if shellper_proctree::signal_permitted(pid as i32) == Some(false) {
         return Err(not_permitted(pid));
     }
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let exe_name = exe
-        .as_ref()
-        .and_then(|e| e.file_name())
-        .map(|n| n.to_string_lossy().into_owned());
+    let exe_name = shellper_proctree::exe_name(pid as i32);
     let argv = procs::safe_cmdline(&info);
     if procs::classify(&info.comm, exe_name.as_deref(), &argv).is_none() {
         return Err(not(&format!(
@@ -584,6 +629,16 @@ pub fn target_from_pid(pid: u32, scan: &Scan) -> crate::error::Result<Target> {
 pub fn targets_from_orphans(r: &OrphanReport, scan: &Scan) -> Vec<Target> {
     let mut out = Vec::new();
     for o in &r.orphans {
+        if !o.sessions.is_empty()
+            && let Some(id) = &o.id
+            && let Some(v) = scan.shellpers.iter().find(|v| &v.id == id)
+        {
+            let mut t = Target::from_view(v, scan);
+            t.sessions = o.sessions.clone();
+            t.child_pid = o.child_pid;
+            out.push(t);
+            continue;
+        }
         if let Some(id) = &o.id
             && let Some(v) = scan.shellpers.iter().find(|v| &v.id == id)
         {

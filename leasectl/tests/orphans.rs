@@ -211,3 +211,65 @@ fn orphans_tracked_diffs_pid_lists_and_codev_json() {
     guard.kill_all();
     guard.finish();
 }
+
+/// A shellper killed by SIGKILL (the OOM killer, an operator) leaves its
+/// child's session running under PID 1. The scope still names it (the
+/// registry has the shellper's start time, its log the child's pid), so
+/// `orphans` reports the session, and `reap --orphans` takes it down by sid
+/// and leader start time.
+#[test]
+fn orphans_reports_the_session_of_a_sigkilled_shellper_and_reap_takes_it_down() {
+    let guard = LeakGuard::new("leasectl_orphans_dead_shellper");
+    let (_tmp, scope) = scope();
+    let mut tower = start_tower(
+        &guard,
+        &scope,
+        &["--ttl", "1s", "--window", "60s", "--spawn", "1"],
+        // The terminal's hang-up (the PTY master closes with the shellper)
+        // is ignored, as by nohup'd jobs and agents that trap SIGHUP.
+        &["sh", "-c", "trap '' HUP; sleep 600 & exec sleep 600"],
+    );
+    let sp = tower.spawned[0].clone();
+    assert!(wait_until(Duration::from_secs(5), || {
+        guard
+            .survivors()
+            .iter()
+            .filter(|s| s.comm == "sleep")
+            .count()
+            == 2
+    }));
+    tower.kill();
+    signal(sp.pid, libc::SIGKILL);
+    assert!(wait_until(Duration::from_secs(5), || {
+        !shellper_testkit::proc_alive(sp.pid as i32)
+    }));
+    let session: Vec<i32> = tagged_pids(&guard);
+    assert_eq!(session.len(), 2, "{:?}", guard.survivors());
+
+    let (code, doc) =
+        run_json(leasectl(&guard, &scope).args(["orphans", "--scope-only", "--json"]));
+    assert_eq!(code, 1, "{doc}");
+    let o = doc["orphans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"] == sp.id.as_str())
+        .unwrap_or_else(|| panic!("{doc}"));
+    assert_eq!(o["reasons"], serde_json::json!(["shellper_gone"]), "{o}");
+    assert_eq!(o["sessions"][0]["sid"], sp.child_pid, "{o}");
+
+    let (code, doc) = run_json(leasectl(&guard, &scope).args([
+        "reap",
+        "--orphans",
+        "--scope-only",
+        "--json",
+        "--grace",
+        "1s",
+    ]));
+    assert_eq!(code, 0, "{doc}");
+    assert!(guard.wait_gone(Duration::from_secs(3)).is_empty());
+    let (code, doc) =
+        run_json(leasectl(&guard, &scope).args(["orphans", "--scope-only", "--json"]));
+    assert_eq!(code, 0, "{doc}");
+    guard.finish();
+}

@@ -92,11 +92,11 @@ pub use ladder::{
 };
 pub use locks::{FlockHolder, flock_holder, parse_proc_locks};
 pub use procfs::{
-    ProcInfo, environ_contains, owner_uid, read_cmdline, read_cmdline_if_safe, read_proc,
+    ProcInfo, environ_contains, exe_name, owner_uid, read_cmdline, read_cmdline_if_safe, read_proc,
     read_stat, same_process, session_of_child, signal_permitted, snapshot, start_time_unix_ms,
-    stat_lookup,
+    stat_lookup, touch_proc_self,
 };
-pub use reap::{ChildExit, become_subreaper, reap_zombies};
+pub use reap::{ChildExit, become_subreaper, reap_zombies, signal_unreaped_child};
 pub use sockets::{SocketOwners, listening_unix_sockets, parse_net_unix, socket_inodes_of};
 pub use table::{Delivery, LinuxTable, PidfdLookup, ProcessTable, Sig, pidfd_for};
 pub use tree::{Session, TreeSpec, members};

@@ -226,10 +226,32 @@ pub fn session_of_child(parent: i32, child: i32) -> Option<crate::tree::Session>
         .and_then(|p| crate::tree::Session::led_by(&p))
 }
 
+/// The file name of `/proc/PID/exe` (the executable; ` (deleted)` appended
+/// when it was replaced on disk), `None` for kernel threads, other users'
+/// processes and gone ones. A readlink: never blocks on the target.
+pub fn exe_name(pid: i32) -> Option<String> {
+    if pid <= 0 {
+        return None;
+    }
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    exe.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
+/// Looks up `/proc/<self>` and `/proc/self/stat`, so that the inode of
+/// `/proc/<pid>` (and its ctime) exists from now on: codev's Tower uses that
+/// ctime as a shellper's start-time identity (brief §6).
+pub fn touch_proc_self() {
+    let _ = std::fs::metadata(format!("/proc/{}", std::process::id()));
+    let _ = std::fs::metadata("/proc/self/stat");
+}
+
 /// Whether the kernel lets us signal `pid` (`kill(pid, 0)`, nothing is
 /// sent): `Some(true)` yes, `Some(false)` EPERM (another user's process and
 /// we lack the privilege), `None` no such process (or pid ≤ 0).
 pub fn signal_permitted(pid: i32) -> Option<bool> {
+    if pid <= 0 {
+        return None;
+    }
     let p = rustix::process::Pid::from_raw(pid)?;
     match rustix::process::test_kill_process(p) {
         Ok(()) => Some(true),
@@ -258,7 +280,15 @@ pub fn same_process(pid: i32, start_ticks: u64) -> bool {
 
 /// True if `/proc/PID/environ` contains exactly `KEY=VALUE` (false when
 /// unreadable, which includes zombies and other users' processes).
+///
+/// Like `cmdline`, reading `environ` takes the target's memory-map lock, so
+/// a process in uninterruptible sleep (`D`) is not read (false), nor a
+/// zombie (it has no environment): the same guard as
+/// [`read_cmdline_if_safe`].
 pub fn environ_contains(pid: i32, key: &str, value: &str) -> bool {
+    if !read_stat(pid).is_some_and(|p| p.state != 'D' && p.is_live()) {
+        return false;
+    }
     let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
         return false;
     };

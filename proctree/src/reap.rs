@@ -84,3 +84,20 @@ fn classify(status: WaitStatus) -> Option<ChildExit> {
         status.terminating_signal().map(ChildExit::Signaled)
     }
 }
+
+/// Sends signal number `sig` to our own child `pid` whose exit status we
+/// have not collected yet. Safe from pid reuse without a start-time check:
+/// an unreaped child (running or zombie) keeps its pid. For the one reaper
+/// of a process (the shellper's child actor), which knows which of its
+/// children are unreaped. Errors (ESRCH for a zombie's last moments, EINVAL
+/// for an unknown signal) are returned for logging.
+pub fn signal_unreaped_child(pid: i32, sig: i32) -> std::io::Result<()> {
+    use rustix::process::{Pid, Signal};
+    let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    if pid <= 1 {
+        return Err(invalid());
+    }
+    let p = Pid::from_raw(pid).ok_or_else(invalid)?;
+    let s = Signal::from_named_raw(sig).ok_or_else(invalid)?;
+    rustix::process::kill_process(p, s).map_err(std::io::Error::from)
+}

@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rustix::process::{Pid, Signal};
 use shellper_proctree::ChildExit;
 use shellper_protocol::msg::{ChildState, ExitMsg, Spawn};
 use std::future::Future;
@@ -592,10 +591,7 @@ impl ChildActor {
 /// only reaper and the actor only signals a child whose status it has not
 /// collected yet, so the pid still names that (possibly zombie) process.
 fn signal_pid(pid: i32, sig: i32) {
-    let (Some(p), Some(s)) = (Pid::from_raw(pid), Signal::from_named_raw(sig)) else {
-        return;
-    };
-    if let Err(e) = rustix::process::kill_process(p, s) {
+    if let Err(e) = shellper_proctree::signal_unreaped_child(pid, sig) {
         tracing::debug!(pid, sig, error = %e, "signal to child failed");
     }
 }

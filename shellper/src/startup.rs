@@ -32,8 +32,7 @@ static STDERR_FOLLOWS_LOG: AtomicBool = AtomicBool::new(false);
 /// Looks up `/proc/<pid>` so its inode (and ctime) exists from now on:
 /// codev's Tower uses that ctime as the shellper's start-time identity.
 pub fn touch_proc_self() {
-    let _ = std::fs::metadata(format!("/proc/{}", std::process::id()));
-    let _ = std::fs::metadata("/proc/self/stat");
+    shellper_proctree::touch_proc_self();
 }
 
 /// Starts a new session. EPERM means we already lead a process group

@@ -122,7 +122,11 @@ fn is_live_state(state: char) -> bool {
     !matches!(state, 'Z' | 'X' | 'x')
 }
 
-fn read_cmdline(pid: i32) -> Vec<String> {
+/// argv, for reports; never read for a process in `D` state (see [`tag_of`]).
+fn read_cmdline(pid: i32, state: char) -> Vec<String> {
+    if state == 'D' {
+        return Vec::new();
+    }
     match std::fs::read(format!("/proc/{pid}/cmdline")) {
         Ok(bytes) => bytes
             .split(|b| *b == 0)
@@ -145,7 +149,7 @@ pub fn read_survivor(pid: i32) -> Option<Survivor> {
         sid: st.sid,
         state: st.state,
         comm: st.comm,
-        cmdline: read_cmdline(pid),
+        cmdline: read_cmdline(pid, st.state),
         start_ticks: st.start_ticks,
     })
 }
@@ -171,7 +175,16 @@ fn all_pids() -> Vec<i32> {
 
 /// The value of [`LEAK_TAG_VAR`] in a process's environment, if any.
 /// Unreadable environments (other users, exiting processes) give `None`.
+///
+/// Reading `environ` (like `cmdline`) takes the target's memory-map lock,
+/// so a process in uninterruptible sleep (`D`) could hang the scan: it is
+/// not read now (`None`); `D` is transient, and the polling scans of
+/// [`LeakGuard`] see it again on their next pass.
 fn tag_of(pid: i32) -> Option<Vec<u8>> {
+    let st = parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    if st.state == 'D' || !is_live_state(st.state) {
+        return None;
+    }
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     let key = LEAK_TAG_VAR.as_bytes();
     env.split(|b| *b == 0).find_map(|entry| {
