@@ -92,9 +92,9 @@ pub use ladder::{
 };
 pub use locks::{FlockHolder, flock_holder, parse_proc_locks};
 pub use procfs::{
-    ProcInfo, environ_contains, exe_name, owner_uid, read_cmdline, read_cmdline_if_safe, read_proc,
-    read_stat, same_process, session_of_child, signal_permitted, snapshot, start_time_unix_ms,
-    stat_lookup, touch_proc_self,
+    ProcInfo, environ_contains, exe_name, open_fd_count, owner_uid, read_cmdline,
+    read_cmdline_if_safe, read_proc, read_stat, same_process, session_of_child, signal_permitted,
+    snapshot, start_time_unix_ms, stat_lookup, touch_proc_self,
 };
 pub use reap::{ChildExit, become_subreaper, reap_zombies, signal_unreaped_child};
 pub use sockets::{SocketOwners, listening_unix_sockets, parse_net_unix, socket_inodes_of};

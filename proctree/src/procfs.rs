@@ -237,6 +237,12 @@ pub fn exe_name(pid: i32) -> Option<String> {
     exe.file_name().map(|n| n.to_string_lossy().into_owned())
 }
 
+/// Descriptors this process has open now (entries of `/proc/self/fd`; 0
+/// when unreadable).
+pub fn open_fd_count() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+}
+
 /// Looks up `/proc/<self>` and `/proc/self/stat`, so that the inode of
 /// `/proc/<pid>` (and its ctime) exists from now on: codev's Tower uses that
 /// ctime as a shellper's start-time identity (brief §6).

@@ -77,7 +77,7 @@ pub struct FdBudget {
 }
 
 fn open_fds() -> u64 {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+    shellper_proctree::open_fd_count()
 }
 
 fn fd_limit() -> u64 {
