@@ -316,7 +316,7 @@ mod tests {
             got.iter().map(|c| c.pid).collect::<Vec<_>>(),
             vec![31803, 31900]
         );
-        assert_eq!(got[0].logged_at_ms, 1_764_196_923_238);
+        assert_eq!(got[0].logged_at_ms, 1_795_732_923_238);
         let leader = |pid, start| ProcInfo {
             pid,
             ppid: 1,
@@ -329,16 +329,16 @@ mod tests {
         };
         // Ticks are ms here: start_ms is the identity map.
         let ms = |t: u64| Some(t);
-        let shellper_start = 1_764_196_923_000;
+        let shellper_start = 1_795_732_923_000;
         let snap = vec![
-            leader(31803, 1_764_196_923_100), // the child: between start and line
-            leader(31900, 1_764_196_990_000), // started after its line: a reused pid
+            leader(31803, 1_795_732_923_100), // the child: between start and line
+            leader(31900, 1_795_732_990_000), // started after its line: a reused pid
         ];
         assert_eq!(
             sessions_left(&snap, shellper_start, &got, &ms),
             vec![Session {
                 sid: 31803,
-                leader_start_ticks: 1_764_196_923_100
+                leader_start_ticks: 1_795_732_923_100
             }]
         );
         // Started before the shellper: not its child.
