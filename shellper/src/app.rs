@@ -98,11 +98,11 @@ pub fn main_entry(args: Vec<String>) -> i32 {
     let cfg = match config::parse_args(&args, &cwd) {
         Ok(Parsed::Run(c)) => {
             let mut c = *c;
-            if config::is_codev_invocation(&args) {
-                if let Err(e) = config::apply_legacy_env(&mut c, |k| std::env::var(k).ok()) {
-                    eprintln!("shellper: {e}");
-                    return e.exit_code();
-                }
+            if config::is_codev_invocation(&args)
+                && let Err(e) = config::apply_legacy_env(&mut c, |k| std::env::var(k).ok())
+            {
+                eprintln!("shellper: {e}");
+                return e.exit_code();
             }
             c
         }
@@ -197,15 +197,14 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
         .filter(|d| !d.as_os_str().is_empty())
     {
         use std::os::unix::fs::DirBuilderExt;
-        if !dir.exists() {
-            if let Err(e) = std::fs::DirBuilder::new()
+        if !dir.exists()
+            && let Err(e) = std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-            {
-                eprintln!("shellper: create {}: {e}", dir.display());
-                return exit::STARTUP;
-            }
+        {
+            eprintln!("shellper: create {}: {e}", dir.display());
+            return exit::STARTUP;
         }
     }
     if let Err(e) = startup::init_logging(&log_path) {

@@ -153,11 +153,11 @@ impl Hub {
         if hello.wants_replay() {
             outbox.ordered(Frame::Replay(g.replay.snapshot()));
         }
-        if hello.client_type != ClientType::Status {
-            if let Some(exit) = g.exit.clone() {
-                outbox.barrier();
-                outbox.ordered(Frame::Exit(exit));
-            }
+        if hello.client_type != ClientType::Status
+            && let Some(exit) = g.exit.clone()
+        {
+            outbox.barrier();
+            outbox.ordered(Frame::Exit(exit));
         }
         g.clients.insert(
             conn,

@@ -77,14 +77,14 @@ const MAX_HOLDER_NAME: usize = 256;
 /// Creates the socket directory (0700 when we create it) and binds the
 /// socket (0600), reclaiming a stale file nobody answers on.
 pub fn bind(path: &Path) -> Result<Listener> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| Error::io(format!("create socket directory {}", dir.display()), e))?;
-        }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(format!("create socket directory {}", dir.display()), e))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(md) if md.file_type().is_socket() => {

@@ -38,10 +38,10 @@ pub fn touch_proc_self() {
 /// Starts a new session. EPERM means we already lead a process group
 /// (a spawner that used `setsid`/`detached: true` for us), which is fine.
 pub fn new_session() {
-    if let Err(e) = rustix::process::setsid() {
-        if e != rustix::io::Errno::PERM {
-            tracing::warn!(error = %e, "setsid failed");
-        }
+    if let Err(e) = rustix::process::setsid()
+        && e != rustix::io::Errno::PERM
+    {
+        tracing::warn!(error = %e, "setsid failed");
     }
 }
 

@@ -472,10 +472,10 @@ pub fn cargo_bin(name: &str) -> PathBuf {
         .ok()
         .and_then(|exe| exe.parent().map(PathBuf::from))
     {
-        if dir.file_name() == Some(OsStr::from_bytes(b"deps")) {
-            if let Some(profile) = dir.parent() {
-                candidates.push(profile.join(&exe_name));
-            }
+        if dir.file_name() == Some(OsStr::from_bytes(b"deps"))
+            && let Some(profile) = dir.parent()
+        {
+            candidates.push(profile.join(&exe_name));
         }
         candidates.push(dir.join(&exe_name));
     }
