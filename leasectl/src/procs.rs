@@ -191,9 +191,9 @@ pub fn tree_of(
     (out, spec)
 }
 
-/// A PTY child a shellper's log names: `shellper started … child_pid=N`
-/// at start-up, `SPAWN: new PTY child pid=N` on a restart in place, with the
-/// log line's wall-clock time.
+/// A PTY child a shellper's log names, with the log line's wall-clock time:
+/// `PTY spawned: pid=N, …` at start-up (older shellpers: `shellper started
+/// … child_pid=N`), `SPAWN: new PTY child pid=N` on a restart in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoggedChild {
     pub pid: i32,
@@ -207,11 +207,13 @@ pub fn logged_children(log: &str) -> Vec<LoggedChild> {
     let field = |line: &str, key: &str| -> Option<i32> {
         line.split_ascii_whitespace()
             .find_map(|w| w.strip_prefix(key))
-            .and_then(|v| v.parse().ok())
+            .and_then(|v| v.trim_end_matches(',').parse().ok())
     };
     log.lines()
         .filter_map(|line| {
-            let pid = if line.contains("shellper started") {
+            let pid = if line.contains("PTY spawned:") {
+                field(line, "pid=")?
+            } else if line.contains("shellper started") {
                 field(line, "child_pid=")?
             } else if line.contains("SPAWN: new PTY child") {
                 field(line, "pid=")?
@@ -310,11 +312,12 @@ mod tests {
         let log = "2026-11-26T22:42:03.238697Z  INFO shellper::app: shellper started pid=31801 child_pid=31803 command=true\n\
                    2026-11-26T22:42:03.254548Z  INFO shellper::child: PTY child exited pid=31803 status=Exited(0)\n\
                    garbage line\n\
+                   2026-11-26T22:42:04.000000Z  INFO shellper::app: PTY spawned: pid=31850, cols=80, rows=24\n\
                    2026-11-26T22:43:00.000000Z  INFO shellper::child: SPAWN: new PTY child pid=31900 command=sh\n";
         let got = logged_children(log);
         assert_eq!(
             got.iter().map(|c| c.pid).collect::<Vec<_>>(),
-            vec![31803, 31900]
+            vec![31803, 31850, 31900]
         );
         assert_eq!(got[0].logged_at_ms, 1_795_732_923_238);
         let leader = |pid, start| ProcInfo {
