@@ -148,7 +148,7 @@ pub fn parse_config(json: &str) -> Result<(Config, LeaseConfig), Error> {
 pub fn read_from_tower(args: &[String]) -> Result<Invocation, Error> {
     let started_at_ms = crate::now_wall_ms();
     // Touch /proc/self so its ctime (which codev reads as the start time) is now.
-    let _ = std::fs::metadata("/proc/self");
+    shellper_proctree::touch_proc_self();
     let _ = rustix::process::setsid();
     let (config, lease, token) = if args.iter().any(|a| a == "--config-stdin") {
         let all = read_stdin_all()?;

@@ -49,14 +49,14 @@ const MAX_HOLDER_NAME: usize = 256;
 /// Creates the socket directory (0700 if we create it) and binds the socket
 /// (0600), reclaiming a stale file only when nothing answers on it.
 pub(crate) fn bind(path: &Path) -> Result<Listener, Error> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| Error::io(format!("create socket directory {}", dir.display()), e))?;
-        }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| Error::io(format!("create socket directory {}", dir.display()), e))?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(md) if md.file_type().is_socket() => {
@@ -459,18 +459,18 @@ async fn handshake(
 }
 
 async fn legacy_acquire(shared: &Shared, id: ConnId) {
-    if let Ok(g) = shared.lease.acquire_legacy(id).await {
-        if let Some((old, old_epoch)) = g.revoked {
-            shared.send(
-                old,
-                Frame::Revoked(Revoked {
-                    old_epoch,
-                    new_epoch: g.epoch,
-                }),
-            );
-            if let Some(c) = shared.clients().get(&old) {
-                c.cancel.cancel();
-            }
+    if let Ok(g) = shared.lease.acquire_legacy(id).await
+        && let Some((old, old_epoch)) = g.revoked
+    {
+        shared.send(
+            old,
+            Frame::Revoked(Revoked {
+                old_epoch,
+                new_epoch: g.epoch,
+            }),
+        );
+        if let Some(c) = shared.clients().get(&old) {
+            c.cancel.cancel();
         }
     }
 }
