@@ -69,10 +69,12 @@ fn s01_watch_prints_phase_changes_as_json_lines_and_exits_on_ctrl_c() {
     let expected_core = ["held", "lapsed"];
     assert_eq!(&phases[..2], expected_core, "{phases:?}");
     assert_eq!(phases.last().unwrap(), "dead", "{phases:?}");
+    // Between lapse and death the shellper runs its ladder and exits; under
+    // load a STATUS query may time out meanwhile (unreachable).
     assert!(
         phases[2..phases.len() - 1]
             .iter()
-            .all(|p| p == "terminating"),
+            .all(|p| p == "terminating" || p == "unreachable"),
         "{phases:?}"
     );
     signal(watch.id(), libc::SIGINT);
