@@ -19,9 +19,8 @@
 //!    than one heartbeat after the last tick.
 //!
 //! The input is a byte string: a few header bytes pick the mode and timings,
-//! then each event is an opcode byte and its arguments. What a husk does
-//! (terminate at once, or wait for its deadline) is deliberately not
-//! asserted beyond these bounds, so the target holds under either rule.
+//! then each event is an opcode byte and its arguments. A husk (child
+//! exited) is a session like any other: the same bounds hold for it.
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -84,7 +83,11 @@ impl Model {
     /// Records a reason the machine returned: at most one, ever.
     fn fired(&mut self, r: Option<TerminateReason>) {
         if let Some(r) = r {
-            assert!(self.reason.is_none(), "second reason {r:?} after {:?}", self.reason);
+            assert!(
+                self.reason.is_none(),
+                "second reason {r:?} after {:?}",
+                self.reason
+            );
             self.reason = Some(r);
         }
     }
@@ -110,26 +113,24 @@ impl Model {
             }
         } else if self.reason.is_none() && m.phase() != WirePhase::Terminating {
             if let Some(latest) = self.latest {
-                assert!(now < latest, "alive at a tick past its deadline: {:?}", m.snapshot(now));
+                assert!(
+                    now < latest,
+                    "alive at a tick past its deadline: {:?}",
+                    m.snapshot(now)
+                );
             }
         }
         if let Some(reason) = r {
-            // A husk may end at its lapse (or wait for its deadline): only
-            // the deadlines proper are bound by `earliest`.
-            if reason == TerminateReason::ChildExitedUnheld {
-                assert!(!m.snapshot(now).child_alive, "husk reason with a live child");
-            } else {
-                assert!(
-                    now >= self.earliest,
+            // A husk is a session like any other: it too ends only at its
+            // claim deadline or at the end of its window.
+            assert!(
+                now >= self.earliest,
                 "{reason:?} {:?} before the earliest allowed kill",
-                    self.earliest - now
-                );
-            }
+                self.earliest - now
+            );
             assert!(matches!(
                 reason,
-                TerminateReason::ClaimExpired
-                    | TerminateReason::WindowExpired
-                    | TerminateReason::ChildExitedUnheld
+                TerminateReason::ClaimExpired | TerminateReason::WindowExpired
             ));
         }
         self.fired(r);
@@ -160,10 +161,19 @@ fn check_snapshot(m: &LeaseMachine, model: &Model) {
     }
     match m.next_deadline() {
         Some(d) => {
-            assert!(!matches!(s.phase, WirePhase::Terminating | WirePhase::Exited));
-            assert!(d <= model.last_tick + model.cfg.heartbeat, "deadline past a heartbeat");
+            assert!(!matches!(
+                s.phase,
+                WirePhase::Terminating | WirePhase::Exited
+            ));
+            assert!(
+                d <= model.last_tick + model.cfg.heartbeat,
+                "deadline past a heartbeat"
+            );
         }
-        None => assert!(matches!(s.phase, WirePhase::Terminating | WirePhase::Exited)),
+        None => assert!(matches!(
+            s.phase,
+            WirePhase::Terminating | WirePhase::Exited
+        )),
     }
 }
 
@@ -339,10 +349,7 @@ fn run(data: &[u8]) {
             10 => {
                 let conn = u64::from(input.u8().unwrap_or(0) % 4);
                 let r = m.disconnected(now, conn);
-                if r.is_some() {
-                    assert_eq!(r, Some(TerminateReason::ChildExitedUnheld));
-                }
-                model.fired(r);
+                assert_eq!(r, None, "a disconnect only starts the window");
                 if before.phase == WirePhase::Held && before.holder == Some(conn) {
                     model.deadline(now + cfg.window);
                 }
@@ -350,12 +357,10 @@ fn run(data: &[u8]) {
             // The child exits, or a new one is spawned.
             11 => {
                 if input.u8().unwrap_or(0) & 1 == 0 {
-                    let r = m.child_exited();
-                    if r.is_some() {
-                        assert_eq!(r, Some(TerminateReason::ChildExitedUnheld));
-                        assert_ne!(before.phase, WirePhase::Held, "a held husk was killed");
-                    }
-                    model.fired(r);
+                    // A husk keeps its phase and deadlines.
+                    m.child_exited();
+                    assert_eq!(m.phase(), before.phase, "a child exit changed the phase");
+                    assert!(!m.snapshot(now).child_alive);
                 } else if !ended {
                     m.child_started();
                 }

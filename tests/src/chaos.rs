@@ -84,6 +84,8 @@ pub struct ChaosConfig {
     /// shellper SIGKILLed (its Tower must take the tree down), the Tower's
     /// stdout blocked, the fd limit lowered at restart.
     pub pending_faults: bool,
+    /// Only these faults (by name, as `Fault`'s variants), to chase one.
+    pub only: Option<Vec<String>>,
     /// Print one line per step.
     pub verbose: bool,
 }
@@ -101,6 +103,7 @@ impl ChaosConfig {
             claim: Duration::from_secs(3),
             margin: Duration::from_secs(3),
             pending_faults: false,
+            only: None,
             verbose: false,
         }
     }
@@ -172,6 +175,9 @@ pub struct ChaosReport {
     pub sessions_spawned: u32,
     pub adoptions: u32,
     pub trees_killed_by_window: u32,
+    /// Leases found lapsed by STATUS although a live Tower held them (its
+    /// renewals late past the TTL under load); not a failure by itself.
+    pub lapses_while_held: u32,
     /// Processes alive past their kill bound (0 in a passing run).
     pub orphans: u32,
     /// Sessions dead while held or before their window (0 in a passing run).
@@ -199,7 +205,7 @@ impl fmt::Display for ChaosReport {
         writeln!(
             f,
             "chaos: seed {} cycles {} in {:.0?}: towers {}, sessions spawned {}, adoptions {}, \
-             trees killed by their window {}, orphans {}, false kills {}",
+             trees killed by their window {}, lapses while held {}, orphans {}, false kills {}",
             self.seed,
             self.cycles,
             self.elapsed,
@@ -207,6 +213,7 @@ impl fmt::Display for ChaosReport {
             self.sessions_spawned,
             self.adoptions,
             self.trees_killed_by_window,
+            self.lapses_while_held,
             self.orphans,
             self.false_kills
         )?;
@@ -233,7 +240,7 @@ pub struct ChaosFailure {
     pub fault: Option<Fault>,
     pub message: String,
     /// The figures up to the failure.
-    pub report: ChaosReport,
+    pub report: Box<ChaosReport>,
 }
 
 impl fmt::Display for ChaosFailure {
@@ -349,6 +356,15 @@ fn scan(tag: &[u8]) -> HashMap<i32, Proc> {
     out
 }
 
+/// Wall-clock time as seconds.micros since the epoch, to line the run's
+/// logs up with the shellpers' (which log wall-clock time).
+fn wall() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:06}", d.as_secs(), d.subsec_micros())
+}
+
 fn start_ticks(pid: i32) -> Option<u64> {
     read_survivor(pid)
         .filter(|s| !matches!(s.state, 'Z' | 'X' | 'x'))
@@ -424,6 +440,8 @@ struct Tower {
     filler_stop: Arc<AtomicBool>,
     stopped: bool,
     log: PathBuf,
+    /// Every event, with its arrival time, for the post-mortem.
+    events_log: Option<File>,
 }
 
 impl Tower {
@@ -486,6 +504,13 @@ struct World {
     unknown_ok_until: Instant,
     /// Tagged processes no Tower accounts for, at the last poll.
     unknown_now: usize,
+    /// Per session, a lower bound of the instant its lease lapses (or
+    /// lapsed), from STATUS just before the Tower was killed or stopped:
+    /// the window runs from the lapse, which a live Tower renewing late
+    /// under load can put before the kill.
+    lapse_floor: HashMap<String, Instant>,
+    /// What the run did, with wall-clock times (`chaos.log`).
+    actions: Option<File>,
     reaper: Reaper,
     rt: tokio::runtime::Runtime,
     report: ChaosReport,
@@ -498,6 +523,19 @@ type Check<T> = Result<T, String>;
 impl World {
     fn fail<T>(&self, msg: impl Into<String>) -> Check<T> {
         Err(msg.into())
+    }
+
+    /// Sends a signal, logged.
+    fn signal(&mut self, pid: i32, sig: i32, name: &str) {
+        self.act(format_args!("{name} -> {pid}"));
+        kill(pid, sig);
+    }
+
+    fn act(&mut self, what: impl fmt::Display) {
+        let step = self.step;
+        if let Some(f) = self.actions.as_mut() {
+            let _ = writeln!(f, "{} step {step} {what}", wall());
+        }
     }
 
     fn tower_args(&self, spawn: usize) -> Vec<String> {
@@ -547,10 +585,13 @@ impl World {
             .stderr(Stdio::from(
                 File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?,
             ));
-        if let Some(n) = nofile {
-            // SAFETY: setrlimit is async-signal-safe; runs in the child only.
-            unsafe {
-                cmd.pre_exec(move || {
+        // SAFETY: prctl and setrlimit are async-signal-safe; this runs in
+        // the child only. If the run itself dies, its Tower goes with it
+        // (and every session then ends at its window).
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                if let Some(n) = nofile {
                     let lim = libc::rlimit {
                         rlim_cur: n,
                         rlim_max: n,
@@ -558,9 +599,9 @@ impl World {
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    Ok(())
-                });
-            }
+                }
+                Ok(())
+            });
         }
         let child = cmd.spawn().map_err(|e| format!("spawn minitower: {e}"))?;
         let pid = child.id() as i32;
@@ -600,6 +641,7 @@ impl World {
             filler_fd: Some(Arc::new(File::from(filler))),
             filler_stop: Arc::new(AtomicBool::new(false)),
             stopped: false,
+            events_log: File::create(log.with_extension("events")).ok(),
             log,
         });
         self.unknown_ok_until = self
@@ -675,6 +717,9 @@ impl World {
                 _ => {}
             }
             if let Some(t) = self.tower.as_mut() {
+                if let Some(f) = t.events_log.as_mut() {
+                    let _ = writeln!(f, "{} step {} {v}", wall(), self.step);
+                }
                 t.seen.push(v);
             }
         }
@@ -688,7 +733,12 @@ impl World {
     }
 
     /// Waits for an event matching `pred` from the current Tower.
-    fn wait_event(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Check<Value> {
+    fn wait_event(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Check<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             self.drain_events()?;
@@ -700,7 +750,11 @@ impl World {
                 return Ok(v.clone());
             }
             if Instant::now() >= deadline {
-                let seen = self.tower.as_ref().map(|t| t.seen.clone()).unwrap_or_default();
+                let seen = self
+                    .tower
+                    .as_ref()
+                    .map(|t| t.seen.clone())
+                    .unwrap_or_default();
                 return self.fail(format!(
                     "no {what} event within {timeout:?}; events: {seen:?}\ntower log:\n{}",
                     self.tower_log_tail()
@@ -753,11 +807,18 @@ impl World {
     /// Checks every invariant that /proc can decide, once.
     fn poll(&mut self) -> Check<()> {
         self.drain_events()?;
+        // A scan takes a while on a loaded machine: a death it sees happened
+        // before its end, a survivor it sees was alive after its start. So
+        // "died too early" is judged at the end, "alive too late" at the
+        // start, and neither can be a measurement artefact.
         let now = Instant::now();
         let procs = scan(self.tag.as_bytes());
+        let scanned = Instant::now();
         for (pid, start) in &self.bystanders {
             if start_ticks(*pid) != Some(*start) {
-                return self.fail(format!("bystander pid {pid} (outside every tree) was killed"));
+                return self.fail(format!(
+                    "bystander pid {pid} (outside every tree) was killed"
+                ));
             }
         }
         let mut known: HashSet<i32> = self.bystanders.iter().map(|(p, _)| *p).collect();
@@ -795,19 +856,19 @@ impl World {
                     exact,
                 } => {
                     let gone = !alive && tree.is_empty();
-                    if now < earliest && !s.husk && (!alive || !whole) {
+                    if scanned < earliest && !s.husk && (!alive || !whole) {
                         failure.get_or_insert(format!(
                             "FALSE KILL: {} (pid {}) died {:?} before its window could end (tree {}/{TREE_SIZE})",
                             s.id,
                             s.pid,
-                            earliest - now,
+                            earliest - scanned,
                             tree.len()
                         ));
                     } else if gone {
                         s.hold = Hold::Gone;
                         window_kills += 1;
                         if let Some(x) = exact {
-                            precision.push(now.saturating_duration_since(x));
+                            precision.push(scanned.saturating_duration_since(x));
                         }
                     } else if now > latest {
                         failure.get_or_insert(format!(
@@ -848,13 +909,11 @@ impl World {
             .map(|(pid, p)| (*pid, p.cmdline.clone()))
             .collect();
         self.unknown_now = unknown.len();
-        if now > self.unknown_ok_until {
-            if !unknown.is_empty() {
-                self.report.orphans += unknown.len() as u32;
-                return self.fail(format!(
-                    "ORPHAN: tagged processes no Tower accounts for: {unknown:?}"
-                ));
-            }
+        if now > self.unknown_ok_until && !unknown.is_empty() {
+            self.report.orphans += unknown.len() as u32;
+            return self.fail(format!(
+                "ORPHAN: tagged processes no Tower accounts for: {unknown:?}"
+            ));
         }
         Ok(())
     }
@@ -933,9 +992,58 @@ impl World {
         Ok(())
     }
 
-    /// Every live session is set free with the same bounds.
+    /// Records, for every held session, a lower bound of when its lease
+    /// lapses (see `lapse_floor`), and counts leases found lapsed although
+    /// a live Tower holds them.
+    fn note_lapse_floors(&mut self) {
+        self.lapse_floor.clear();
+        let held: Vec<String> = self
+            .sessions
+            .values()
+            .filter(|s| s.hold == Hold::Held && !s.socket_deleted)
+            .map(|s| s.id.clone())
+            .collect();
+        for id in held {
+            let sock = self.scope.join(format!("{id}.sock"));
+            let before = Instant::now();
+            let Ok(st) = self.rt.block_on(tower_client::query_status(
+                &sock,
+                Duration::from_millis(500),
+            )) else {
+                // Unknown: the widest floor (it may have lapsed just now).
+                self.lapse_floor
+                    .insert(id, before.checked_sub(self.cfg.ttl).unwrap_or(before));
+                continue;
+            };
+            self.act(format_args!(
+                "status {id}: {:?} expires_in {:?} kill_in {:?} epoch {}",
+                st.phase, st.expires_in_ms, st.kill_in_ms, st.epoch
+            ));
+            let floor = match (st.phase, st.expires_in_ms, st.kill_in_ms) {
+                (WirePhase::Held, Some(e), _) => before + Duration::from_millis(e),
+                (WirePhase::Lapsed, _, Some(k)) => {
+                    self.report.lapses_while_held += 1;
+                    (before + Duration::from_millis(k))
+                        .checked_sub(self.cfg.window)
+                        .unwrap_or(before)
+                }
+                _ => before,
+            };
+            self.lapse_floor.insert(id, floor);
+        }
+    }
+
+    /// Every live session is set free with the same bounds (a session
+    /// whose lease lapses before `earliest - window` may die that much
+    /// earlier, see `lapse_floor`).
     fn free_all(&mut self, earliest: Instant, latest: Instant, exact: Option<Instant>) {
+        let window = self.cfg.window;
         for s in self.sessions.values_mut() {
+            let floor = self.lapse_floor.get(&s.id).map(|f| *f + window);
+            let (earliest, exact) = match floor {
+                Some(f) if f < earliest => (f, None),
+                _ => (earliest, exact),
+            };
             match s.hold {
                 Hold::Held => {
                     s.hold = Hold::Free {
@@ -969,12 +1077,15 @@ impl World {
 
     /// SIGKILLs the Tower (stopped or not) and waits until it is reaped.
     fn kill_tower(&mut self) -> Check<Instant> {
+        if !self.tower.as_ref().is_some_and(|t| t.stopped) {
+            self.note_lapse_floors();
+        }
         let t = self.tower.as_ref().expect("a tower is running");
         let pid = t.pid;
         t.filler_stop.store(true, Ordering::SeqCst);
         t.resume_reading();
         let at = Instant::now();
-        kill(pid, libc::SIGKILL);
+        self.signal(pid, libc::SIGKILL, "SIGKILL");
         let deadline = at + Duration::from_secs(10);
         while self.reaper.exit_of(pid).is_none() {
             if Instant::now() > deadline {
@@ -1064,7 +1175,8 @@ impl World {
                 self.watch(rng.between(Duration::ZERO, Duration::from_millis(150)))?;
                 let at2 = self.kill_tower()?;
                 self.free_all(at + cfg.window, self.kill_bound(at2), None);
-                self.unknown_ok_until = at2 + cfg.claim.max(cfg.window) + cfg.kill_grace + cfg.margin;
+                self.unknown_ok_until =
+                    at2 + cfg.claim.max(cfg.window) + cfg.kill_grace + cfg.margin;
                 self.watch(rng.between(Duration::ZERO, cfg.window / 4))?;
                 self.restart_and_expect_adoption()?;
             }
@@ -1100,7 +1212,7 @@ impl World {
                     .map(|s| s.id.clone())
                     .collect();
                 let at = Instant::now();
-                kill(pid, libc::SIGTERM);
+                self.signal(pid, libc::SIGTERM, "SIGTERM");
                 // Terminated sessions may die at once.
                 self.free_all(at, at + cfg.kill_grace + cfg.margin, None);
                 if rng.chance(50) {
@@ -1124,7 +1236,9 @@ impl World {
                     }
                     let status = self.reaper.exit_of(pid).unwrap_or(-1);
                     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-                        return self.fail(format!("minitower exited with status {status:#x} after SIGTERM"));
+                        return self.fail(format!(
+                            "minitower exited with status {status:#x} after SIGTERM"
+                        ));
                     }
                     self.drain_events()?;
                     self.tower = None;
@@ -1136,21 +1250,23 @@ impl World {
             Fault::TowerStopShort => {
                 let pid = self.tower.as_ref().expect("tower").pid;
                 let d = rng.between(cfg.ttl / 10, cfg.ttl * 9 / 10);
-                kill(pid, libc::SIGSTOP);
+                self.note_lapse_floors();
+                self.signal(pid, libc::SIGSTOP, "SIGSTOP");
                 self.watch(d)?;
-                kill(pid, libc::SIGCONT);
+                self.signal(pid, libc::SIGCONT, "SIGCONT");
                 self.watch(cfg.ttl)?;
                 self.check_status()?;
             }
             Fault::TowerStopMid => {
                 let pid = self.tower.as_ref().expect("tower").pid;
                 let d = rng.between(cfg.ttl + cfg.ttl / 4, cfg.window * 3 / 4);
-                kill(pid, libc::SIGSTOP);
+                self.note_lapse_floors();
+                self.signal(pid, libc::SIGSTOP, "SIGSTOP");
                 let at = Instant::now();
                 // Frozen: no death before the window could end.
                 self.free_all(at + cfg.window, self.kill_bound(at + cfg.ttl), None);
                 self.watch(d)?;
-                kill(pid, libc::SIGCONT);
+                self.signal(pid, libc::SIGCONT, "SIGCONT");
                 for s in self.sessions.values_mut() {
                     if matches!(s.hold, Hold::Free { .. }) {
                         s.hold = Hold::Held;
@@ -1160,7 +1276,8 @@ impl World {
             }
             Fault::TowerStopLong => {
                 let pid = self.tower.as_ref().expect("tower").pid;
-                kill(pid, libc::SIGSTOP);
+                self.note_lapse_floors();
+                self.signal(pid, libc::SIGSTOP, "SIGSTOP");
                 let at = Instant::now();
                 let held: Vec<String> = self
                     .sessions
@@ -1170,7 +1287,9 @@ impl World {
                     .collect();
                 self.free_all(at + cfg.window, self.kill_bound(at + cfg.ttl), None);
                 self.watch_until_settled()?;
-                kill(pid, libc::SIGCONT);
+                self.drain_events()?;
+                let seen_before = self.tower.as_ref().map_or(0, |t| t.seen.len());
+                self.signal(pid, libc::SIGCONT, "SIGCONT");
                 if let Some(t) = self.tower.as_mut() {
                     t.stopped = false;
                 }
@@ -1185,11 +1304,10 @@ impl World {
                     .tower
                     .as_ref()
                     .map(|t| {
-                        t.seen
+                        t.seen[seen_before.min(t.seen.len())..]
                             .iter()
                             .filter(|v| {
-                                v["event"] == "held"
-                                    && held.iter().any(|id| v["id"] == id.as_str())
+                                v["event"] == "held" && held.iter().any(|id| v["id"] == id.as_str())
                             })
                             .filter(|v| v["recovered"] == true)
                             .cloned()
@@ -1197,7 +1315,9 @@ impl World {
                     })
                     .unwrap_or_default();
                 if !regained.is_empty() {
-                    return self.fail(format!("a resumed Tower regained lost sessions: {regained:?}"));
+                    return self.fail(format!(
+                        "a resumed Tower regained lost sessions: {regained:?}"
+                    ));
                 }
                 // A Tower with nothing to hold: replace it.
                 self.kill_tower()?;
@@ -1209,9 +1329,9 @@ impl World {
                     return Ok(());
                 };
                 let d = rng.between(Duration::from_millis(100), cfg.ttl * 4);
-                kill(s.pid, libc::SIGSTOP);
+                self.signal(s.pid, libc::SIGSTOP, "SIGSTOP");
                 self.watch(d)?;
-                kill(s.pid, libc::SIGCONT);
+                self.signal(s.pid, libc::SIGCONT, "SIGCONT");
                 self.watch(cfg.ttl)?;
                 self.check_status()?;
             }
@@ -1219,7 +1339,7 @@ impl World {
                 let Some(s) = self.pick_held(rng, |_| true) else {
                     return Ok(());
                 };
-                kill(s.pid, libc::SIGKILL);
+                self.signal(s.pid, libc::SIGKILL, "SIGKILL");
                 let at = Instant::now();
                 // The Tower saw it die: the orphaned tree must go soon.
                 if let Some(x) = self.sessions.get_mut(&s.id) {
@@ -1239,7 +1359,7 @@ impl World {
                 let Some(s) = self.pick_held(rng, |s| !s.husk) else {
                     return Ok(());
                 };
-                kill(s.child_pid, libc::SIGKILL);
+                self.signal(s.child_pid, libc::SIGKILL, "SIGKILL");
                 if let Some(x) = self.sessions.get_mut(&s.id) {
                     x.husk = true;
                 }
@@ -1282,7 +1402,7 @@ impl World {
                 });
                 // The pipe fills; the Tower's next event blocks its write.
                 self.watch(cfg.ttl / 2)?;
-                kill(victim.child_pid, libc::SIGKILL);
+                self.signal(victim.child_pid, libc::SIGKILL, "SIGKILL");
                 if let Some(x) = self.sessions.get_mut(&victim.id) {
                     x.husk = true;
                 }
@@ -1337,10 +1457,11 @@ fn tree_count(procs: &HashMap<i32, Proc>, child_pid: i32) -> usize {
         .count()
 }
 
-fn pick_fault(rng: &mut Rng, pending: bool) -> Fault {
+fn pick_fault(rng: &mut Rng, pending: bool, only: Option<&[String]>) -> Fault {
     let table: Vec<(Fault, u32)> = FAULTS
         .iter()
         .filter(|(_, _, p)| pending || !*p)
+        .filter(|(f, _, _)| only.is_none_or(|o| o.iter().any(|n| *n == format!("{f:?}"))))
         .map(|(f, w, _)| (*f, *w))
         .collect();
     let total: u32 = table.iter().map(|(_, w)| w).sum();
@@ -1363,14 +1484,15 @@ fn bystander(tag: &str, own_session: bool) -> std::io::Result<(i32, u64)> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    if own_session {
-        // SAFETY: setsid is async-signal-safe; runs in the child only.
-        unsafe {
-            cmd.pre_exec(|| {
+    // SAFETY: setsid and prctl are async-signal-safe; runs in the child only.
+    unsafe {
+        cmd.pre_exec(move || {
+            if own_session {
                 libc::setsid();
-                Ok(())
-            });
-        }
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+            Ok(())
+        });
     }
     let child = cmd.spawn()?;
     let pid = child.id() as i32;
@@ -1407,6 +1529,8 @@ pub fn run(cfg: ChaosConfig, tag: &str, dir: &Path) -> Result<ChaosReport, Chaos
         bystanders: Vec::new(),
         unknown_ok_until: Instant::now(),
         unknown_now: 0,
+        lapse_floor: HashMap::new(),
+        actions: File::create(dir.join("chaos.log")).ok(),
         reaper,
         rt: tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -1421,6 +1545,17 @@ pub fn run(cfg: ChaosConfig, tag: &str, dir: &Path) -> Result<ChaosReport, Chaos
         cfg: cfg.clone(),
     };
     let mut rng = Rng::new(cfg.seed);
+    if let Some(only) = &cfg.only {
+        let unknown: Vec<&String> = only
+            .iter()
+            .filter(|n| !FAULTS.iter().any(|(f, _, _)| format!("{f:?}") == **n))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "unknown fault names {unknown:?}; known: {:?}",
+            FAULTS.iter().map(|(f, _, _)| *f).collect::<Vec<_>>()
+        );
+    }
     let result = (|| -> Check<()> {
         for own in [false, true] {
             let b = bystander(tag, own).map_err(|e| format!("bystander: {e}"))?;
@@ -1430,10 +1565,11 @@ pub fn run(cfg: ChaosConfig, tag: &str, dir: &Path) -> Result<ChaosReport, Chaos
         world.check_status()?;
         for step in 0..cfg.cycles {
             world.step = step;
-            let fault = pick_fault(&mut rng, cfg.pending_faults);
+            let fault = pick_fault(&mut rng, cfg.pending_faults, cfg.only.as_deref());
             world.fault = Some(fault);
             *world.report.faults.entry(format!("{fault:?}")).or_default() += 1;
             let t = Instant::now();
+            world.act(format_args!("fault {fault:?}"));
             world.run_fault(fault, &mut rng)?;
             world.poll()?;
             world.check_status()?;
@@ -1478,7 +1614,7 @@ pub fn run(cfg: ChaosConfig, tag: &str, dir: &Path) -> Result<ChaosReport, Chaos
             step: world.step,
             fault: world.fault,
             message,
-            report: world.report.clone(),
+            report: Box::new(world.report.clone()),
         }),
     }
 }

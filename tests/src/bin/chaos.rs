@@ -1,5 +1,5 @@
 //! The long chaos run: `chaos [--seed N] [--cycles N] [--sessions N]
-//! [--pending-faults] [--quiet]`. Build everything first
+//! [--pending-faults] [--faults A,B] [--quiet]`. Build everything first
 //! (`cargo build --release --workspace --bins`); it finds `minitower` and
 //! `shellper` next to itself. Prints the figures, or the seed and the step
 //! that failed (exit 1).
@@ -11,7 +11,7 @@ use shellper_testkit::LeakGuard;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: chaos [--seed N] [--cycles N] [--sessions N] [--pending-faults] [--quiet]\n\
+        "usage: chaos [--seed N] [--cycles N] [--sessions N] [--pending-faults] [--faults A,B] [--quiet]\n\
          Runs a seeded chaos schedule against minitower and shellpers (built next to this binary)."
     );
     std::process::exit(2);
@@ -25,22 +25,27 @@ fn main() {
     let mut cycles = 1000;
     let mut sessions = 3;
     let mut pending = false;
+    let mut only: Option<Vec<String>> = None;
     let mut verbose = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut num = |what: &str| -> u64 {
-            args.next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| {
-                    eprintln!("chaos: {what} needs a number");
-                    usage()
-                })
+            args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                eprintln!("chaos: {what} needs a number");
+                usage()
+            })
         };
         match a.as_str() {
             "--seed" => seed = num("--seed"),
             "--cycles" => cycles = num("--cycles") as u32,
             "--sessions" => sessions = num("--sessions") as usize,
             "--pending-faults" => pending = true,
+            "--faults" => {
+                let list = args.next().unwrap_or_else(|| usage());
+                only = Some(list.split(',').map(str::to_string).collect());
+                // Naming a pending fault means running it.
+                pending = true;
+            }
             "--quiet" => verbose = false,
             "-h" | "--help" => usage(),
             other => {
@@ -52,6 +57,7 @@ fn main() {
     let mut cfg = ChaosConfig::new(seed, cycles);
     cfg.sessions = sessions;
     cfg.pending_faults = pending;
+    cfg.only = only;
     cfg.verbose = verbose;
     eprintln!("chaos: seed {seed}, {cycles} cycles, {sessions} sessions, pending faults {pending}");
     let guard = LeakGuard::new("chaos");
@@ -69,7 +75,10 @@ fn main() {
         Ok(report) => {
             println!("{report}");
             if !leaks.is_empty() {
-                eprintln!("chaos: LEAK: {} process(es) survived the run: {killed:?}", leaks.len());
+                eprintln!(
+                    "chaos: LEAK: {} process(es) survived the run: {killed:?}",
+                    leaks.len()
+                );
                 std::process::exit(1);
             }
         }
