@@ -266,10 +266,10 @@ mod tests {
         assert!(gone(pidfd_for(0, 0)) && gone(pidfd_for(-1, 0)));
 
         // A child: readable pidfd once it exits; no pidfd for its zombie.
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("spawn sleep");
+        let guard = shellper_testkit::LeakGuard::new("pidfd_for_unit");
+        let mut cmd = std::process::Command::new("sleep");
+        guard.apply(cmd.arg("30"));
+        let mut child = cmd.spawn().expect("spawn sleep");
         let pid = child.id() as i32;
         let st = procfs::read_stat(pid).expect("child stat");
         let fd = alive(pidfd_for(pid, st.start_ticks)).expect("pidfd of live child");
@@ -295,5 +295,6 @@ mod tests {
         assert!(gone(pidfd_for(pid, st.start_ticks)), "zombie");
         child.wait().expect("reap");
         assert!(gone(pidfd_for(pid, st.start_ticks)), "gone");
+        guard.finish();
     }
 }

@@ -15,10 +15,13 @@
 //!
 //! Public API:
 //! * [`LeakGuard`]: `new`, `with_settle`, `tag`, `env_pair`, `apply`,
-//!   `survivors`, `wait_gone`, `kill_all`, `finish` (and a checking `Drop`).
+//!   `survivors`, `wait_steady`, `wait_gone`, `kill_all`, `finish` (and a
+//!   checking `Drop`).
 //! * [`scan_tagged`]: every live process carrying the tag variable (the CI
 //!   leak gate; also the `leak-scan` binary).
 //! * [`cargo_bin`]: path of a workspace binary next to the running test.
+//! * [`wait_for`], [`wait_for_some`]: poll with a deadline (never a fixed
+//!   sleep).
 //! * [`scan_comm`], [`kill_tagged`], [`kill_survivor`]: for the gate.
 //! * [`proc_alive`], [`read_survivor`]: small /proc helpers.
 //!
@@ -402,6 +405,23 @@ impl LeakGuard {
         }
     }
 
+    /// Waits until at least `min` tagged processes are alive and their
+    /// number has not changed over three scans 50 ms apart (a tree that is
+    /// still forking is not counted half-started); returns that number, or
+    /// the last count if `timeout` passed first.
+    pub fn wait_steady(&self, min: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut last = (usize::MAX, 0);
+        loop {
+            let n = self.survivors().len();
+            last = if n == last.0 { (n, last.1 + 1) } else { (n, 1) };
+            if (n >= min && last.1 >= 3) || Instant::now() >= deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILLs every tagged process, in passes, until none is left; returns
     /// those it found.
     pub fn kill_all(&self) -> Vec<Survivor> {
@@ -453,6 +473,30 @@ impl Drop for LeakGuard {
         } else {
             self.check();
         }
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes; true if it did.
+/// Every test that waits for a process, a file or a state uses this (or
+/// [`wait_for_some`]) instead of a fixed sleep: a fixed sleep is either too
+/// short on a loaded machine or wasted time on an idle one.
+pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    wait_for_some(timeout, || f().then_some(())).is_some()
+}
+
+/// Polls `f` (every 10 ms) until it returns `Some` or `timeout` passes. `f`
+/// is always called at least once, and once more at the deadline.
+pub fn wait_for_some<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(t) = f() {
+            return Some(t);
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(10)));
     }
 }
 

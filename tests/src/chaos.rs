@@ -41,8 +41,10 @@ use serde_json::Value;
 use shellper_protocol::msg::WirePhase;
 use shellper_testkit::{LEAK_TAG_VAR, cargo_bin, read_survivor};
 
-/// The environment variable that marks every process of one torture tree
-/// with the pid of its PTY child (set by the tree's own shell).
+/// The environment variable that marks every process of one torture tree:
+/// `G<tower>-<pid of its PTY child>` (set by the tree's own shell). The
+/// Tower's number keeps two trees apart when a pid is recycled (pid_max is
+/// 32768 on small machines, and a long run goes through it).
 pub const TREE_VAR: &str = "CHAOS_TREE";
 
 /// The escape-torture tree each shellper runs: a background job in its own
@@ -51,7 +53,7 @@ pub const TREE_VAR: &str = "CHAOS_TREE";
 /// then becomes a long sleep. Eight live processes once started. Every
 /// process execs after its fork (the stopped job stops itself after its
 /// exec), so each one's `/proc/PID/environ` carries [`TREE_VAR`].
-pub const TORTURE: &str = "export CHAOS_TREE=$$; set -m; \
+pub const TORTURE: &str = "export CHAOS_TREE=GEN-$$; set -m; \
      sleep 100000 & \
      (trap '' HUP TERM; exec sleep 100001) & \
      setsid sleep 100002 & \
@@ -299,8 +301,8 @@ impl Rng {
 #[derive(Debug, Clone)]
 struct Proc {
     start: u64,
-    /// The tree it belongs to (the PTY child's pid), from [`TREE_VAR`].
-    tree: Option<i32>,
+    /// The tree it belongs to, from [`TREE_VAR`].
+    tree: Option<String>,
     cmdline: String,
 }
 
@@ -333,7 +335,7 @@ fn scan(tag: &[u8]) -> HashMap<i32, Proc> {
                 .strip_prefix(TREE_VAR.as_bytes())
                 .and_then(|r| r.strip_prefix(b"="))
             {
-                tree = std::str::from_utf8(v).ok().and_then(|s| s.parse().ok());
+                tree = std::str::from_utf8(v).ok().map(str::to_string);
             }
         }
         if !ours {
@@ -480,6 +482,9 @@ struct Session {
     pid: i32,
     start: u64,
     child_pid: i32,
+    /// Its [`TREE_VAR`] value; `None` until learnt (a session adopted
+    /// before this run saw it spawned).
+    tree_tag: Option<String>,
     hold: Hold,
     /// The PTY child exited: its tree may shrink, and a husk may end at its
     /// lapse or at its deadline.
@@ -556,7 +561,8 @@ impl World {
             "--spawn".into(),
             spawn.to_string(),
         ];
-        a.extend(["--", "sh", "-c", TORTURE].map(String::from));
+        a.extend(["--", "sh", "-c"].map(String::from));
+        a.push(TORTURE.replace("GEN", &format!("G{}", self.towers)));
         a
     }
 
@@ -705,6 +711,8 @@ impl World {
                                     pid,
                                     start,
                                     child_pid,
+                                    tree_tag: (ev == "spawned")
+                                        .then(|| format!("G{}-{child_pid}", self.towers)),
                                     hold: Hold::Held,
                                     husk: false,
                                     socket_deleted: false,
@@ -786,7 +794,8 @@ impl World {
                 if s.steady || s.husk || s.hold == Hold::Gone {
                     continue;
                 }
-                let n = tree_count(&procs, s.child_pid);
+                learn_tag(&procs, s);
+                let n = tree_members(&procs, s).len();
                 if n >= TREE_SIZE {
                     s.steady = true;
                 } else {
@@ -829,13 +838,15 @@ impl World {
         let mut precision = Vec::new();
         let mut window_kills = 0;
         for s in self.sessions.values_mut() {
+            if s.hold == Hold::Gone {
+                // Checked gone once; its pids may be recycled since.
+                continue;
+            }
+            learn_tag(&procs, s);
             let alive = procs.get(&s.pid).is_some_and(|p| p.start == s.start);
-            let tree: Vec<i32> = procs
-                .iter()
-                .filter(|(pid, p)| **pid == s.child_pid || p.tree == Some(s.child_pid))
-                .map(|(pid, _)| *pid)
-                .collect();
+            let tree = tree_members(&procs, s);
             known.insert(s.pid);
+            known.insert(s.child_pid);
             known.extend(tree.iter().copied());
             let whole = s.husk || !s.steady || tree.len() >= TREE_SIZE;
             match s.hold {
@@ -883,14 +894,7 @@ impl World {
                         ));
                     }
                 }
-                Hold::Gone => {
-                    if alive || !tree.is_empty() {
-                        failure.get_or_insert(format!(
-                            "{} came back: alive {alive}, tree {:?}",
-                            s.id, tree
-                        ));
-                    }
-                }
+                Hold::Gone => {}
             }
         }
         self.report.trees_killed_by_window += window_kills;
@@ -1450,11 +1454,36 @@ impl World {
     }
 }
 
-fn tree_count(procs: &HashMap<i32, Proc>, child_pid: i32) -> usize {
+fn tree_members(procs: &HashMap<i32, Proc>, s: &Session) -> Vec<i32> {
+    let Some(tag) = &s.tree_tag else {
+        return Vec::new();
+    };
     procs
         .iter()
-        .filter(|(pid, p)| **pid == child_pid || p.tree == Some(child_pid))
-        .count()
+        .filter(|(_, p)| p.tree.as_deref() == Some(tag.as_str()))
+        .map(|(pid, _)| *pid)
+        .collect()
+}
+
+/// Learns the tree tag of a session adopted without being seen spawned:
+/// the newest tower generation among trees of its child's pid.
+fn learn_tag(procs: &HashMap<i32, Proc>, s: &mut Session) {
+    if s.tree_tag.is_some() {
+        return;
+    }
+    let suffix = format!("-{}", s.child_pid);
+    s.tree_tag = procs
+        .values()
+        .filter_map(|p| p.tree.as_deref())
+        .filter(|t| t.ends_with(&suffix))
+        .max_by_key(|t| {
+            t.trim_start_matches('G')
+                .split('-')
+                .next()
+                .and_then(|g| g.parse::<u32>().ok())
+                .unwrap_or(0)
+        })
+        .map(str::to_string);
 }
 
 fn pick_fault(rng: &mut Rng, pending: bool, only: Option<&[String]>) -> Fault {

@@ -39,10 +39,23 @@ impl Scope {
     /// is set (a per-user tmpfs cleared at logout, the natural home for
     /// sockets), else `$TMPDIR/shellper-<uid>` (`/tmp` without `TMPDIR`).
     pub fn default_dir() -> PathBuf {
-        match std::env::var_os("XDG_RUNTIME_DIR") {
+        Self::default_dir_from(
+            std::env::var_os("XDG_RUNTIME_DIR"),
+            std::env::temp_dir(),
+            rustix::process::geteuid().as_raw(),
+        )
+    }
+
+    /// The rule of [`default_dir`](Self::default_dir), without reading the
+    /// environment (so that both branches can be tested).
+    pub fn default_dir_from(
+        xdg_runtime_dir: Option<std::ffi::OsString>,
+        temp_dir: PathBuf,
+        uid: u32,
+    ) -> PathBuf {
+        match xdg_runtime_dir {
             Some(d) if !d.is_empty() => PathBuf::from(d).join("shellper"),
-            _ => std::env::temp_dir()
-                .join(format!("shellper-{}", rustix::process::geteuid().as_raw())),
+            _ => temp_dir.join(format!("shellper-{uid}")),
         }
     }
 
@@ -381,10 +394,28 @@ mod tests {
 
     #[test]
     fn default_dir_prefers_xdg_runtime_dir() {
-        // Only checks the shape: the environment is process-global and other
-        // tests run in parallel, so it is not modified here.
-        let d = Scope::default_dir();
-        let s = d.to_string_lossy();
-        assert!(s.ends_with("/shellper") || s.contains("/shellper-"), "{s}");
+        let tmp = PathBuf::from("/tmp");
+        assert_eq!(
+            Scope::default_dir_from(Some("/run/user/7".into()), tmp.clone(), 7),
+            PathBuf::from("/run/user/7/shellper")
+        );
+        // Unset or empty: the per-user directory under the temp dir.
+        assert_eq!(
+            Scope::default_dir_from(None, tmp.clone(), 7),
+            PathBuf::from("/tmp/shellper-7")
+        );
+        assert_eq!(
+            Scope::default_dir_from(Some("".into()), tmp, 7),
+            PathBuf::from("/tmp/shellper-7")
+        );
+        // The real one follows the same rule for this process.
+        assert_eq!(
+            Scope::default_dir(),
+            Scope::default_dir_from(
+                std::env::var_os("XDG_RUNTIME_DIR"),
+                std::env::temp_dir(),
+                rustix::process::geteuid().as_raw()
+            )
+        );
     }
 }

@@ -585,11 +585,11 @@ mod tests {
 
     #[test]
     fn tree_of_finds_children_and_kill_by_identity_ends_them() {
+        let guard = shellper_testkit::LeakGuard::new("tree_of_unit");
         let me = std::process::id();
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .expect("spawn sleep");
+        let mut cmd = std::process::Command::new("sleep");
+        guard.apply(cmd.arg("5"));
+        let mut child = cmd.spawn().expect("spawn sleep");
         let cpid = child.id();
         let ct = start_ticks(cpid).expect("child stat");
         assert!(tree_of(me, start_ticks(me)).contains(&(cpid as i32, ct)));
@@ -605,5 +605,6 @@ mod tests {
                 .iter()
                 .any(|(p, _)| *p == cpid as i32)
         );
+        guard.finish();
     }
 }

@@ -26,7 +26,7 @@ async fn s01_abandoned_tower_trees_die_after_window_not_before() {
         let h = tower.spawn(spec(&guard, SLEEPER)).await.unwrap();
         pids.push(h.info().pid);
     }
-    let before = guard.survivors().len();
+    let before = tokio::task::block_in_place(|| guard.wait_steady(9, Duration::from_secs(10)));
     assert!(
         before >= 9,
         "3 shellpers + 3 × (sh + 2 sleeps), got {before}"
@@ -268,8 +268,8 @@ async fn s06_terminate_confirms_whole_tree_dead() {
     let script = "sleep 1000 & setsid sleep 1000 & sh -c 'trap \"\" TERM HUP; sleep 1000' & \
                   nohup sleep 1000 >/dev/null 2>&1 & sleep 1000";
     let h = tower.spawn(spec(&guard, script)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(guard.survivors().len() >= 6);
+    let n = tokio::task::block_in_place(|| guard.wait_steady(6, Duration::from_secs(10)));
+    assert!(n >= 6, "shellper + sh + 5 escapes: {n}");
     let t = Instant::now();
     let rep = h.terminate(Duration::from_secs(5)).await.unwrap();
     let report = rep.report.expect("TERMINATED report");

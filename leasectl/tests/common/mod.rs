@@ -143,19 +143,8 @@ pub fn signal(pid: u32, sig: i32) {
     }
 }
 
-/// Polls `f` every 20 ms until it is true or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+#[allow(unused_imports)] // not every test binary polls
+pub use shellper_testkit::wait_for as wait_until;
 
 /// The entry `id` of a `list --json` document.
 pub fn entry<'a>(doc: &'a Value, id: &str) -> &'a Value {

@@ -507,19 +507,8 @@ impl Drop for Renewer {
     }
 }
 
-/// Waits until `f` is true or the timeout passes.
-pub fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+#[allow(unused_imports)] // not every test binary polls
+pub use shellper_testkit::wait_for;
 
 /// Exit code of a finished shellper.
 pub fn code(s: Option<ExitStatus>) -> Option<i32> {
