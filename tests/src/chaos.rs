@@ -446,6 +446,9 @@ struct Tower {
     filler_fd: Option<Arc<File>>,
     filler_stop: Arc<AtomicBool>,
     stopped: bool,
+    /// It was asked to exit (SIGTERM), or may exit on its own (started
+    /// under a low fd limit): its exit is not a failure.
+    may_exit: bool,
     log: PathBuf,
     /// Every event, with its arrival time, for the post-mortem.
     events_log: Option<File>,
@@ -652,6 +655,7 @@ impl World {
             filler_fd: Some(Arc::new(File::from(filler))),
             filler_stop: Arc::new(AtomicBool::new(false)),
             stopped: false,
+            may_exit: nofile.is_some(),
             events_log: File::create(log.with_extension("events")).ok(),
             log,
         });
@@ -821,6 +825,17 @@ impl World {
     /// Checks every invariant that /proc can decide, once.
     fn poll(&mut self) -> Check<()> {
         self.drain_events()?;
+        // Sessions are "held by a live Tower" only while it lives: a Tower
+        // that dies on its own is a failure of its own, named as such.
+        if let Some(t) = self.tower.as_ref().filter(|t| !t.may_exit) {
+            if let Some(status) = self.reaper.exit_of(t.pid) {
+                return self.fail(format!(
+                    "minitower {} exited on its own (wait status {status:#x}); log:\n{}",
+                    t.pid,
+                    self.tower_log_tail()
+                ));
+            }
+        }
         // A scan takes a while on a loaded machine: a death it sees happened
         // before its end, a survivor it sees was alive after its start. So
         // "died too early" is judged at the end, "alive too late" at the
@@ -1221,6 +1236,9 @@ impl World {
                     .map(|s| s.id.clone())
                     .collect();
                 let at = Instant::now();
+                if let Some(t) = self.tower.as_mut() {
+                    t.may_exit = true;
+                }
                 self.signal(pid, libc::SIGTERM, "SIGTERM");
                 // Terminated sessions may die at once.
                 self.free_all(at, at + cfg.kill_grace + cfg.margin, None);
