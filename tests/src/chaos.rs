@@ -827,14 +827,14 @@ impl World {
         self.drain_events()?;
         // Sessions are "held by a live Tower" only while it lives: a Tower
         // that dies on its own is a failure of its own, named as such.
-        if let Some(t) = self.tower.as_ref().filter(|t| !t.may_exit) {
-            if let Some(status) = self.reaper.exit_of(t.pid) {
-                return self.fail(format!(
-                    "minitower {} exited on its own (wait status {status:#x}); log:\n{}",
-                    t.pid,
-                    self.tower_log_tail()
-                ));
-            }
+        if let Some(t) = self.tower.as_ref().filter(|t| !t.may_exit)
+            && let Some(status) = self.reaper.exit_of(t.pid)
+        {
+            return self.fail(format!(
+                "minitower {} exited on its own (wait status {status:#x}); log:\n{}",
+                t.pid,
+                self.tower_log_tail()
+            ));
         }
         // A scan takes a while on a loaded machine: a death it sees happened
         // before its end, a survivor it sees was alive after its start. So
@@ -1561,10 +1561,10 @@ fn bystander(tag: &str, own_session: bool) -> std::io::Result<(i32, u64)> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         // Wait for the exec, so the start time is the sleep's.
-        if let Some(s) = read_survivor(pid) {
-            if s.comm == "sleep" {
-                return Ok((pid, s.start_ticks));
-            }
+        if let Some(s) = read_survivor(pid)
+            && s.comm == "sleep"
+        {
+            return Ok((pid, s.start_ticks));
         }
         if Instant::now() > deadline {
             return Err(std::io::Error::other("bystander did not start"));
