@@ -330,11 +330,15 @@ fn queued_input_is_bounded_in_bytes_and_freed_when_the_clients_leave() {
         peak <= bound,
         "RSS grew from {base} KiB to {peak} KiB (bound {bound} KiB)"
     );
-    // They left: the memory is given back.
+    // They left: the memory is given back. Not to the byte: once glibc has
+    // freed a 16 MiB mmapped chunk it raises its mmap threshold, so later
+    // frames come from the heap arenas, and a freed chunk or two may stay
+    // resident there (seen: 12 MiB to 27 MiB after a 150 MiB peak). What
+    // must not stay is the queue: 4 clients' worth would be 64 MiB and more.
     let mut now = 0;
     let back = wait_for(Duration::from_secs(10), || {
         now = vm_rss_kib(sh.pid);
-        now <= base + 16 * MIB
+        now <= base + 40 * MIB
     });
     assert!(
         back,
