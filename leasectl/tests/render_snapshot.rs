@@ -113,6 +113,7 @@ fn list_table_snapshot() {
         &others(),
     );
     assert!(coloured.contains("\x1b[32mheld\x1b[0m"));
+    common::snapshot("list_table_colour.txt", &coloured);
     assert_eq!(render::strip_ansi(&coloured), text);
 }
 
@@ -155,4 +156,10 @@ fn show_text_snapshot() {
         },
     ];
     common::snapshot("show.txt", &render::show_text(&p, &held(), &tree));
+    let coloured = render::show_text(&Palette { color: true }, &held(), &tree);
+    common::snapshot("show_colour.txt", &coloured);
+    assert_eq!(
+        render::strip_ansi(&coloured),
+        render::show_text(&p, &held(), &tree)
+    );
 }
