@@ -187,7 +187,7 @@ async fn watch(
     let tty = std::io::stdout().is_terminal() && !json;
     let mut prev: HashMap<String, Phase> = HashMap::new();
     let mut changed_at: HashMap<String, u64> = HashMap::new();
-    let mut log: Vec<String> = Vec::new();
+    let mut log: Vec<render::Change> = Vec::new();
     // Every way an operator stops `watch` (Ctrl-C, `kill`, a closed
     // terminal) ends the loop below, so the cursor is shown again. The
     // handlers are installed before the cursor is hidden.
@@ -223,13 +223,12 @@ async fn watch(
             if let Some(event) = event {
                 if iteration > 0 {
                     changed_at.insert(v.id.clone(), iteration);
-                    log.push(format!(
-                        "{} {} {} → {}",
-                        clock(ts),
-                        v.id,
-                        before.map_or("new", |b| b.as_str()),
-                        v.phase.as_str()
-                    ));
+                    log.push(render::Change {
+                        ts_ms: ts,
+                        id: v.id.clone(),
+                        from: before,
+                        to: Some(v.phase),
+                    });
                 }
                 let ev = WatchEvent {
                     schema_version: SCHEMA_VERSION,
@@ -247,12 +246,12 @@ async fn watch(
         let gone: Vec<String> = prev.keys().filter(|k| !seen.contains(k)).cloned().collect();
         for id in gone {
             let before = prev.remove(&id);
-            log.push(format!(
-                "{} {} {} → gone",
-                clock(ts),
-                id,
-                before.map_or("?", |b| b.as_str())
-            ));
+            log.push(render::Change {
+                ts_ms: ts,
+                id: id.clone(),
+                from: before,
+                to: None,
+            });
             let ev = WatchEvent {
                 schema_version: SCHEMA_VERSION,
                 ts_ms: ts,
@@ -271,32 +270,15 @@ async fn watch(
                     .get(id)
                     .is_some_and(|at| iteration - at < HIGHLIGHT_REFRESHES)
             };
-            let mut screen = String::from("\x1b[H\x1b[2J");
-            screen.push_str(&p.paint(
-                render::Style::Bold,
-                &format!(
-                    "leasectl watch  scope {}  every {}  {}  (Ctrl-C quits)",
-                    scope.display(),
-                    render::short_duration(interval),
-                    clock(ts)
-                ),
-            ));
-            screen.push_str("\n\n");
-            if scan.shellpers.is_empty() {
-                screen.push_str("no shellpers\n");
-            } else {
-                screen.push_str(&render::list_table(p, &scan.shellpers, &hl));
-            }
-            if !log.is_empty() {
-                screen.push_str("\nrecent changes:\n");
-                let from = log.len().saturating_sub(8);
-                for l in &log[from..] {
-                    screen.push_str("  ");
-                    screen.push_str(l);
-                    screen.push('\n');
-                }
-            }
-            out(&screen)
+            out(&render::watch_screen(
+                p,
+                scope,
+                interval,
+                ts,
+                &scan.shellpers,
+                &hl,
+                &log,
+            ))
         } else {
             out(&lines)
         };
@@ -346,12 +328,6 @@ impl Quit {
     }
 }
 
-/// `HH:MM:SS.mmm` (UTC) of a Unix-epoch millisecond time.
-fn clock(ms: u64) -> String {
-    let s = crate::scan::rfc3339(ms);
-    s.get(11..23).unwrap_or(&s).to_string()
-}
-
 async fn orphans_cmd(
     scope: &Path,
     timeout: Duration,
@@ -371,7 +347,7 @@ async fn orphans_cmd(
     if json {
         json_out(&report)?;
     } else {
-        out(&orphans::text(p, &report))?;
+        out(&render::orphans_text(p, &report))?;
     }
     Ok(if !registry_ok {
         EXIT_ERROR
@@ -477,7 +453,7 @@ async fn reap_cmd(scope: &Path, timeout: Duration, o: ReapOpts, p: &Palette) -> 
     if o.json {
         json_out(&report)?;
     } else {
-        out(&reap::text(p, &report))?;
+        out(&render::reap_text(p, &report))?;
     }
     Ok(if report.all_clean() {
         EXIT_OK

@@ -10,12 +10,15 @@
 //! Modules:
 //! * [`cli`]: the clap interface and the exit codes.
 //! * [`model`]: the JSON shapes (`schema_version` 1).
-//! * [`render`]: aligned tables, colour policy, the `show` report.
+//! * [`render`]: every human report (list, show, watch, orphans, reap),
+//!   aligned tables, colour policy. Commands compute data; only this
+//!   module turns it into text.
 //! * [`tracked`]: `--tracked` input (pid lines or codev's `/api/terminals`).
 //! * [`scan`]: one bounded, concurrent sweep of a scope.
 //! * [`procs`]: shellper recognition (flavours), the argv of a shellper and
 //!   its tree, on top of proctree's /proc reading (snapshots, socket owners).
-//! * [`orphans`], [`reap`], [`demo`]: the subcommands with logic of their own.
+//! * [`orphans`], [`reap`], [`demo`]: the subcommands with logic of their
+//!   own (`orphans` and `reap` build reports that [`render`] prints).
 //! * [`commands`]: wiring of every subcommand to its exit code.
 
 pub mod cli;

@@ -6,10 +6,10 @@
 mod common;
 
 use leasectl::model::{Phase, TreeProc};
-use leasectl::orphans::{self, Orphan, OrphanReport, Reason, StaleSocket};
+use leasectl::orphans::{Orphan, OrphanReport, Reason, StaleSocket};
 use leasectl::procs::Flavor;
-use leasectl::reap::{self, Method, Outcome, Plan, ReapReport, StepResult};
-use leasectl::render::{Palette, strip_ansi};
+use leasectl::reap::{Method, Outcome, Plan, ReapReport, StepResult};
+use leasectl::render::{self, Palette, strip_ansi};
 use shellper_proctree::{Session, TreeSpec};
 
 const PLAIN: Palette = Palette { color: false };
@@ -80,21 +80,21 @@ fn orphan_report() -> OrphanReport {
 #[test]
 fn orphans_text_snapshot() {
     let r = orphan_report();
-    let text = orphans::text(&PLAIN, &r);
+    let text = render::orphans_text(&PLAIN, &r);
     common::snapshot("orphans.txt", &text);
-    let coloured = orphans::text(&COLOUR, &r);
+    let coloured = render::orphans_text(&COLOUR, &r);
     common::snapshot("orphans_colour.txt", &coloured);
     assert_eq!(strip_ansi(&coloured), text);
     let mut none = orphan_report();
     none.orphans.clear();
     none.stale_sockets.clear();
     assert_eq!(
-        orphans::text(&PLAIN, &none),
+        render::orphans_text(&PLAIN, &none),
         "no orphans (scope /run/user/1000/shellper, 4 shellper process(es) seen, 2 tracked pid(s))\n"
     );
     none.tracked = None;
     assert_eq!(
-        orphans::text(&PLAIN, &none),
+        render::orphans_text(&PLAIN, &none),
         "no orphans (scope /run/user/1000/shellper, 4 shellper process(es) seen)\n"
     );
 }
@@ -123,7 +123,12 @@ fn plan(target: &str, pid: Option<u32>, phase: Option<Phase>, steps: Vec<Method>
         note: None,
         steps,
         tree: vec![
-            proc(4242, "shellper", "shellper", &["shellper", "--config-stdin"]),
+            proc(
+                4242,
+                "shellper",
+                "shellper",
+                &["shellper", "--config-stdin"],
+            ),
             proc(4243, "child", "bash", &["bash", "-l"]),
             proc(
                 5000,
@@ -168,18 +173,20 @@ fn reap_report(dry_run: bool) -> ReapReport {
     let mut refused = outcome(plan("sh-11111111", Some(10001), Some(Phase::Held), vec![]));
     refused.plan.refused =
         Some("its lease is held by minitower@77/77; --force evicts the holder".into());
-    let mut gone = outcome(plan("sh-22222222", Some(7), Some(Phase::Unreachable), vec![]));
+    let mut gone = outcome(plan(
+        "sh-22222222",
+        Some(7),
+        Some(Phase::Unreachable),
+        vec![],
+    ));
     gone.plan.note = Some("nothing to do: process 7 is gone already".into());
     if !dry_run {
-        ok.executed = vec![
-            StepResult {
-                method: Method::AuthTerminate,
-                ok: true,
-                detail: "TERMINATED: Requested, 3 signalled, 0 survivor(s), 12 ms, 1 sweep(s)"
-                    .into(),
-                elapsed_ms: 15,
-            },
-        ];
+        ok.executed = vec![StepResult {
+            method: Method::AuthTerminate,
+            ok: true,
+            detail: "TERMINATED: Requested, 3 signalled, 0 survivor(s), 12 ms, 1 sweep(s)".into(),
+            elapsed_ms: 15,
+        }];
         ok.killed = ok.plan.tree.clone();
         ok.clean = true;
         bad.executed = vec![
@@ -213,9 +220,9 @@ fn reap_report(dry_run: bool) -> ReapReport {
 fn reap_text_snapshot() {
     for (dry, name) in [(true, "reap_dry_run"), (false, "reap")] {
         let r = reap_report(dry);
-        let text = reap::text(&PLAIN, &r);
+        let text = render::reap_text(&PLAIN, &r);
         common::snapshot(&format!("{name}.txt"), &text);
-        let coloured = reap::text(&COLOUR, &r);
+        let coloured = render::reap_text(&COLOUR, &r);
         common::snapshot(&format!("{name}_colour.txt"), &coloured);
         assert_eq!(strip_ansi(&coloured), text);
     }
@@ -225,5 +232,5 @@ fn reap_text_snapshot() {
         dry_run: false,
         targets: vec![],
     };
-    assert_eq!(reap::text(&PLAIN, &empty), "nothing to reap\n");
+    assert_eq!(render::reap_text(&PLAIN, &empty), "nothing to reap\n");
 }
