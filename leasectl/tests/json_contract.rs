@@ -1,0 +1,183 @@
+#![allow(clippy::unwrap_used)]
+//! The operators' JSON contract, byte for byte: `list --json` and
+//! `show --json` from fixed data, with field names, field order and the
+//! `child` object's shape (`{"state":"running"}`, `{"state":"exited",
+//! "code":…,"signal":…}`). leasectl's views are built from the protocol's
+//! STATUS types; this test is what stops a change in the protocol crate
+//! (a renamed field, a re-tagged enum) from silently changing what scripts
+//! read. A deliberate change to the contract updates the snapshot
+//! (`LEASECTL_UPDATE_SNAPSHOTS=1`) and adds fields only (model.rs).
+
+mod common;
+
+use leasectl::model::{
+    ChildView, ClientView, CountersView, HolderView, ListDoc, Phase, PidSource, SCHEMA_VERSION,
+    ShellperView, ShowDoc, Timings, TreeProc,
+};
+use leasectl::scan::TowerView;
+use serde_json::json;
+
+fn running() -> ShellperView {
+    let mut v = ShellperView::bare(
+        "sh-0a1b2c3d".into(),
+        "/run/user/1000/shellper/sh-0a1b2c3d.sock".into(),
+    );
+    v.pid = Some(4242);
+    v.pid_source = Some(PidSource::Status);
+    v.start_ticks = Some(100);
+    v.child_pid = Some(4243);
+    v.child = Some(ChildView::Running);
+    v.phase = Phase::Held;
+    v.reachable = true;
+    v.leased = Some(true);
+    v.epoch = Some(3);
+    v.holder = Some(HolderView {
+        name: "minitower@77".into(),
+        pid: 77,
+        peer_pid: Some(77),
+    });
+    v.holder_alive = Some(true);
+    v.expires_in_ms = Some(5400);
+    v.command = Some("bash".into());
+    v.args = vec!["-l".into()];
+    v.cwd = Some("/home/u".into());
+    v.started_at = Some("2026-01-01T00:00:00.000Z".into());
+    v.started_at_ms = Some(1_767_225_600_000);
+    v.age_ms = Some(3_723_000);
+    v.clients = Some(vec![
+        ClientView {
+            kind: "tower",
+            pid: 77,
+            holder: true,
+        },
+        ClientView {
+            kind: "terminal",
+            pid: 900,
+            holder: false,
+        },
+        ClientView {
+            kind: "status",
+            pid: 901,
+            holder: false,
+        },
+    ]);
+    v.in_registry = true;
+    v.timings = Some(Timings {
+        ttl_ms: 6000,
+        window_ms: 600_000,
+        claim_ms: 60_000,
+        kill_grace_ms: 3000,
+    });
+    v.counters = Some(CountersView {
+        acquires: 3,
+        renewals: 1234,
+        rejected_tokens: 1,
+        stale_epochs: 2,
+        revocations: 2,
+        lapses: 2,
+        stalls: 1,
+        protocol_errors: 5,
+    });
+    v.version = Some("0.1.0".into());
+    v
+}
+
+fn exited() -> ShellperView {
+    let mut v = running();
+    v.id = "sh-11111111".into();
+    v.phase = Phase::Lapsed;
+    v.child = Some(ChildView::Exited {
+        code: None,
+        signal: Some(9),
+    });
+    v.holder = None;
+    v.holder_alive = None;
+    v.expires_in_ms = None;
+    v.kill_in_ms = Some(598_500);
+    v.clients = Some(vec![]);
+    v
+}
+
+fn exited_with_code() -> ShellperView {
+    let mut v = exited();
+    v.id = "sh-22222222".into();
+    v.child = Some(ChildView::Exited {
+        code: Some(3),
+        signal: None,
+    });
+    v
+}
+
+fn unreachable() -> ShellperView {
+    let mut v = ShellperView::bare("sh-33333333".into(), "/s/sh-33333333.sock".into());
+    v.pid = Some(7);
+    v.pid_source = Some(PidSource::Registry);
+    v.start_ticks = Some(5);
+    v.proc_state = Some("stopped".into());
+    v.child_pid = Some(8);
+    v.child = Some(ChildView::Running);
+    v.error = Some("no STATUS answer within 1s".into());
+    v
+}
+
+fn dead() -> ShellperView {
+    let mut v = ShellperView::bare("sh-44444444".into(), "/s/sh-44444444.sock".into());
+    v.phase = Phase::Dead;
+    v
+}
+
+#[test]
+fn list_json_contract() {
+    let shellpers = vec![
+        running(),
+        exited(),
+        exited_with_code(),
+        unreachable(),
+        dead(),
+    ];
+    let tower = TowerView {
+        pid: Some(77),
+        last_pid: None,
+    };
+    let doc = ListDoc {
+        schema_version: SCHEMA_VERSION,
+        scope: "/run/user/1000/shellper".into(),
+        tower: &tower,
+        shellpers: &shellpers,
+    };
+    let json = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+    common::snapshot("list_contract.json", &json);
+    // The child shapes, spelled out (the snapshot holds them too).
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let child = |i: usize| v["shellpers"][i]["child"].clone();
+    assert_eq!(child(0), json!({"state": "running"}));
+    assert_eq!(child(1), json!({"state": "exited", "code": null, "signal": 9}));
+    assert_eq!(child(2), json!({"state": "exited", "code": 3, "signal": null}));
+    assert_eq!(child(4), json!(null));
+}
+
+#[test]
+fn show_json_contract() {
+    let v = running();
+    let tree = vec![TreeProc {
+        pid: 4242,
+        ppid: 77,
+        pgid: 4242,
+        sid: 4242,
+        state: "S".into(),
+        start_ticks: 100,
+        comm: "shellper".into(),
+        cmdline: vec!["shellper".into(), "--config-stdin".into()],
+        role: "shellper",
+    }];
+    let doc = ShowDoc {
+        schema_version: SCHEMA_VERSION,
+        scope: "/run/user/1000/shellper".into(),
+        shellper: &v,
+        tree: &tree,
+    };
+    common::snapshot(
+        "show_contract.json",
+        &(serde_json::to_string_pretty(&doc).unwrap() + "\n"),
+    );
+}
