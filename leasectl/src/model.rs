@@ -4,9 +4,19 @@
 //!
 //! Fields that leasectl could not learn are `null`, never invented: an
 //! unreachable shellper has no epoch, and "0" would be a lie.
+//!
+//! What STATUS reports is held in the protocol's own types
+//! ([`ChildState`], [`ClientInfo`], [`Counters`], [`HolderInfo`]), not in
+//! mirrors of them. Where their serde shape is what scripts read, they are
+//! serialized as they are; where it differs from the contract, a small
+//! explicit adapter writes the contract's shape: only `child` (the
+//! protocol's [`ChildState`] is externally tagged, for postcard; `list
+//! --json` has always said `{"state":"running"}`). `tests/json_contract.rs`
+//! pins the whole document byte for byte, so a change in the protocol crate
+//! cannot change the operators' JSON unnoticed.
 
-use serde::Serialize;
-use shellper_protocol::msg::{ChildState, ClientType, Counters, WirePhase};
+use serde::{Serialize, Serializer};
+use shellper_protocol::msg::{ChildState, ClientInfo, Counters, HolderInfo, WirePhase};
 
 /// Version of every JSON document leasectl prints.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -72,21 +82,32 @@ pub enum PidSource {
     Socket,
 }
 
-/// The lease holder as the shellper reports it.
+/// The lease holder as the shellper reports it, with the peer pid of its
+/// connection (STATUS carries that beside the holder).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HolderView {
-    /// Self-declared name (`minitower`, `tower@host`).
-    pub name: String,
-    /// Self-declared pid.
-    pub pid: u32,
+    /// Self-declared name and pid (`minitower`, `tower@host`).
+    #[serde(flatten)]
+    pub info: HolderInfo,
     /// Peer pid of the holder connection (SO_PEERCRED), when connected.
     pub peer_pid: Option<u32>,
 }
 
-/// The PTY child's state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+impl HolderView {
+    /// The holder's pid as seen from the connection when it is connected,
+    /// else as it declared itself.
+    pub fn effective_pid(&self) -> u32 {
+        self.peer_pid.unwrap_or(self.info.pid)
+    }
+}
+
+/// `child` as JSON: `{"state":"running"}` or `{"state":"exited","code":…,
+/// "signal":…}` (internally tagged; the protocol's [`ChildState`] is
+/// externally tagged). The one place the contract's shape differs from the
+/// protocol's.
+#[derive(Serialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
-pub enum ChildView {
+enum ChildJson {
     Running,
     Exited {
         code: Option<i32>,
@@ -94,71 +115,26 @@ pub enum ChildView {
     },
 }
 
-impl From<&ChildState> for ChildView {
-    fn from(c: &ChildState) -> Self {
-        match c {
-            ChildState::Running => ChildView::Running,
-            ChildState::Exited { code, signal } => ChildView::Exited {
+fn child_json<S: Serializer>(c: &Option<ChildState>, s: S) -> Result<S::Ok, S::Error> {
+    c.as_ref()
+        .map(|c| match c {
+            ChildState::Running => ChildJson::Running,
+            ChildState::Exited { code, signal } => ChildJson::Exited {
                 code: *code,
                 signal: *signal,
             },
-        }
-    }
+        })
+        .serialize(s)
 }
 
-/// One connected client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ClientView {
-    /// `tower`, `terminal` or `status`.
-    pub kind: &'static str,
-    pub pid: u32,
-    pub holder: bool,
-}
-
-/// Lower-case client type name.
-pub fn client_kind(k: ClientType) -> &'static str {
-    match k {
-        ClientType::Tower => "tower",
-        ClientType::Terminal => "terminal",
-        ClientType::Status => "status",
-    }
-}
-
-/// Lease settings of a shellper.
+/// Lease settings of a shellper. STATUS carries them as four fields of its
+/// own; the JSON groups them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Timings {
     pub ttl_ms: u64,
     pub window_ms: u64,
     pub claim_ms: u64,
     pub kill_grace_ms: u64,
-}
-
-/// Lease counters (from STATUS).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CountersView {
-    pub acquires: u64,
-    pub renewals: u64,
-    pub rejected_tokens: u64,
-    pub stale_epochs: u64,
-    pub revocations: u64,
-    pub lapses: u64,
-    pub stalls: u64,
-    pub protocol_errors: u64,
-}
-
-impl From<&Counters> for CountersView {
-    fn from(c: &Counters) -> Self {
-        CountersView {
-            acquires: c.acquires,
-            renewals: c.renewals,
-            rejected_tokens: c.rejected_tokens,
-            stale_epochs: c.stale_epochs,
-            revocations: c.revocations,
-            lapses: c.lapses,
-            stalls: c.stalls,
-            protocol_errors: c.protocol_errors,
-        }
-    }
 }
 
 /// One shellper: an entry of `list --json`.
@@ -173,7 +149,8 @@ pub struct ShellperView {
     pub start_ticks: Option<u64>,
     /// The PTY child (session leader of the shellper's tree).
     pub child_pid: Option<u32>,
-    pub child: Option<ChildView>,
+    #[serde(serialize_with = "child_json")]
+    pub child: Option<ChildState>,
     pub phase: Phase,
     /// The shellper answered STATUS within the timeout.
     pub reachable: bool,
@@ -197,11 +174,11 @@ pub struct ShellperView {
     pub started_at: Option<String>,
     pub started_at_ms: Option<u64>,
     pub age_ms: Option<u64>,
-    pub clients: Option<Vec<ClientView>>,
+    pub clients: Option<Vec<ClientInfo>>,
     /// The scope's registry lists it (so an authenticated terminate is possible).
     pub in_registry: bool,
     pub timings: Option<Timings>,
-    pub counters: Option<CountersView>,
+    pub counters: Option<Counters>,
     /// Shellper version (from STATUS).
     pub version: Option<String>,
     /// Why it is unreachable or dead (the query error).

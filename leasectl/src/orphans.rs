@@ -139,8 +139,8 @@ fn scope_detail(v: &ShellperView, scan: &Scan) -> String {
     {
         parts.push(format!(
             "holder {}/{} is dead",
-            h.name,
-            h.peer_pid.unwrap_or(h.pid)
+            h.info.name,
+            h.effective_pid()
         ));
     } else if tower_gone(v, scan) {
         parts.push(format!(

@@ -80,8 +80,8 @@ impl Target {
             holder: v.holder.as_ref().map(|h| {
                 format!(
                     "{}/{}{}",
-                    h.name,
-                    h.peer_pid.unwrap_or(h.pid),
+                    h.info.name,
+                    h.effective_pid(),
                     if v.holder_alive == Some(false) {
                         " (dead)"
                     } else {

@@ -16,15 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shellper_proctree::{ProcInfo, SocketOwners, read_stat, start_time_unix_ms};
-use shellper_protocol::msg::Status;
+use shellper_protocol::msg::{ChildState, Status};
 use tokio::sync::Semaphore;
 use tower_client::{Registry, RegistryEntry, Scope};
 
 use crate::error::{Error, Result};
-use crate::model::{
-    ChildView, ClientView, CountersView, HolderView, Phase, PidSource, ShellperView, Timings,
-    client_kind, proc_state_name,
-};
+use crate::model::{HolderView, Phase, PidSource, ShellperView, Timings, proc_state_name};
 use crate::procs;
 
 /// Most STATUS queries in flight at once.
@@ -231,18 +228,17 @@ fn from_status(c: &Candidate, st: &Status, now: u64) -> ShellperView {
     v.pid_source = Some(PidSource::Status);
     v.start_ticks = Some(st.shellper_start_ticks);
     v.child_pid = st.child_pid;
-    v.child = Some(ChildView::from(&st.child));
+    v.child = Some(st.child.clone());
     v.phase = Phase::from(st.phase);
     v.reachable = true;
     v.leased = Some(st.leased);
     v.epoch = Some(st.epoch);
     v.holder = st.holder.as_ref().map(|h| HolderView {
-        name: h.name.clone(),
-        pid: h.pid,
+        info: h.clone(),
         peer_pid: st.holder_peer_pid,
     });
     v.holder_alive = v.holder.as_ref().map(|h| {
-        let pid = h.peer_pid.unwrap_or(h.pid);
+        let pid = h.effective_pid();
         pid > 0 && read_stat(pid as i32).is_some_and(|p| p.is_live())
     });
     v.expires_in_ms = st.expires_in_ms;
@@ -254,16 +250,7 @@ fn from_status(c: &Candidate, st: &Status, now: u64) -> ShellperView {
     v.started_at_ms = Some(st.started_at_ms);
     v.started_at = Some(rfc3339(st.started_at_ms));
     v.age_ms = Some(now.saturating_sub(st.started_at_ms));
-    v.clients = Some(
-        st.clients
-            .iter()
-            .map(|c| ClientView {
-                kind: client_kind(c.kind),
-                pid: c.pid,
-                holder: c.holder,
-            })
-            .collect(),
-    );
+    v.clients = Some(st.clients.clone());
     v.in_registry = c.entry.is_some();
     v.timings = Some(Timings {
         ttl_ms: st.ttl_ms,
@@ -271,7 +258,7 @@ fn from_status(c: &Candidate, st: &Status, now: u64) -> ShellperView {
         claim_ms: st.claim_ms,
         kill_grace_ms: st.kill_grace_ms,
     });
-    v.counters = Some(CountersView::from(&st.counters));
+    v.counters = Some(st.counters.clone());
     v.version = Some(st.version.clone());
     v
 }
@@ -328,7 +315,7 @@ fn from_proc(
             v.proc_state = Some(proc_state_name(p.state).to_string());
             v.child_pid = procs::pty_child(snap, p.pid).map(|c| c as u32);
             if v.child_pid.is_some() {
-                v.child = Some(ChildView::Running);
+                v.child = Some(ChildState::Running);
             }
             if v.command.is_none()
                 && let Some((cmd, args, cwd)) = procs::invocation_from_argv(&procs::safe_cmdline(p))

@@ -11,11 +11,11 @@
 mod common;
 
 use leasectl::model::{
-    ChildView, ClientView, CountersView, HolderView, ListDoc, Phase, PidSource, SCHEMA_VERSION,
-    ShellperView, ShowDoc, Timings, TreeProc,
+    HolderView, ListDoc, Phase, PidSource, SCHEMA_VERSION, ShellperView, ShowDoc, Timings, TreeProc,
 };
 use leasectl::scan::TowerView;
 use serde_json::json;
+use shellper_protocol::msg::{ChildState, ClientInfo, ClientType, Counters, HolderInfo};
 
 fn running() -> ShellperView {
     let mut v = ShellperView::bare(
@@ -26,14 +26,16 @@ fn running() -> ShellperView {
     v.pid_source = Some(PidSource::Status);
     v.start_ticks = Some(100);
     v.child_pid = Some(4243);
-    v.child = Some(ChildView::Running);
+    v.child = Some(ChildState::Running);
     v.phase = Phase::Held;
     v.reachable = true;
     v.leased = Some(true);
     v.epoch = Some(3);
     v.holder = Some(HolderView {
-        name: "minitower@77".into(),
-        pid: 77,
+        info: HolderInfo {
+            name: "minitower@77".into(),
+            pid: 77,
+        },
         peer_pid: Some(77),
     });
     v.holder_alive = Some(true);
@@ -45,18 +47,18 @@ fn running() -> ShellperView {
     v.started_at_ms = Some(1_767_225_600_000);
     v.age_ms = Some(3_723_000);
     v.clients = Some(vec![
-        ClientView {
-            kind: "tower",
+        ClientInfo {
+            kind: ClientType::Tower,
             pid: 77,
             holder: true,
         },
-        ClientView {
-            kind: "terminal",
+        ClientInfo {
+            kind: ClientType::Terminal,
             pid: 900,
             holder: false,
         },
-        ClientView {
-            kind: "status",
+        ClientInfo {
+            kind: ClientType::Status,
             pid: 901,
             holder: false,
         },
@@ -68,7 +70,7 @@ fn running() -> ShellperView {
         claim_ms: 60_000,
         kill_grace_ms: 3000,
     });
-    v.counters = Some(CountersView {
+    v.counters = Some(Counters {
         acquires: 3,
         renewals: 1234,
         rejected_tokens: 1,
@@ -86,7 +88,7 @@ fn exited() -> ShellperView {
     let mut v = running();
     v.id = "sh-11111111".into();
     v.phase = Phase::Lapsed;
-    v.child = Some(ChildView::Exited {
+    v.child = Some(ChildState::Exited {
         code: None,
         signal: Some(9),
     });
@@ -101,7 +103,7 @@ fn exited() -> ShellperView {
 fn exited_with_code() -> ShellperView {
     let mut v = exited();
     v.id = "sh-22222222".into();
-    v.child = Some(ChildView::Exited {
+    v.child = Some(ChildState::Exited {
         code: Some(3),
         signal: None,
     });
@@ -115,7 +117,7 @@ fn unreachable() -> ShellperView {
     v.start_ticks = Some(5);
     v.proc_state = Some("stopped".into());
     v.child_pid = Some(8);
-    v.child = Some(ChildView::Running);
+    v.child = Some(ChildState::Running);
     v.error = Some("no STATUS answer within 1s".into());
     v
 }
@@ -151,8 +153,14 @@ fn list_json_contract() {
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let child = |i: usize| v["shellpers"][i]["child"].clone();
     assert_eq!(child(0), json!({"state": "running"}));
-    assert_eq!(child(1), json!({"state": "exited", "code": null, "signal": 9}));
-    assert_eq!(child(2), json!({"state": "exited", "code": 3, "signal": null}));
+    assert_eq!(
+        child(1),
+        json!({"state": "exited", "code": null, "signal": 9})
+    );
+    assert_eq!(
+        child(2),
+        json!({"state": "exited", "code": 3, "signal": null})
+    );
     assert_eq!(child(4), json!(null));
 }
 

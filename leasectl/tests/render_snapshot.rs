@@ -6,11 +6,9 @@
 
 mod common;
 
-use leasectl::model::{
-    ChildView, ClientView, CountersView, HolderView, Phase, PidSource, ShellperView, Timings,
-    TreeProc,
-};
+use leasectl::model::{HolderView, Phase, PidSource, ShellperView, Timings, TreeProc};
 use leasectl::render::{self, Palette};
+use shellper_protocol::msg::{ChildState, ClientInfo, ClientType, Counters, HolderInfo};
 
 fn held() -> ShellperView {
     let mut v = ShellperView::bare(
@@ -21,14 +19,16 @@ fn held() -> ShellperView {
     v.pid_source = Some(PidSource::Status);
     v.start_ticks = Some(100);
     v.child_pid = Some(4243);
-    v.child = Some(ChildView::Running);
+    v.child = Some(ChildState::Running);
     v.phase = Phase::Held;
     v.reachable = true;
     v.leased = Some(true);
     v.epoch = Some(3);
     v.holder = Some(HolderView {
-        name: "minitower@77".into(),
-        pid: 77,
+        info: HolderInfo {
+            name: "minitower@77".into(),
+            pid: 77,
+        },
         peer_pid: Some(77),
     });
     v.holder_alive = Some(true);
@@ -40,13 +40,13 @@ fn held() -> ShellperView {
     v.started_at_ms = Some(1_767_225_600_000);
     v.age_ms = Some(3_723_000);
     v.clients = Some(vec![
-        ClientView {
-            kind: "tower",
+        ClientInfo {
+            kind: ClientType::Tower,
             pid: 77,
             holder: true,
         },
-        ClientView {
-            kind: "terminal",
+        ClientInfo {
+            kind: ClientType::Terminal,
             pid: 900,
             holder: false,
         },
@@ -58,7 +58,7 @@ fn held() -> ShellperView {
         claim_ms: 60_000,
         kill_grace_ms: 3000,
     });
-    v.counters = Some(CountersView {
+    v.counters = Some(Counters {
         acquires: 3,
         renewals: 1234,
         rejected_tokens: 1,

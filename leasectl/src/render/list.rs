@@ -17,12 +17,12 @@ pub fn holder_text(s: &ShellperView) -> (String, Style) {
     match &s.holder {
         None => ("-".into(), Style::Plain),
         Some(h) => {
-            let pid = h.peer_pid.unwrap_or(h.pid);
+            let pid = h.effective_pid();
             // "minitower@77" already names its pid.
-            let who = if h.name.ends_with(&format!("@{pid}")) {
-                h.name.clone()
+            let who = if h.info.name.ends_with(&format!("@{pid}")) {
+                h.info.name.clone()
             } else {
-                format!("{}/{pid}", h.name)
+                format!("{}/{pid}", h.info.name)
             };
             match s.holder_alive {
                 Some(false) => (format!("{who} (dead)"), Style::Red),

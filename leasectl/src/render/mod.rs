@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::cli::ColorChoice;
 use crate::model::Phase;
+use shellper_protocol::msg::ClientType;
 
 pub mod list;
 pub mod orphans;
@@ -209,6 +210,15 @@ pub fn truncate(s: &str, max: usize) -> String {
         let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
         t.push('…');
         t
+    }
+}
+
+/// Lower-case name of a client type (`tower`, `terminal`, `status`).
+pub fn client_kind(k: ClientType) -> &'static str {
+    match k {
+        ClientType::Tower => "tower",
+        ClientType::Terminal => "terminal",
+        ClientType::Status => "status",
     }
 }
 

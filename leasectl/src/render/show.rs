@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
+use super::client_kind;
 use super::list::{holder_text, phase_text};
 use super::{Cell, Palette, Style, opt_ms, opt_num, phase_style, short_duration, table, truncate};
-use crate::model::{ChildView, ShellperView, TreeProc};
+use crate::model::{ShellperView, TreeProc};
+use shellper_protocol::msg::ChildState;
 
 /// The `show` report.
 pub fn show_text(p: &Palette, s: &ShellperView, tree: &[TreeProc]) -> String {
@@ -35,8 +37,8 @@ pub fn show_text(p: &Palette, s: &ShellperView, tree: &[TreeProc]) -> String {
         },
     );
     let child = match &s.child {
-        Some(ChildView::Running) | None => String::new(),
-        Some(ChildView::Exited { code, signal }) => format!(
+        Some(ChildState::Running) | None => String::new(),
+        Some(ChildState::Exited { code, signal }) => format!(
             " (exited: code {}, signal {})",
             opt_num(*code),
             opt_num(*signal)
@@ -87,7 +89,7 @@ pub fn show_text(p: &Palette, s: &ShellperView, tree: &[TreeProc]) -> String {
                 .map(|c| {
                     format!(
                         "{}/{}{}",
-                        c.kind,
+                        client_kind(c.kind),
                         c.pid,
                         if c.holder { " (holder)" } else { "" }
                     )
