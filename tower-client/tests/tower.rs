@@ -571,8 +571,21 @@ async fn s08_handle_controls_and_child_exit_is_reported_husk_held() {
         }
     }
     h.resize(100, 40).await.unwrap();
-    let t2 = h.attach().await.unwrap();
-    assert_eq!((t2.welcome().cols, t2.welcome().rows), (100, 40));
+    // RESIZE goes over the lease connection and is not acknowledged: a new
+    // terminal connection sees the new size once the shellper has read it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let t2 = h.attach().await.unwrap();
+        let size = (t2.welcome().cols, t2.welcome().rows);
+        if size == (100, 40) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "size still {size:?} 5 s after RESIZE"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(
         h.signal(19).await.is_err(),
         "SIGSTOP is not on the allow-list"
