@@ -31,7 +31,9 @@ Exit codes:
        unreadable registry `list`, `show` and `orphans` still print what they
        found, and the warning once
   130  interrupted by Ctrl-C (`demo` and `reap` clean up first; `watch` exits 0
-       on Ctrl-C, SIGTERM or SIGHUP, with the cursor restored)";
+       on Ctrl-C, SIGTERM or SIGHUP, with the cursor restored)
+  `attach` returns the command's exit status: see `leasectl attach --help`;
+  `logs -f` exits 0 on Ctrl-C, SIGTERM or SIGHUP";
 
 const EXAMPLES_HELP: &str = "\
 Examples:
@@ -44,10 +46,46 @@ Examples:
   leasectl reap --orphans --dry-run      what would be killed, and how
   leasectl reap sh-0123abcd --force      terminate even though it is held
   leasectl reap --pid 4242               a socketless or codev Node shellper, by pid
+  leasectl attach sh-0123abcd            a terminal on it (ctrl-] d detaches)
+  leasectl logs -f sh-0123abcd           its log, followed across rotations
   leasectl demo                          the whole story in under a minute
   leasectl completions bash > ~/.local/share/bash-completion/completions/leasectl
 
 Logs go to stderr; set RUST_LOG=debug (or leasectl=trace) for more.";
+
+/// `attach --help`: examples, the detach keys, exit codes.
+pub const ATTACH_HELP: &str = "\
+Examples:
+  leasectl attach sh-0123abcd                  type into the session; ctrl-] d detaches
+  leasectl attach sh-0123abcd --read-only      watch it; ctrl-] d or ctrl-c detaches
+  leasectl attach sh-0123abcd --detach-keys ctrl-p,ctrl-q
+  leasectl attach --read-only sh-0123abcd | tee out   (stdin need not be a terminal)
+
+Detach: press ctrl-] then d. A ctrl-] followed by any other key reaches the
+program with that key. After ctrl-] d the session keeps running; attach again
+to see its replay.
+
+Exit codes of attach:
+  0        detached, or the command exited with 0
+  N        the command exited with code N (1-255)
+  128+S    the command was killed by signal S (137 for SIGKILL)
+  1        the shellper closed the connection without an exit status
+  2        error before attaching: unknown id, no terminal on stdin (use
+           --read-only), connect or handshake failed or timed out
+  129 130 131 143
+           leasectl got SIGHUP (or lost its terminal), SIGINT, SIGQUIT or
+           SIGTERM; the terminal was restored first";
+
+/// `logs --help`: examples and exit codes.
+pub const LOGS_HELP: &str = "\
+Examples:
+  leasectl logs sh-0123abcd              the live log
+  leasectl logs sh-0123abcd --all -n 50  the last 50 lines, rotated part included
+  leasectl logs -f sh-0123abcd           follow, across rotations, until Ctrl-C
+
+Exit codes of logs:
+  0    printed; with -f: stopped by Ctrl-C, SIGTERM or SIGHUP
+  2    unknown id, no log file (without -f), unreadable log";
 
 /// The `--help` epilogue: examples, then exit codes.
 fn after_help() -> String {
@@ -175,6 +213,41 @@ pub enum Command {
         /// Reattach window used by the demo's shellpers
         #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_duration)]
         window: Duration,
+    },
+    /// Interactive terminal on a shellper (never takes the lease); detach with ctrl-] d
+    ///
+    /// Connects as a terminal client (ours or a codev v1 shellper), prints the
+    /// replay of recent output, then relays keys and output both ways with the
+    /// local terminal in raw mode, and sends its size on attach and on every
+    /// resize. The Tower keeps holding the lease. The terminal is restored on
+    /// every way out: detach, the command's exit (its status is printed and
+    /// returned), a lost connection, SIGINT, SIGTERM, SIGHUP, SIGQUIT.
+    #[command(after_long_help = ATTACH_HELP, after_help = ATTACH_HELP)]
+    Attach {
+        /// Shellper id (sh-XXXXXXXX) as listed by `leasectl list`
+        id: String,
+        /// Only look: send no keys and no size (ctrl-c detaches too)
+        #[arg(long)]
+        read_only: bool,
+        /// Detach sequence: comma-separated keys, each ctrl-X (X in a-z @ [ \ ] ^ _)
+        /// or one printable character
+        #[arg(long, value_name = "KEYS", default_value = crate::attach::DEFAULT_DETACH_KEYS)]
+        detach_keys: crate::attach::DetachKeys,
+    },
+    /// A shellper's log (the live file; --all puts the rotated part first); -f follows it
+    #[command(after_long_help = LOGS_HELP, after_help = LOGS_HELP)]
+    Logs {
+        /// Shellper id (sh-XXXXXXXX); its log is <scope>/<id>.log
+        id: String,
+        /// Keep printing what is appended, across rotations, until Ctrl-C (like tail -F)
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines
+        #[arg(short = 'n', long, value_name = "N")]
+        lines: Option<usize>,
+        /// Include the rotated log (<id>.log.1), oldest first
+        #[arg(long)]
+        all: bool,
     },
     /// Print a shell completion script
     Completions {

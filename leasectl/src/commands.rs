@@ -69,6 +69,32 @@ pub async fn run(cli: Cli) -> Result<i32> {
             reap_cmd(&scope, timeout, opts, &palette).await
         }
         Command::Demo { minitower, window } => crate::demo::run(minitower, window, &palette).await,
+        Command::Attach {
+            id,
+            read_only,
+            detach_keys,
+        } => {
+            let o = crate::attach::AttachOpts {
+                id,
+                read_only,
+                detach_keys,
+            };
+            crate::attach::run(&scope, timeout, o).await
+        }
+        Command::Logs {
+            id,
+            follow,
+            lines,
+            all,
+        } => {
+            let o = crate::logs::LogsOpts {
+                id,
+                follow,
+                lines,
+                all,
+            };
+            crate::logs::run(&scope, o).await
+        }
         Command::Completions { .. } => Ok(EXIT_OK),
     }
 }

@@ -60,6 +60,11 @@ pub enum Error {
     #[error("demo: {0}")]
     Demo(String),
 
+    /// `attach` could not start: no terminal, connection or handshake
+    /// failed (after attaching, the outcome is an exit code, not an error).
+    #[error("attach {id}: {detail}")]
+    Attach { id: String, detail: String },
+
     /// Writing to stdout failed (a closed pipe is handled separately).
     #[error("writing output: {0}")]
     Output(#[source] std::io::Error),

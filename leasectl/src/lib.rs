@@ -19,12 +19,16 @@
 //!   its tree, on top of proctree's /proc reading (snapshots, socket owners).
 //! * [`orphans`], [`reap`], [`demo`]: the subcommands with logic of their
 //!   own (`orphans` and `reap` build reports that [`render`] prints).
+//! * [`attach`]: the interactive terminal client (raw mode, detach keys).
+//! * [`logs`]: a shellper's log, and following it across rotations.
 //! * [`commands`]: wiring of every subcommand to its exit code.
 
+pub mod attach;
 pub mod cli;
 pub mod commands;
 pub mod demo;
 pub mod error;
+pub mod logs;
 pub mod model;
 pub mod orphans;
 pub mod procs;

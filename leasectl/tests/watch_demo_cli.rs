@@ -192,6 +192,8 @@ fn help_documents_examples_and_exit_codes() {
         "orphans",
         "reap",
         "demo",
+        "attach",
+        "logs",
         "completions",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
@@ -201,6 +203,31 @@ fn help_documents_examples_and_exit_codes() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("Exit codes:"));
+    for (cmd, needles) in [
+        (
+            "attach",
+            &[
+                "Examples:",
+                "ctrl-] d",
+                "Exit codes of attach:",
+                "128+S",
+                "--read-only",
+            ][..],
+        ),
+        (
+            "logs",
+            &["Examples:", "Exit codes of logs:", "--follow", "--lines"][..],
+        ),
+    ] {
+        let out = assert_cmd::Command::new(cargo_bin("leasectl"))
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        for n in needles {
+            assert!(help.contains(n), "{cmd} --help lacks {n:?}:\n{help}");
+        }
+    }
 }
 
 #[test]
@@ -218,6 +245,11 @@ fn completions_for_common_shells() {
         let s = String::from_utf8(out.stdout).unwrap();
         assert!(s.contains(needle), "{shell}: {s}");
         assert!(s.contains("orphans") && s.contains("--tracked"), "{shell}");
+        assert!(
+            s.contains("attach") && s.contains("detach-keys") && s.contains("read-only"),
+            "{shell}: attach"
+        );
+        assert!(s.contains("logs") && s.contains("follow"), "{shell}: logs");
     }
 }
 
