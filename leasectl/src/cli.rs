@@ -237,7 +237,7 @@ pub enum Command {
     /// A shellper's log (the live file; --all puts the rotated part first); -f follows it
     #[command(after_long_help = LOGS_HELP, after_help = LOGS_HELP)]
     Logs {
-        /// Shellper id (sh-XXXXXXXX); its log is <scope>/<id>.log
+        /// Shellper id (sh-XXXXXXXX); its log is SCOPE/ID.log
         id: String,
         /// Keep printing what is appended, across rotations, until Ctrl-C (like tail -F)
         #[arg(short = 'f', long)]
@@ -245,7 +245,7 @@ pub enum Command {
         /// Only the last N lines
         #[arg(short = 'n', long, value_name = "N")]
         lines: Option<usize>,
-        /// Include the rotated log (<id>.log.1), oldest first
+        /// Include the rotated log (ID.log.1), oldest first
         #[arg(long)]
         all: bool,
     },
