@@ -219,8 +219,9 @@ pub enum Command {
     /// Connects as a terminal client (ours or a codev v1 shellper), prints the
     /// replay of recent output, then relays keys and output both ways with the
     /// local terminal in raw mode, and sends its size on attach and on every
-    /// resize. The Tower keeps holding the lease. The terminal is restored on
-    /// every way out: detach, the command's exit (its status is printed and
+    /// resize. The Tower keeps holding the lease. The terminal (its settings, and
+    /// the alternate screen, cursor, mouse and paste modes the program left on) is
+    /// restored on every way out: detach, the command's exit (its status is printed and
     /// returned), a lost connection, SIGINT, SIGTERM, SIGHUP, SIGQUIT.
     #[command(after_long_help = ATTACH_HELP, after_help = ATTACH_HELP)]
     Attach {

@@ -396,7 +396,29 @@ fn attach_in_a_real_terminal_types_resizes_detaches_reattaches_and_returns_the_e
     let leasectl_pid = pid_in(&pidfile);
     assert_held_by_tower(&guard, &scope, &id, tower.pid, Some(leasectl_pid));
 
-    // The command exits: status printed, returned, terminal restored.
+    // A full-screen program's modes (alternate screen, hidden cursor,
+    // mouse reporting) reach the outer terminal ...
+    let modes = || {
+        tmux.run(&[
+            "display-message",
+            "-p",
+            "-t",
+            "t",
+            "#{alternate_on} #{cursor_flag} #{mouse_any_flag}",
+        ])
+        .trim()
+        .to_string()
+    };
+    assert_eq!(modes(), "0 1 0");
+    tmux.type_line("printf '\\033[?1049h\\033[?25l\\033[?1000h'");
+    assert!(
+        wait_until(SCREEN_WAIT, || modes() == "1 0 1"),
+        "the program's modes never reached the terminal: {}",
+        modes()
+    );
+
+    // ... the command exits: status printed, returned, terminal restored,
+    // modes included.
     tmux.type_line("exit 7");
     assert_eq!(tmux.wait_exit("a2"), 7);
     let s = tmux.screen();
@@ -404,12 +426,18 @@ fn attach_in_a_real_terminal_types_resizes_detaches_reattaches_and_returns_the_e
         s.contains(&format!("[leasectl: {id}: the command exited with code 7]")),
         "{s}"
     );
+    assert_eq!(
+        modes(),
+        "0 1 0",
+        "the program's terminal modes were left on"
+    );
     // A husk is a session like any other: still held.
     assert_held_by_tower(&guard, &scope, &id, tower.pid, None);
 
     // Attaching to the husk shows its replay and its exit status at once.
     tmux.leasectl(&scope, &format!("attach {id}"), "a3");
     assert_eq!(tmux.wait_exit("a3"), 7);
+    assert_eq!(modes(), "0 1 0", "the replay's modes were left on");
 
     stop_tower(tower);
     drop(tmux);
