@@ -853,7 +853,7 @@ mod tests {
         // Untracked modes and other sequences are ignored; hostile
         // lengths are bounded.
         m.feed(b"\x1b[?7l\x1b[?12h\x1b]0;title\x07");
-        m.feed(&[b'\x1b', b'[', b'?']);
+        m.feed(b"\x1b[?");
         m.feed(&vec![b'1'; 10_000]);
         m.feed(b"h\x1b[?2004h");
         assert_eq!(m.reset_sequence(), b"\x1b[?2004l");
