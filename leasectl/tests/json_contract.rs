@@ -10,77 +10,24 @@
 
 mod common;
 
-use leasectl::model::{
-    HolderView, ListDoc, Phase, PidSource, SCHEMA_VERSION, ShellperView, ShowDoc, Timings, TreeProc,
-};
+use leasectl::model::{ListDoc, Phase, PidSource, SCHEMA_VERSION, ShellperView, ShowDoc, TreeProc};
 use leasectl::scan::TowerView;
 use serde_json::json;
-use shellper_protocol::msg::{ChildState, ClientInfo, ClientType, Counters, HolderInfo};
+use shellper_protocol::msg::{ChildState, ClientInfo, ClientType};
 
 fn running() -> ShellperView {
-    let mut v = ShellperView::bare(
-        "sh-0a1b2c3d".into(),
-        "/run/user/1000/shellper/sh-0a1b2c3d.sock".into(),
-    );
-    v.pid = Some(4242);
-    v.pid_source = Some(PidSource::Status);
-    v.start_ticks = Some(100);
-    v.child_pid = Some(4243);
-    v.child = Some(ChildState::Running);
-    v.phase = Phase::Held;
-    v.reachable = true;
-    v.leased = Some(true);
-    v.epoch = Some(3);
-    v.holder = Some(HolderView {
-        info: HolderInfo {
-            name: "minitower@77".into(),
-            pid: 77,
-        },
-        peer_pid: Some(77),
-    });
-    v.holder_alive = Some(true);
-    v.expires_in_ms = Some(5400);
-    v.command = Some("bash".into());
-    v.args = vec!["-l".into()];
-    v.cwd = Some("/home/u".into());
-    v.started_at = Some("2026-01-01T00:00:00.000Z".into());
-    v.started_at_ms = Some(1_767_225_600_000);
-    v.age_ms = Some(3_723_000);
-    v.clients = Some(vec![
-        ClientInfo {
-            kind: ClientType::Tower,
-            pid: 77,
-            holder: true,
-        },
-        ClientInfo {
-            kind: ClientType::Terminal,
-            pid: 900,
-            holder: false,
-        },
-        ClientInfo {
+    let mut v = common::held_view();
+    if let Some(c) = v.clients.as_mut() {
+        c.push(ClientInfo {
             kind: ClientType::Status,
             pid: 901,
             holder: false,
-        },
-    ]);
-    v.in_registry = true;
-    v.timings = Some(Timings {
-        ttl_ms: 6000,
-        window_ms: 600_000,
-        claim_ms: 60_000,
-        kill_grace_ms: 3000,
-    });
-    v.counters = Some(Counters {
-        acquires: 3,
-        renewals: 1234,
-        rejected_tokens: 1,
-        stale_epochs: 2,
-        revocations: 2,
-        lapses: 2,
-        stalls: 1,
-        protocol_errors: 5,
-    });
-    v.version = Some("0.1.0".into());
+        });
+    }
+    if let Some(c) = v.counters.as_mut() {
+        c.stalls = 1;
+        c.protocol_errors = 5;
+    }
     v
 }
 
