@@ -28,10 +28,10 @@
 
 use std::time::Duration;
 
-use shellper_protocol::LeaseMachine;
 use shellper_protocol::lease::{ConnId, Granted, LeaseConfig, Reject, Released, Snapshot};
-use shellper_protocol::msg::{HolderInfo, ReleaseMode, TerminateReason};
+use shellper_protocol::msg::{Grant, HolderInfo, ReleaseMode, Renewed, Revoked, TerminateReason};
 use shellper_protocol::token::Token;
+use shellper_protocol::{Frame, LeaseMachine};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -84,6 +84,20 @@ enum Request {
     Exited,
 }
 
+/// What a lease request (ACQUIRE, RENEW, RELEASE) is answered with.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// For the requesting connection (GRANT, RENEWED, RELEASED or ERROR);
+    /// `None` for RELEASE Terminate, whose TERMINATED follows the ladder.
+    pub reply: Option<Frame>,
+    /// REVOKED, for the holder an ACQUIRE evicted.
+    pub revoked: Option<(ConnId, Frame)>,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
 /// Cloneable access to the driver. Every async method returns
 /// `Err(Reject::Terminating)` (or `false`/`None`) once the driver is gone.
 #[derive(Debug, Clone)]
@@ -115,6 +129,71 @@ impl std::fmt::Debug for Request {
 }
 
 impl LeaseHandle {
+    /// Runs a lease request frame and says what to send; `None` when
+    /// `frame` is not ACQUIRE, RENEW or RELEASE. The one place both kinds
+    /// of shellper (PTY and embedded) turn lease requests into replies.
+    pub async fn answer(&self, conn: ConnId, frame: Frame) -> Option<Answer> {
+        let reject = |r| Some(crate::sock::reject_frame(r));
+        Some(match frame {
+            Frame::Acquire(mut a) => {
+                crate::sock::truncate_name(&mut a.holder);
+                match self.acquire(conn, a.token, a.holder).await {
+                    Ok(g) => {
+                        let cfg = self.config();
+                        Answer {
+                            reply: Some(Frame::Grant(Grant {
+                                epoch: g.epoch,
+                                ttl_ms: ms(cfg.ttl),
+                                window_ms: ms(cfg.window),
+                                renew_every_ms: ms(cfg.suggested_renew()),
+                                expires_in_ms: ms(g.expires_in.unwrap_or(cfg.ttl)),
+                            })),
+                            revoked: g.revoked.map(|(old, old_epoch)| {
+                                (
+                                    old,
+                                    Frame::Revoked(Revoked {
+                                        old_epoch,
+                                        new_epoch: g.epoch,
+                                    }),
+                                )
+                            }),
+                        }
+                    }
+                    Err(r) => Answer {
+                        reply: reject(r),
+                        revoked: None,
+                    },
+                }
+            }
+            Frame::Renew(r) => Answer {
+                reply: match self.renew(conn, r.epoch).await {
+                    Ok(left) => Some(Frame::Renewed(Renewed {
+                        epoch: r.epoch,
+                        seq: r.seq,
+                        expires_in_ms: ms(left),
+                    })),
+                    Err(e) => reject(e),
+                },
+                revoked: None,
+            },
+            Frame::Release(r) => Answer {
+                reply: match self.release(conn, r.epoch, r.mode).await {
+                    // TERMINATED follows once the kill ladder is done.
+                    Ok(Released::Terminate) => None,
+                    Ok(Released::Detached { kill_in }) => {
+                        Some(Frame::Released(shellper_protocol::msg::Released {
+                            epoch: r.epoch,
+                            kill_in_ms: ms(kill_in),
+                        }))
+                    }
+                    Err(e) => reject(e),
+                },
+                revoked: None,
+            },
+            _ => return None,
+        })
+    }
+
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request, gone: T) -> T {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(make(tx)).is_err() {
@@ -636,5 +715,117 @@ mod tests {
             TerminateReason::Signal
         );
         assert!(h.snapshot().await.is_none());
+    }
+
+    /// The replies both kinds of shellper send for lease requests: GRANT
+    /// with the configured timings, REVOKED to the evicted holder, a long
+    /// holder name cut, RENEWED, the ERROR of a stale epoch, RELEASED for a
+    /// detach, nothing for terminate, and `None` for other frames.
+    #[tokio::test(start_paused = true)]
+    async fn answers_lease_requests_with_their_frames() {
+        use shellper_protocol::msg::{Acquire, ErrorCode, ErrorMsg, Release, ReleaseMode, Renew};
+        let (h, f, _) = start(Mode::Leased(token()));
+        let acquire = |name: String| {
+            Frame::Acquire(Acquire {
+                token: token(),
+                holder: HolderInfo { name, pid: 9 },
+            })
+        };
+        let a = h
+            .answer(1, acquire("é".repeat(200)))
+            .await
+            .expect("lease frame");
+        assert_eq!(
+            a.reply,
+            Some(Frame::Grant(Grant {
+                epoch: 1,
+                ttl_ms: 400,
+                window_ms: 2000,
+                renew_every_ms: ms(cfg().suggested_renew()),
+                expires_in_ms: 400,
+            }))
+        );
+        assert!(a.revoked.is_none());
+        let held = h
+            .snapshot()
+            .await
+            .expect("snapshot")
+            .holder_info
+            .expect("holder");
+        assert_eq!(held.name.len(), crate::sock::MAX_HOLDER_NAME);
+        let a = h.answer(2, acquire("b".into())).await.expect("lease frame");
+        assert!(matches!(
+            a.reply,
+            Some(Frame::Grant(Grant { epoch: 2, .. }))
+        ));
+        assert_eq!(
+            a.revoked,
+            Some((
+                1,
+                Frame::Revoked(Revoked {
+                    old_epoch: 1,
+                    new_epoch: 2
+                })
+            ))
+        );
+        let a = h
+            .answer(2, Frame::Renew(Renew { epoch: 2, seq: 5 }))
+            .await
+            .expect("lease frame");
+        assert_eq!(
+            a.reply,
+            Some(Frame::Renewed(Renewed {
+                epoch: 2,
+                seq: 5,
+                expires_in_ms: 400
+            }))
+        );
+        let a = h
+            .answer(1, Frame::Renew(Renew { epoch: 1, seq: 1 }))
+            .await
+            .expect("lease frame");
+        assert!(matches!(
+            a.reply,
+            Some(Frame::Error(ErrorMsg {
+                code: ErrorCode::StaleEpoch,
+                ..
+            }))
+        ));
+        let a = h
+            .answer(
+                2,
+                Frame::Release(Release {
+                    epoch: 2,
+                    mode: ReleaseMode::Detach { hold_ms: 0 },
+                }),
+            )
+            .await
+            .expect("lease frame");
+        assert_eq!(
+            a.reply,
+            Some(Frame::Released(shellper_protocol::msg::Released {
+                epoch: 2,
+                kill_in_ms: 2000
+            }))
+        );
+        let a = h.answer(3, acquire("c".into())).await.expect("lease frame");
+        assert!(matches!(
+            a.reply,
+            Some(Frame::Grant(Grant { epoch: 3, .. }))
+        ));
+        let a = h
+            .answer(
+                3,
+                Frame::Release(Release {
+                    epoch: 3,
+                    mode: ReleaseMode::Terminate,
+                }),
+            )
+            .await
+            .expect("lease frame");
+        assert!(a.reply.is_none() && a.revoked.is_none());
+        tokio::task::yield_now().await;
+        assert_eq!(fired(&f).len(), 1);
+        assert!(h.answer(3, Frame::Ping).await.is_none());
     }
 }

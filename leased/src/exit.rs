@@ -1,5 +1,6 @@
-//! Exit codes of the `shellper` binary (CONVENTIONS.md, "Shellper exit
-//! codes"). Scripts and Towers read these to learn why a shellper ended.
+//! Exit codes of a shellper, PTY or embedded (CONVENTIONS.md, "Shellper
+//! exit codes"; SPEC.md §9). Scripts and Towers read these to learn why a
+//! shellper ended. The `shellper` binary re-exports this module.
 
 use shellper_protocol::msg::TerminateReason;
 

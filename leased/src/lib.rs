@@ -55,14 +55,16 @@
 //!   and the process stays, a husk, until the lease ends (SPEC.md §8.2: the
 //!   Tower that wants it gone terminates it; unheld, its deadlines apply).
 //!
-//! The lease driver is the same source as the PTY shellper's
-//! (`shellper/src/lease.rs`, compiled into both crates), so both enforce the
-//! lease with one implementation of the "re-check before killing" rules.
+//! The lease driver ([`driver`]), the exit codes ([`exit`]) and the socket
+//! plumbing ([`sock`]) live here and the PTY shellper (crate `shellper`)
+//! uses them, so both enforce the lease with one implementation of the
+//! "re-check before killing" rules and answer on their sockets alike.
 
-#[path = "../../shellper/src/lease.rs"]
 pub mod driver;
+pub mod exit;
 pub mod invocation;
 mod server;
+pub mod sock;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -75,24 +77,6 @@ use shellper_protocol::msg::{ChildState, TerminateReason};
 use shellper_protocol::{Frame, LeaseMachine};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-
-/// Exit codes of a leased process (SPEC.md §9).
-pub mod exit {
-    /// Terminated on request (RELEASE Terminate) or by SIGTERM/SIGHUP/SIGINT.
-    pub const OK: i32 = 0;
-    /// Usage or configuration error (nothing started).
-    pub const USAGE: i32 = 2;
-    /// Start-up failure (socket, token).
-    pub const STARTUP: i32 = 3;
-    /// Claim deadline passed with no holder.
-    pub const CLAIM_EXPIRED: i32 = 10;
-    /// Reattach window expired.
-    pub const WINDOW_EXPIRED: i32 = 11;
-    /// Reserved: earlier versions ended a husk nobody held (never produced now).
-    pub const CHILD_EXITED_UNHELD: i32 = 12;
-    /// The kill ladder left survivors (a bug; reported loudly).
-    pub const SURVIVORS: i32 = 13;
-}
 
 /// Everything that can go wrong before the lease is served.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +100,15 @@ pub enum Error {
     /// `PR_SET_CHILD_SUBREAPER` failed: the tree could escape.
     #[error("cannot become a child subreaper: {0}")]
     Subreaper(String),
+}
+
+impl From<sock::BindError> for Error {
+    fn from(e: sock::BindError) -> Self {
+        match e {
+            sock::BindError::InUse(p) => Error::SocketInUse(p),
+            sock::BindError::Io { context, source } => Error::Io { context, source },
+        }
+    }
 }
 
 impl Error {
@@ -219,7 +212,7 @@ impl Leased {
     /// lease on the current tokio runtime. The claim deadline starts now.
     pub async fn serve(opts: Options) -> Result<Leased, Error> {
         shellper_proctree::become_subreaper().map_err(|e| Error::Subreaper(e.to_string()))?;
-        let listener = server::bind(&opts.socket)?;
+        let listener = sock::bind(&opts.socket)?;
         let machine = LeaseMachine::new(
             opts.config,
             opts.mode,
@@ -375,18 +368,6 @@ fn run_ladder(grace: Duration) -> KillReport {
     kill_tree(&LinuxTable, &RealClock, &plan, &mut || {})
 }
 
-fn exit_code(reason: TerminateReason, report: &KillReport) -> i32 {
-    if !report.survivors.is_empty() {
-        return exit::SURVIVORS;
-    }
-    match reason {
-        TerminateReason::Requested | TerminateReason::Signal => exit::OK,
-        TerminateReason::ClaimExpired => exit::CLAIM_EXPIRED,
-        TerminateReason::WindowExpired => exit::WINDOW_EXPIRED,
-        TerminateReason::ChildExitedUnheld => exit::CHILD_EXITED_UNHELD,
-    }
-}
-
 async fn finish(
     t: Termination,
     grace: Duration,
@@ -425,7 +406,7 @@ async fn finish(
     if let Err(e) = std::fs::remove_file(socket) {
         tracing::debug!(error = %e, "removing the socket file");
     }
-    let exit_code = exit_code(t.reason, &report);
+    let exit_code = exit::for_termination(t.reason, report.survivors.len() as u32);
     Ended {
         reason: t.reason,
         report,

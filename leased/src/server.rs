@@ -1,5 +1,6 @@
 //! The lease socket of an embedded (PTY-less) leased process: bind, accept
-//! (same uid only, at most 256 connections), HELLO within the handshake
+//! (same uid only, at most 256 connections; both in [`crate::sock`], shared
+//! with the PTY shellper), HELLO within the handshake
 //! timeout, then the lease frames (SPEC.md §6.2, §7, §8). Terminal frames
 //! (DATA, RESIZE, SIGNAL, SPAWN) are refused with `Forbidden`: there is no
 //! PTY here. Each connection has one reader and one writer task; the writer
@@ -7,33 +8,25 @@
 //! instead of pinning memory, and lease replies never wait behind anything.
 
 use std::collections::HashMap;
-use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use interprocess::local_socket::tokio::{Listener, Stream};
-use interprocess::local_socket::traits::StreamCommon as _;
-use interprocess::local_socket::traits::tokio::Listener as _;
-use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
-use interprocess::os::unix::local_socket::ListenerOptionsExt;
 use shellper_protocol::Frame;
 use shellper_protocol::codec::{CodecError, FrameCodec};
-use shellper_protocol::lease::{self, ConnId, Reject};
+use shellper_protocol::lease::ConnId;
 use shellper_protocol::msg::{
-    ClientInfo, ClientType, ErrorCode, ErrorMsg, Grant, Hello, Released, Renewed, Revoked, Status,
-    Welcome, WelcomeLease,
+    ClientInfo, ClientType, ErrorCode, Hello, Revoked, Status, Welcome, WelcomeLease,
 };
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{Describe, Error, LeaseHandle, Worker, ms};
+use crate::sock::{self, Half, Listener, Slots, Stream, error_frame};
+use crate::{Describe, LeaseHandle, Worker, ms};
 
 /// Most simultaneous connections (SPEC.md §7).
 const MAX_CONNECTIONS: usize = 256;
@@ -43,49 +36,6 @@ const MAX_QUEUED: usize = 1024;
 const WRITE_STALL: Duration = Duration::from_secs(30);
 /// How long the exit path waits for final frames (TERMINATED) to be written.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
-/// Longest holder name kept from ACQUIRE (SPEC.md §6.2).
-const MAX_HOLDER_NAME: usize = 256;
-
-/// Creates the socket directory (0700 if we create it) and binds the socket
-/// (0600), reclaiming a stale file only when nothing answers on it.
-pub(crate) fn bind(path: &Path) -> Result<Listener, Error> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists()
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::io(format!("create socket directory {}", dir.display()), e))?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(Error::SocketInUse(path.to_path_buf()));
-            }
-            std::fs::remove_file(path)
-                .map_err(|e| Error::io(format!("remove stale socket {}", path.display()), e))?;
-        }
-        Ok(_) => {
-            return Err(Error::io(
-                format!("socket path {}", path.display()),
-                io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"),
-            ));
-        }
-        Err(_) => {}
-    }
-    let name = path
-        .to_fs_name::<GenericFilePath>()
-        .map_err(|e| Error::io(format!("socket name {}", path.display()), e))?;
-    let listener = ListenerOptions::new()
-        .name(name)
-        .mode(0o600)
-        .reclaim_name(true)
-        .create_tokio()
-        .map_err(|e| Error::io(format!("bind {}", path.display()), e))?;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-    Ok(listener)
-}
 
 /// Who we are, for WELCOME and STATUS.
 #[derive(Debug)]
@@ -114,7 +64,7 @@ pub(crate) struct Shared {
     clients: Mutex<HashMap<ConnId, Client>>,
     tracker: TaskTracker,
     next_conn: AtomicU64,
-    permits: Arc<Semaphore>,
+    slots: Slots,
     my_uid: u32,
 }
 
@@ -133,7 +83,7 @@ impl Shared {
             clients: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
-            permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            slots: Slots::new(MAX_CONNECTIONS, 0),
             my_uid: rustix::process::geteuid().as_raw(),
         }
     }
@@ -227,76 +177,11 @@ impl Shared {
 
 /// Accepts connections until `stop` is cancelled.
 pub(crate) async fn accept_loop(listener: Listener, shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok(stream) => {
-                let s2 = shared.clone();
-                shared.tracker.spawn(async move { serve(s2, stream).await });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-fn error_frame(code: ErrorCode, message: impl Into<String>) -> Frame {
-    Frame::Error(ErrorMsg {
-        code,
-        message: message.into(),
+    let tracker = shared.tracker.clone();
+    sock::accept_loop(listener, tracker, stop, move |stream| {
+        serve(shared.clone(), stream)
     })
-}
-
-fn reject_frame(r: Reject) -> Frame {
-    let code = match r {
-        Reject::BadToken => ErrorCode::BadToken,
-        Reject::StaleEpoch { .. } => ErrorCode::StaleEpoch,
-        Reject::NotHolder => ErrorCode::NotHolder,
-        Reject::NotLeased => ErrorCode::NotLeased,
-        Reject::Terminating => ErrorCode::Terminating,
-    };
-    error_frame(code, r.to_string())
-}
-
-/// Reader and writer share the stream (`&Stream` is `AsyncRead + AsyncWrite`).
-#[derive(Debug)]
-struct Half(Arc<Stream>);
-
-impl tokio::io::AsyncRead for Half {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut &*self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Half {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut &*self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut &*self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut &*self.0).poll_shutdown(cx)
-    }
+    .await;
 }
 
 /// Writes queued frames until the queue closes (then shuts the write side
@@ -329,33 +214,23 @@ async fn writer(mut rx: mpsc::Receiver<Frame>, mut w: Half, cancel: Cancellation
                 return;
             }
         }
-        let _ = w.shutdown().await;
+        let _ = AsyncWriteExt::shutdown(&mut w).await;
     })
     .await;
 }
 
 /// Serves one connection from accept to close.
 async fn serve(shared: Arc<Shared>, stream: Stream) {
-    let creds = match stream.peer_creds() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "no peer credentials; closing");
-            return;
-        }
-    };
-    if creds.euid() != Some(shared.my_uid) {
-        tracing::warn!(uid = ?creds.euid(), "connection from another uid refused");
+    let Some(peer_pid) = sock::peer_pid_if_same_uid(&stream, shared.my_uid) else {
         return;
-    }
-    let peer_pid = creds.pid().map_or(0, |p| p as u32);
+    };
+    // No reserved slots here: every client of an embedded process is a
+    // status reader or a Tower.
+    let Some(_slot) = shared.slots.acquire() else {
+        sock::refuse_busy(stream).await;
+        return;
+    };
     let stream = Arc::new(stream);
-    let Ok(_permit) = shared.permits.clone().try_acquire_owned() else {
-        let mut w = Half(stream);
-        if let Ok(b) = error_frame(ErrorCode::Busy, "too many connections").to_bytes() {
-            let _ = tokio::time::timeout(Duration::from_millis(200), w.write_all(&b)).await;
-        }
-        return;
-    };
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(MAX_QUEUED);
     let cancel = CancellationToken::new();
@@ -506,69 +381,16 @@ async fn dispatch(shared: &Shared, id: ConnId, frame: Frame) {
         Frame::Ping => {
             shared.send(id, Frame::Pong);
         }
-        Frame::Acquire(mut a) => {
-            if a.holder.name.len() > MAX_HOLDER_NAME {
-                let mut end = MAX_HOLDER_NAME;
-                while !a.holder.name.is_char_boundary(end) {
-                    end -= 1;
+        f @ (Frame::Acquire(_) | Frame::Renew(_) | Frame::Release(_)) => {
+            if let Some(a) = shared.lease.answer(id, f).await {
+                if let Some(reply) = a.reply {
+                    shared.send(id, reply);
                 }
-                a.holder.name.truncate(end);
-            }
-            match shared.lease.acquire(id, a.token, a.holder).await {
-                Ok(g) => {
-                    let cfg = shared.lease.config();
-                    shared.send(
-                        id,
-                        Frame::Grant(Grant {
-                            epoch: g.epoch,
-                            ttl_ms: ms(cfg.ttl),
-                            window_ms: ms(cfg.window),
-                            renew_every_ms: ms(cfg.suggested_renew()),
-                            expires_in_ms: ms(g.expires_in.unwrap_or(cfg.ttl)),
-                        }),
-                    );
-                    if let Some((old, old_epoch)) = g.revoked {
-                        shared.send(
-                            old,
-                            Frame::Revoked(Revoked {
-                                old_epoch,
-                                new_epoch: g.epoch,
-                            }),
-                        );
-                    }
-                }
-                Err(r) => {
-                    shared.send(id, reject_frame(r));
+                if let Some((old, revoked)) = a.revoked {
+                    shared.send(old, revoked);
                 }
             }
         }
-        Frame::Renew(r) => {
-            let reply = match shared.lease.renew(id, r.epoch).await {
-                Ok(left) => Frame::Renewed(Renewed {
-                    epoch: r.epoch,
-                    seq: r.seq,
-                    expires_in_ms: ms(left),
-                }),
-                Err(e) => reject_frame(e),
-            };
-            shared.send(id, reply);
-        }
-        Frame::Release(r) => match shared.lease.release(id, r.epoch, r.mode).await {
-            // TERMINATED follows once the kill ladder is done.
-            Ok(lease::Released::Terminate) => {}
-            Ok(lease::Released::Detached { kill_in }) => {
-                shared.send(
-                    id,
-                    Frame::Released(Released {
-                        epoch: r.epoch,
-                        kill_in_ms: ms(kill_in),
-                    }),
-                );
-            }
-            Err(e) => {
-                shared.send(id, reject_frame(e));
-            }
-        },
         Frame::StatusRequest(_) => {
             if let Some(s) = shared.status().await {
                 shared.send(id, Frame::Status(Box::new(s)));

@@ -211,7 +211,7 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
         eprintln!("shellper: {e}");
         return e.exit_code();
     }
-    let listener = match server::bind(&cfg.socket_path) {
+    let listener = match server::bind(&cfg.socket_path).map_err(crate::Error::from) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(error = %e, "cannot bind");

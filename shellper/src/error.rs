@@ -39,6 +39,15 @@ pub enum Error {
     Exec { command: String, detail: String },
 }
 
+impl From<shellper_leased::sock::BindError> for Error {
+    fn from(e: shellper_leased::sock::BindError) -> Self {
+        match e {
+            shellper_leased::sock::BindError::InUse(p) => Error::SocketInUse(p),
+            shellper_leased::sock::BindError::Io { context, source } => Error::io(context, source),
+        }
+    }
+}
+
 impl Error {
     /// Wraps an IO error with a short description of what was attempted.
     pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {

@@ -8,11 +8,12 @@
 //! Library layout (pure logic apart from IO):
 //!
 //! * [`config`]: codev's JSON invocation and the friendly flags (pure).
-//! * [`lease`]: [`lease::LeaseDriver`], the protocol's lease machine on tokio
-//!   time with a termination hook; usable by any shellper.
+//! * [`lease`] (from `shellper-leased`): [`lease::LeaseDriver`], the
+//!   protocol's lease machine on tokio time with a termination hook; usable
+//!   by any shellper.
 //! * [`replay`]: the bounded replay buffer (pure).
 //! * [`outbox`]: per-connection priority queue drained by one writer task.
-//! * [`exit`]: exit codes.
+//! * [`exit`] (from `shellper-leased`): exit codes.
 //! * [`child`]: the PTY child, its single reaper and its IO tasks.
 //! * [`hub`]: state shared by the PTY tasks and the connections.
 //! * [`server`]: socket binding and connections.
@@ -24,14 +25,19 @@ pub mod app;
 pub mod child;
 pub mod config;
 pub mod error;
-pub mod exit;
 pub mod hub;
 pub mod kill;
-pub mod lease;
 pub mod outbox;
 pub mod replay;
 pub mod server;
 pub mod startup;
+
+/// The lease driver, shared with embedded leased processes: one
+/// implementation of the lease on tokio time (crate `shellper-leased`).
+pub use shellper_leased::driver as lease;
+/// Exit codes (crate `shellper-leased`, shared with embedded leased
+/// processes).
+pub use shellper_leased::exit;
 
 pub use config::Config;
 pub use error::{Error, Result};

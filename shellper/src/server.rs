@@ -1,10 +1,9 @@
 //! The socket server: binding, accepting, and one task pair per connection.
 //!
-//! * Filesystem socket name only (the abstract namespace ignores file
-//!   permissions); directory 0700 when we create it, socket 0600 (set before
-//!   `bind` by interprocess, so there is no umask race).
-//! * A leftover socket file is reclaimed only when nothing answers on it: a
-//!   live shellper's socket is never stolen.
+//! * Binding, accepting, the peer check and the slots are
+//!   `shellper_leased::sock`, shared with embedded leased processes:
+//!   filesystem socket name only, directory 0700 when we create it, socket
+//!   0600, a leftover socket file reclaimed only when nothing answers on it.
 //! * Every connection: peer uid (SO_PEERCRED) must be ours, else it is closed
 //!   at once; at most [`MAX_CONNECTIONS`], plus [`RESERVED_CONNECTIONS`]
 //!   kept for status queries and the lease holder; HELLO within the
@@ -18,38 +17,27 @@
 //!   frame must not be followed by anything.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use interprocess::local_socket::tokio::Stream;
-use interprocess::local_socket::traits::StreamCommon as _;
-use interprocess::local_socket::traits::tokio::Listener as _;
-use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
-use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use shellper_leased::sock::{self, Half, Slots, Stream, error_frame};
+use shellper_protocol::Frame;
 use shellper_protocol::codec::{CodecError, FrameCodec};
-use shellper_protocol::lease::{ConnId, Reject};
-use shellper_protocol::msg::{
-    ALLOWED_SIGNALS, ClientType, ErrorCode, ErrorMsg, Grant, Hello, HolderInfo, Released, Renewed,
-    Revoked,
-};
-use shellper_protocol::{Frame, lease};
+use shellper_protocol::lease::ConnId;
+use shellper_protocol::msg::{ALLOWED_SIGNALS, ClientType, ErrorCode, Hello, Revoked};
 use tokio::io::AsyncWriteExt as _;
-use tokio::sync::Semaphore;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::child::ChildHandle;
-use crate::error::{Error, Result};
 use crate::hub::Hub;
 use crate::lease::LeaseHandle;
 use crate::outbox::{Out, Outbox};
 
-pub use interprocess::local_socket::tokio::Listener;
+pub use shellper_leased::sock::{Listener, bind};
 
 /// Most simultaneous connections (handshaking or not) of any kind.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -71,103 +59,6 @@ pub const DEFAULT_WRITE_STALL: Duration = Duration::from_secs(30);
 const PEER_READ_WAIT: Duration = Duration::from_secs(1);
 /// How often the writer looks at the socket's unread byte count there.
 const PEER_READ_POLL: Duration = Duration::from_millis(2);
-/// Longest holder name kept from ACQUIRE.
-const MAX_HOLDER_NAME: usize = 256;
-
-/// Creates the socket directory (0700 when we create it) and binds the
-/// socket (0600), reclaiming a stale file nobody answers on.
-pub fn bind(path: &Path) -> Result<Listener> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists()
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::io(format!("create socket directory {}", dir.display()), e))?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(Error::SocketInUse(path.to_path_buf()));
-            }
-            // Nothing answers: a crashed shellper left it behind.
-            tracing::info!(path = %path.display(), "reclaiming stale socket file");
-            std::fs::remove_file(path)
-                .map_err(|e| Error::io(format!("remove stale socket {}", path.display()), e))?;
-        }
-        Ok(_) => {
-            return Err(Error::io(
-                format!("socket path {}", path.display()),
-                io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"),
-            ));
-        }
-        Err(_) => {}
-    }
-    let name = path
-        .to_fs_name::<GenericFilePath>()
-        .map_err(|e| Error::io(format!("socket name {}", path.display()), e))?;
-    let listener = ListenerOptions::new()
-        .name(name)
-        .mode(0o600)
-        .reclaim_name(true)
-        .create_tokio()
-        .map_err(|e| Error::io(format!("bind {}", path.display()), e))?;
-    // Belt and braces for platforms where the pre-bind fchmod is ignored.
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-    Ok(listener)
-}
-
-/// One side of a connection: the reader task and the writer task each hold
-/// one, sharing the stream (`&Stream` implements `AsyncRead`/`AsyncWrite`).
-/// The socket closes when both are dropped; the writer shuts down the write
-/// direction explicitly so the peer sees EOF after the last frame.
-#[derive(Debug)]
-struct Half(Arc<Stream>);
-
-impl Half {
-    /// A real `shutdown(2)`: interprocess's `poll_shutdown` is a no-op.
-    /// Errors (already closed, peer gone) change nothing for us.
-    fn shutdown(&self, how: rustix::net::Shutdown) {
-        use std::os::fd::AsFd as _;
-        let Stream::UdSocket(s) = &*self.0;
-        let _ = rustix::net::shutdown(s.as_fd(), how);
-    }
-}
-
-impl tokio::io::AsyncRead for Half {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut &*self.0).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Half {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut &*self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut &*self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut &*self.0).poll_shutdown(cx)
-    }
-}
 
 /// Everything a connection task needs.
 #[derive(Debug)]
@@ -183,8 +74,7 @@ pub struct Shared {
     /// final frames (TERMINATED) to be flushed.
     pub tracker: TaskTracker,
     next_conn: AtomicU64,
-    permits: Arc<Semaphore>,
-    reserve: Arc<Semaphore>,
+    slots: Slots,
     my_uid: u32,
 }
 
@@ -205,8 +95,7 @@ impl Shared {
             status,
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
-            permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
-            reserve: Arc::new(Semaphore::new(RESERVED_CONNECTIONS)),
+            slots: Slots::new(MAX_CONNECTIONS, RESERVED_CONNECTIONS),
             my_uid: rustix::process::geteuid().as_raw(),
         }
     }
@@ -221,41 +110,11 @@ impl Shared {
 
 /// Accepts connections until `stop` is cancelled.
 pub async fn accept_loop(listener: Listener, shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok(stream) => {
-                let s2 = shared.clone();
-                shared.tracker.spawn(async move { serve(s2, stream).await });
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-fn error_frame(code: ErrorCode, message: impl Into<String>) -> Frame {
-    Frame::Error(ErrorMsg {
-        code,
-        message: message.into(),
+    let tracker = shared.tracker.clone();
+    sock::accept_loop(listener, tracker, stop, move |stream| {
+        serve(shared.clone(), stream)
     })
-}
-
-fn reject_frame(r: Reject) -> Frame {
-    let code = match r {
-        Reject::BadToken => ErrorCode::BadToken,
-        Reject::StaleEpoch { .. } => ErrorCode::StaleEpoch,
-        Reject::NotHolder => ErrorCode::NotHolder,
-        Reject::NotLeased => ErrorCode::NotLeased,
-        Reject::Terminating => ErrorCode::Terminating,
-    };
-    error_frame(code, r.to_string())
+    .await;
 }
 
 /// Writes frames from the outbox, in priority order, until it is closed
@@ -455,32 +314,15 @@ impl Conn {
 
 /// Serves one connection from accept to close.
 async fn serve(shared: Arc<Shared>, stream: Stream) {
-    let creds = match stream.peer_creds() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "no peer credentials; closing");
-            return;
-        }
-    };
-    if creds.euid() != Some(shared.my_uid) {
-        tracing::warn!(uid = ?creds.euid(), pid = ?creds.pid(), "connection from another uid refused");
+    let Some(peer_pid) = sock::peer_pid_if_same_uid(&stream, shared.my_uid) else {
         return;
-    }
-    let peer_pid = creds.pid().map_or(0, |p| p as u32);
-    let (_permit, reserved) = match shared.permits.clone().try_acquire_owned() {
-        Ok(p) => (p, false),
-        Err(_) => match shared.reserve.clone().try_acquire_owned() {
-            Ok(p) => (p, true),
-            Err(_) => {
-                tracing::warn!(peer_pid, "too many connections; refusing");
-                let mut w = Half(Arc::new(stream));
-                if let Ok(b) = error_frame(ErrorCode::Busy, "too many connections").to_bytes() {
-                    let _ = tokio::time::timeout(Duration::from_millis(200), w.write_all(&b)).await;
-                }
-                return;
-            }
-        },
     };
+    let Some(slot) = shared.slots.acquire() else {
+        tracing::warn!(peer_pid, "too many connections; refusing");
+        sock::refuse_busy(stream).await;
+        return;
+    };
+    let reserved = slot.reserved;
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let stream = Arc::new(stream);
     let sock = stream.clone();
@@ -701,48 +543,16 @@ async fn dispatch(shared: &Shared, conn: &Conn, frame: Frame) {
             }
         }
         Frame::Ping => conn.send(Frame::Pong),
-        Frame::Acquire(mut a) => {
-            truncate_name(&mut a.holder);
-            match shared.lease.acquire(conn.id, a.token, a.holder).await {
-                Ok(g) => {
-                    let cfg = shared.lease.config();
-                    conn.send(Frame::Grant(Grant {
-                        epoch: g.epoch,
-                        ttl_ms: cfg.ttl.as_millis() as u64,
-                        window_ms: cfg.window.as_millis() as u64,
-                        renew_every_ms: cfg.suggested_renew().as_millis() as u64,
-                        expires_in_ms: g.expires_in.unwrap_or(cfg.ttl).as_millis() as u64,
-                    }));
-                    if let Some((old, old_epoch)) = g.revoked {
-                        shared.hub.send(
-                            old,
-                            Frame::Revoked(Revoked {
-                                old_epoch,
-                                new_epoch: g.epoch,
-                            }),
-                        );
-                    }
+        f @ (Frame::Acquire(_) | Frame::Renew(_) | Frame::Release(_)) => {
+            if let Some(a) = shared.lease.answer(conn.id, f).await {
+                if let Some(reply) = a.reply {
+                    conn.send(reply);
                 }
-                Err(r) => conn.send(reject_frame(r)),
+                if let Some((old, revoked)) = a.revoked {
+                    shared.hub.send(old, revoked);
+                }
             }
         }
-        Frame::Renew(r) => match shared.lease.renew(conn.id, r.epoch).await {
-            Ok(left) => conn.send(Frame::Renewed(Renewed {
-                epoch: r.epoch,
-                seq: r.seq,
-                expires_in_ms: left.as_millis() as u64,
-            })),
-            Err(e) => conn.send(reject_frame(e)),
-        },
-        Frame::Release(r) => match shared.lease.release(conn.id, r.epoch, r.mode).await {
-            // TERMINATED follows once the kill ladder is done.
-            Ok(lease::Released::Terminate) => {}
-            Ok(lease::Released::Detached { kill_in }) => conn.send(Frame::Released(Released {
-                epoch: r.epoch,
-                kill_in_ms: kill_in.as_millis() as u64,
-            })),
-            Err(e) => conn.send(reject_frame(e)),
-        },
         Frame::StatusRequest(_) => {
             if let Some(s) = shared.status.status(&shared.hub, &shared.lease).await {
                 conn.send(Frame::Status(Box::new(s)));
@@ -751,15 +561,5 @@ async fn dispatch(shared: &Shared, conn: &Conn, frame: Frame) {
         // DATA/RESIZE from a status client, frames only a shellper sends,
         // duplicate HELLO, PONG and unknown types: ignored (v1 semantics).
         _ => {}
-    }
-}
-
-fn truncate_name(h: &mut HolderInfo) {
-    if h.name.len() > MAX_HOLDER_NAME {
-        let mut end = MAX_HOLDER_NAME;
-        while !h.name.is_char_boundary(end) {
-            end -= 1;
-        }
-        h.name.truncate(end);
     }
 }
