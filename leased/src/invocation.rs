@@ -49,6 +49,9 @@ pub struct Config {
     pub socket_path: PathBuf,
     pub lease: Option<LeaseJson>,
     pub handshake_timeout_ms: Option<u64>,
+    /// A peer that accepts no bytes for this long is disconnected (as the
+    /// shellper's `writeStallMs`).
+    pub write_stall_ms: Option<u64>,
 }
 
 /// What the Tower handed over.
@@ -76,6 +79,12 @@ impl Invocation {
                 self.config
                     .handshake_timeout_ms
                     .unwrap_or(5000)
+                    .clamp(10, 600_000),
+            ),
+            write_stall: Duration::from_millis(
+                self.config
+                    .write_stall_ms
+                    .unwrap_or(30_000)
                     .clamp(10, 600_000),
             ),
             describe: Describe {

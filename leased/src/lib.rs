@@ -148,6 +148,9 @@ pub struct Options {
     pub config: LeaseConfig,
     /// How long a new connection may take to send HELLO.
     pub handshake_timeout: Duration,
+    /// A peer that accepts no bytes for this long is disconnected, whole
+    /// (SPEC.md §7; default 30 s).
+    pub write_stall: Duration,
     /// Shown in STATUS.
     pub describe: Describe,
     /// Turn SIGTERM/SIGHUP/SIGINT into an orderly termination (kill ladder,
@@ -164,6 +167,7 @@ impl Options {
             mode: Mode::Leased(token),
             config: LeaseConfig::default(),
             handshake_timeout: Duration::from_secs(5),
+            write_stall: Duration::from_secs(30),
             describe: Describe::default(),
             handle_signals: true,
         }
@@ -237,6 +241,7 @@ impl Leased {
                 describe: opts.describe,
             },
             opts.handshake_timeout,
+            opts.write_stall,
         ));
         let stop = CancellationToken::new();
         tokio::spawn(server::accept_loop(listener, shared.clone(), stop.clone()));

@@ -32,8 +32,6 @@ use crate::{Describe, LeaseHandle, Worker, ms};
 const MAX_CONNECTIONS: usize = 256;
 /// Frames queued for one connection before it counts as not reading (SPEC.md §7).
 const MAX_QUEUED: usize = 1024;
-/// A peer that accepts no bytes for this long is dropped.
-const WRITE_STALL: Duration = Duration::from_secs(30);
 /// How long the exit path waits for final frames (TERMINATED) to be written.
 const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
 
@@ -61,6 +59,7 @@ pub(crate) struct Shared {
     worker: Arc<Mutex<Worker>>,
     me: Identity,
     handshake_timeout: Duration,
+    write_stall: Duration,
     clients: Mutex<HashMap<ConnId, Client>>,
     tracker: TaskTracker,
     next_conn: AtomicU64,
@@ -74,12 +73,14 @@ impl Shared {
         worker: Arc<Mutex<Worker>>,
         me: Identity,
         handshake_timeout: Duration,
+        write_stall: Duration,
     ) -> Self {
         Shared {
             lease,
             worker,
             me,
             handshake_timeout,
+            write_stall,
             clients: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
@@ -186,7 +187,17 @@ pub(crate) async fn accept_loop(listener: Listener, shared: Arc<Shared>, stop: C
 
 /// Writes queued frames until the queue closes (then shuts the write side
 /// down so the peer sees EOF after the last frame) or the peer stalls.
-async fn writer(mut rx: mpsc::Receiver<Frame>, mut w: Half, cancel: CancellationToken) {
+///
+/// A failed or stalled write ends the connection whole (SPEC.md §7): the
+/// queue is closed, the reader is cancelled (so the slot is freed and the
+/// client unregistered) and the socket is shut down both ways, so nothing
+/// follows a half-written frame and the peer sees the end at once.
+async fn writer(
+    mut rx: mpsc::Receiver<Frame>,
+    mut w: Half,
+    cancel: CancellationToken,
+    stall: Duration,
+) {
     let mut buf = bytes::BytesMut::new();
     loop {
         let next = tokio::select! {
@@ -195,28 +206,62 @@ async fn writer(mut rx: mpsc::Receiver<Frame>, mut w: Half, cancel: Cancellation
             () = cancel.cancelled() => None,
         };
         let Some(frame) = next else { break };
-        buf.clear();
-        if let Err(e) = frame.encode_into(&mut buf) {
-            tracing::warn!(error = %e, "dropping unencodable frame");
-            continue;
-        }
-        match tokio::time::timeout(WRITE_STALL, w.write_all(&buf)).await {
-            Ok(Ok(())) => {}
-            _ => return,
+        if !write_frame(&mut w, &mut buf, &frame, stall).await {
+            abort_connection(&mut rx, &w, &cancel);
+            return;
         }
     }
     // Frames pushed just before the close (TERMINATED, ERROR) still go out.
     rx.close();
-    let _ = tokio::time::timeout(FLUSH_ON_CLOSE, async {
+    let flushed = tokio::time::timeout(FLUSH_ON_CLOSE, async {
         while let Some(frame) = rx.recv().await {
-            buf.clear();
-            if frame.encode_into(&mut buf).is_err() || w.write_all(&buf).await.is_err() {
-                return;
+            if !write_frame(&mut w, &mut buf, &frame, stall).await {
+                return false;
             }
         }
-        let _ = AsyncWriteExt::shutdown(&mut w).await;
+        true
     })
     .await;
+    match flushed {
+        Ok(true) => w.shutdown(rustix::net::Shutdown::Write),
+        _ => abort_connection(&mut rx, &w, &cancel),
+    }
+}
+
+/// Writes one frame within `stall`; false when the connection cannot go on.
+async fn write_frame(
+    w: &mut Half,
+    buf: &mut bytes::BytesMut,
+    frame: &Frame,
+    stall: Duration,
+) -> bool {
+    buf.clear();
+    if let Err(e) = frame.encode_into(buf) {
+        // Our own frame, over its limit: a bug, not the peer's fault.
+        tracing::warn!(error = %e, "dropping unencodable frame");
+        return true;
+    }
+    match tokio::time::timeout(stall, w.write_all(buf)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::info!(error = %e, "write failed; closing the connection");
+            false
+        }
+        Err(_) => {
+            tracing::info!(
+                stall_ms = ms(stall),
+                "peer accepted no bytes within the write stall limit; closing the connection"
+            );
+            false
+        }
+    }
+}
+
+/// Ends a connection whose writer cannot go on.
+fn abort_connection(rx: &mut mpsc::Receiver<Frame>, w: &Half, cancel: &CancellationToken) {
+    rx.close();
+    cancel.cancel();
+    w.shutdown(rustix::net::Shutdown::Both);
 }
 
 /// Serves one connection from accept to close.
@@ -234,9 +279,12 @@ async fn serve(shared: Arc<Shared>, stream: Stream) {
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(MAX_QUEUED);
     let cancel = CancellationToken::new();
-    shared
-        .tracker
-        .spawn(writer(rx, Half(stream.clone()), cancel.clone()));
+    shared.tracker.spawn(writer(
+        rx,
+        Half(stream.clone()),
+        cancel.clone(),
+        shared.write_stall,
+    ));
     let mut frames = FramedRead::new(Half(stream), FrameCodec::new());
     shared.clients().insert(
         id,
