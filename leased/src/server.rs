@@ -30,6 +30,13 @@ use crate::{Describe, LeaseHandle, Worker, ms};
 
 /// Most simultaneous connections (SPEC.md §7).
 const MAX_CONNECTIONS: usize = 256;
+/// Extra slots, used only when the [`MAX_CONNECTIONS`] are taken, and kept
+/// for status readers and the lease holder, so idle connections can never
+/// lock the Tower out of renewing (SPEC.md §7). A connection in a reserved
+/// slot must earn it: a status reader may idle at most the handshake
+/// timeout between requests, a tower must hold the lease once the handshake
+/// timeout has passed, a terminal is refused.
+const RESERVED_CONNECTIONS: usize = 16;
 /// Frames queued for one connection before it counts as not reading (SPEC.md §7).
 const MAX_QUEUED: usize = 1024;
 /// How long the exit path waits for final frames (TERMINATED) to be written.
@@ -84,7 +91,7 @@ impl Shared {
             clients: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
-            slots: Slots::new(MAX_CONNECTIONS, 0),
+            slots: Slots::new(MAX_CONNECTIONS, RESERVED_CONNECTIONS),
             my_uid: rustix::process::geteuid().as_raw(),
         }
     }
@@ -269,12 +276,12 @@ async fn serve(shared: Arc<Shared>, stream: Stream) {
     let Some(peer_pid) = sock::peer_pid_if_same_uid(&stream, shared.my_uid) else {
         return;
     };
-    // No reserved slots here: every client of an embedded process is a
-    // status reader or a Tower.
-    let Some(_slot) = shared.slots.acquire() else {
+    let Some(slot) = shared.slots.acquire() else {
+        tracing::warn!(peer_pid, "too many connections; refusing");
         sock::refuse_busy(stream).await;
         return;
     };
+    let reserved = slot.reserved;
     let stream = Arc::new(stream);
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(MAX_QUEUED);
@@ -296,6 +303,20 @@ async fn serve(shared: Arc<Shared>, stream: Stream) {
         },
     );
     if let Some(hello) = handshake(&shared, id, &mut frames, &cancel).await {
+        if reserved && hello.client_type == ClientType::Terminal {
+            shared.send(
+                id,
+                error_frame(
+                    ErrorCode::Busy,
+                    "too many connections: the remaining slots are reserved for status \
+                     readers and the lease holder",
+                ),
+            );
+            shared.clients().remove(&id);
+            shared.lease.disconnected(id);
+            cancel.cancel();
+            return;
+        }
         if let Some(c) = shared.clients().get_mut(&id) {
             c.kind = hello.client_type;
         }
@@ -321,7 +342,15 @@ async fn serve(shared: Arc<Shared>, stream: Stream) {
         if hello.client_type == ClientType::Tower && !shared.lease.is_leased() {
             legacy_acquire(&shared, id).await;
         }
-        read_loop(&shared, id, &mut frames, &cancel).await;
+        read_loop(
+            &shared,
+            id,
+            hello.client_type,
+            &mut frames,
+            &cancel,
+            reserved,
+        )
+        .await;
     }
     shared.clients().remove(&id);
     shared.lease.disconnected(id);
@@ -398,19 +427,51 @@ async fn legacy_acquire(shared: &Shared, id: ConnId) {
     }
 }
 
+/// Reads and dispatches frames until the connection ends. A connection in
+/// a reserved slot must earn it ([`RESERVED_CONNECTIONS`]).
 async fn read_loop(
     shared: &Shared,
     id: ConnId,
+    kind: ClientType,
     frames: &mut FramedRead<Half, FrameCodec>,
     cancel: &CancellationToken,
+    reserved: bool,
 ) {
-    while let Some(item) = next_frame(frames, cancel).await {
+    let mut deadline = reserved.then(|| tokio::time::Instant::now() + shared.handshake_timeout);
+    loop {
+        let item = match deadline {
+            None => next_frame(frames, cancel).await,
+            Some(d) => match tokio::time::timeout_at(d, next_frame(frames, cancel)).await {
+                Ok(item) => item,
+                Err(_) => {
+                    if kind == ClientType::Tower && shared.lease.is_holder(id).await {
+                        deadline = None;
+                        continue;
+                    }
+                    tracing::info!(conn = id, ?kind, "reserved slot unused; closing");
+                    shared.send(
+                        id,
+                        error_frame(
+                            ErrorCode::Busy,
+                            "reserved connection slot: idle status reader or tower without the lease",
+                        ),
+                    );
+                    return;
+                }
+            },
+        };
+        let Some(item) = item else {
+            return;
+        };
         match item {
             Ok(frame) => dispatch(shared, id, frame).await,
             Err(e) => {
                 protocol_error(shared, id, e);
                 return;
             }
+        }
+        if deadline.is_some() && kind == ClientType::Status {
+            deadline = Some(tokio::time::Instant::now() + shared.handshake_timeout);
         }
     }
 }
