@@ -605,22 +605,26 @@ async fn session(
     };
     let mut stdin_open = stdin_thread.is_some();
     let end = loop {
+        // Biased, the terminal's events first: a detach is queued before
+        // anything it sets off, so it is the reason reported, whatever
+        // else is ready by the time this task runs.
         tokio::select! {
-            r = &mut output_task => break r.unwrap_or_else(|e| End::Lost(format!("output: {e}"))),
+            biased;
             ev = ev_rx.recv(), if stdin_open => match ev {
                 Some(StdinEvent::Detach) => break End::Detached,
                 Some(StdinEvent::Closed) => break End::TerminalGone,
                 None => stdin_open = false,
             },
+            _ = sigs.int.recv() => break End::Signal("SIGINT", 2),
+            _ = sigs.term.recv() => break End::Signal("SIGTERM", 15),
+            _ = sigs.hup.recv() => break End::Signal("SIGHUP", 1),
+            _ = sigs.quit.recv() => break End::Signal("SIGQUIT", 3),
             _ = sigs.winch.recv() => {
                 if resizes && let Some(s) = term_size() {
                     let _ = size_tx.send(Some(s));
                 }
             }
-            _ = sigs.int.recv() => break End::Signal("SIGINT", 2),
-            _ = sigs.term.recv() => break End::Signal("SIGTERM", 15),
-            _ = sigs.hup.recv() => break End::Signal("SIGHUP", 1),
-            _ = sigs.quit.recv() => break End::Signal("SIGQUIT", 3),
+            r = &mut output_task => break r.unwrap_or_else(|e| End::Lost(format!("output: {e}"))),
         }
     };
     stop.store(true, Ordering::SeqCst);
@@ -634,7 +638,10 @@ async fn session(
     end
 }
 
-/// Sends the latest size (first) and the queued input.
+/// Sends the latest size (first) and the queued input. It never ends on
+/// its own when its inputs close (it is aborted): dropping the writer would
+/// half-close the socket, the shellper would close the connection, and a
+/// detach could be reported as a lost connection.
 async fn write_loop(
     mut w: TerminalWriter,
     mut input: mpsc::UnboundedReceiver<Bytes>,
@@ -648,7 +655,11 @@ async fn write_loop(
         return;
     }
     let mut size_open = true;
+    let mut input_open = true;
     loop {
+        if !size_open && !input_open {
+            std::future::pending::<()>().await;
+        }
         tokio::select! {
             biased;
             r = size.changed(), if size_open => match r {
@@ -662,8 +673,11 @@ async fn write_loop(
                 }
                 Err(_) => size_open = false,
             },
-            b = input.recv() => {
-                let Some(b) = b else { return };
+            b = input.recv(), if input_open => {
+                let Some(b) = b else {
+                    input_open = false;
+                    continue;
+                };
                 let n = b.len();
                 let r = w.write(b).await;
                 queued.fetch_sub(n, Ordering::SeqCst);

@@ -708,3 +708,81 @@ fn attach_errors_exit_2_with_the_reason() {
     assert!(err.contains("ctrl- takes one of"), "{err}");
     guard.finish();
 }
+
+/// A pseudo-terminal pair: the master (our side) and the path of the slave.
+fn open_pty() -> (std::fs::File, PathBuf) {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    (
+        std::fs::File::from(master),
+        PathBuf::from(name.to_str().unwrap()),
+    )
+}
+
+/// Reads `master` until EOF (EIO once the slave side is closed) or
+/// `needle`; returns everything read.
+fn read_pty_until(master: &mut std::fs::File, needle: Option<&str>, out: &mut Vec<u8>) {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(n) = needle
+            && String::from_utf8_lossy(out).contains(n)
+        {
+            return;
+        }
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A detach is reported as a detach (exit 0), every time. It once raced
+/// with what it set off: the stdin reader ended, the socket writer ended
+/// with it and half-closed the socket, the shellper closed the connection,
+/// and about one detach in fifteen came out as "the shellper closed the
+/// connection" (exit 1). Quick attach/detach cycles on a pseudo-terminal.
+#[test]
+fn attach_detach_is_reported_as_a_detach_every_time() {
+    let guard = LeakGuard::new("leasectl_attach_cycles");
+    let (_tmp, scope) = scope();
+    let tower = tower_with_bash(&guard, &scope, "1");
+    let id = tower.spawned[0].id.clone();
+    for i in 0..40 {
+        let (mut master, slave) = open_pty();
+        let tty = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&slave)
+                .unwrap()
+        };
+        let mut c = Command::new(cargo_bin("leasectl"));
+        c.env_remove("SHELLPER_SCOPE")
+            .arg("--scope")
+            .arg(&scope)
+            .args(["--timeout", "5s", "attach", &id])
+            .stdin(tty())
+            .stdout(tty())
+            .stderr(tty());
+        guard.apply(&mut c);
+        let mut child = c.spawn().unwrap();
+        let mut out = Vec::new();
+        // The banner, then the replay (bash's prompt) once raw.
+        read_pty_until(&mut master, Some("bash-"), &mut out);
+        master.write_all(b"\x1dd").unwrap();
+        let status = child.wait().unwrap();
+        drop(c);
+        drop(child);
+        read_pty_until(&mut master, None, &mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.contains(&format!("[leasectl: detached from {id}]")) && status.code() == Some(0),
+            "cycle {i}: {status:?}\n{text}"
+        );
+    }
+    stop_tower(tower);
+    guard.finish();
+}
