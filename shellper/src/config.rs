@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
 use serde::Deserialize;
 use shellper_protocol::frame::MAX_DATA_PAYLOAD;
 use shellper_protocol::lease::{DEFAULT_CLAIM, DEFAULT_KILL_GRACE, DEFAULT_TTL, DEFAULT_WINDOW};
@@ -153,59 +152,153 @@ Exit codes:
   12  reserved (earlier versions: child exited while unheld; never produced now)
   13  the kill ladder left survivors (a bug: reported loudly)";
 
-/// The friendly command line.
-#[derive(Debug, Parser)]
-#[command(
-    name = "shellper",
-    version,
-    about = "Leased, self-terminating PTY shellper",
-    long_about = "Runs CMD on a PTY behind a Unix socket. With --token-stdin the shellper is \
-                  leased: it kills its whole process tree when no holder renews the lease \
-                  within the reattach window. codev's invocation (last argument = JSON config) \
-                  is accepted too.",
-    after_long_help = AFTER_HELP
-)]
+/// The friendly flags' help (`shellper --help`), followed by [`AFTER_HELP`].
+const USAGE: &str = "\
+Leased, self-terminating PTY shellper
+
+Runs CMD on a PTY behind a Unix socket. With --token-stdin the shellper is leased: it kills
+its whole process tree when no holder renews the lease within the reattach window. codev's
+invocation (last argument = JSON config) is accepted too.
+
+Usage: shellper --socket <SOCKET> [OPTIONS] -- <COMMAND>...
+
+Arguments:
+  <COMMAND>...  The command and its arguments
+
+Options:
+      --socket <SOCKET>        Socket path (its directory is created with mode 0700)
+      --ttl <TTL>              Lease time-to-live between renewals (humantime: 500ms, 6s)
+      --window <WINDOW>        Reattach window after a lapse
+      --claim <CLAIM>          Claim deadline: how long the shellper waits for its first holder
+      --kill-grace <GRACE>     Grace between SIGTERM and SIGKILL in the kill ladder
+      --token-stdin            Read the lease token (64 hex digits) from the first line of
+                               stdin (leased mode). Without it the shellper runs in legacy mode
+      --cols <COLS>            Terminal columns
+      --rows <ROWS>            Terminal rows
+      --cwd <CWD>              Working directory of the child (default: the current directory)
+      --replay-lines <N>       Replay buffer depth in lines
+      --replay-bytes <N>       Replay buffer ceiling in bytes
+      --handshake-timeout <D>  How long a client may take to send HELLO
+      --config-stdin           Token line and JSON config line on stdin (a Tower of ours)
+  -h, --help                   Print help
+  -V, --version                Print version
+";
+
+/// The friendly command line, as parsed by [`parse_flags`].
+#[derive(Debug, Default)]
 struct Cli {
-    /// Socket path (its directory is created with mode 0700).
-    #[arg(long)]
-    socket: PathBuf,
-    /// Lease time-to-live between renewals (humantime: 500ms, 6s).
-    #[arg(long, value_parser = humantime::parse_duration)]
+    socket: Option<PathBuf>,
     ttl: Option<Duration>,
-    /// Reattach window after a lapse.
-    #[arg(long, value_parser = humantime::parse_duration)]
     window: Option<Duration>,
-    /// Claim deadline: how long the shellper waits for its first holder.
-    #[arg(long, value_parser = humantime::parse_duration)]
     claim: Option<Duration>,
-    /// Grace between SIGTERM and SIGKILL in the kill ladder.
-    #[arg(long, value_parser = humantime::parse_duration)]
     kill_grace: Option<Duration>,
-    /// Read the lease token (64 hex digits) from the first line of stdin
-    /// (leased mode). Without it the shellper runs in legacy mode.
-    #[arg(long)]
     token_stdin: bool,
-    /// Terminal columns.
-    #[arg(long)]
     cols: Option<u16>,
-    /// Terminal rows.
-    #[arg(long)]
     rows: Option<u16>,
-    /// Working directory of the child (default: the current directory).
-    #[arg(long)]
     cwd: Option<PathBuf>,
-    /// Replay buffer depth in lines.
-    #[arg(long)]
     replay_lines: Option<usize>,
-    /// Replay buffer ceiling in bytes.
-    #[arg(long)]
     replay_bytes: Option<usize>,
-    /// How long a client may take to send HELLO.
-    #[arg(long, value_parser = humantime::parse_duration)]
     handshake_timeout: Option<Duration>,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, num_args = 1..)]
     command: Vec<String>,
+}
+
+/// Parses the friendly flags by hand: a dozen long options do not need an
+/// argument-parsing library, and not linking one keeps the binary, which
+/// every idle shellper maps whole, about 0.2 MiB smaller (BENCHMARKS.md).
+/// Accepts `--flag value` and `--flag=value`; each flag at most once; the
+/// command after `--` (required).
+fn parse_flags(args: &[String]) -> Result<std::result::Result<Cli, String>> {
+    fn set<T>(slot: &mut Option<T>, flag: &str, v: T) -> Result<()> {
+        if slot.replace(v).is_some() {
+            return Err(usage(format!("{flag} cannot be used more than once")));
+        }
+        Ok(())
+    }
+    fn dur(flag: &str, v: &str) -> Result<Duration> {
+        humantime::parse_duration(v)
+            .map_err(|e| usage(format!("invalid value {v:?} for {flag}: {e}")))
+    }
+    fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        v.parse()
+            .map_err(|e| usage(format!("invalid value {v:?} for {flag}: {e}")))
+    }
+    let mut cli = Cli::default();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        match flag {
+            "--" => {
+                cli.command = it.by_ref().cloned().collect();
+                break;
+            }
+            "-h" | "--help" => return Ok(Err(format!("{USAGE}\n{AFTER_HELP}\n"))),
+            "-V" | "--version" => {
+                return Ok(Err(format!("shellper {}\n", env!("CARGO_PKG_VERSION"))));
+            }
+            "--token-stdin" if inline.is_none() => {
+                if std::mem::replace(&mut cli.token_stdin, true) {
+                    return Err(usage("--token-stdin cannot be used more than once".into()));
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let known = [
+            "--socket",
+            "--ttl",
+            "--window",
+            "--claim",
+            "--kill-grace",
+            "--cols",
+            "--rows",
+            "--cwd",
+            "--replay-lines",
+            "--replay-bytes",
+            "--handshake-timeout",
+        ];
+        if !known.contains(&flag) {
+            return Err(usage(format!("unexpected argument {arg:?}")));
+        }
+        let Some(v) = inline.or_else(|| it.next().cloned()) else {
+            return Err(usage(format!("a value is required for {flag}")));
+        };
+        match flag {
+            "--socket" => set(&mut cli.socket, flag, PathBuf::from(v))?,
+            "--ttl" => set(&mut cli.ttl, flag, dur(flag, &v)?)?,
+            "--window" => set(&mut cli.window, flag, dur(flag, &v)?)?,
+            "--claim" => set(&mut cli.claim, flag, dur(flag, &v)?)?,
+            "--kill-grace" => set(&mut cli.kill_grace, flag, dur(flag, &v)?)?,
+            "--cols" => set(&mut cli.cols, flag, num(flag, &v)?)?,
+            "--rows" => set(&mut cli.rows, flag, num(flag, &v)?)?,
+            "--cwd" => set(&mut cli.cwd, flag, PathBuf::from(v))?,
+            "--replay-lines" => set(&mut cli.replay_lines, flag, num(flag, &v)?)?,
+            "--replay-bytes" => set(&mut cli.replay_bytes, flag, num(flag, &v)?)?,
+            _ => set(&mut cli.handshake_timeout, flag, dur(flag, &v)?)?,
+        }
+    }
+    if cli.socket.is_none() {
+        return Err(usage(
+            "the following required argument was not provided: --socket <SOCKET>".into(),
+        ));
+    }
+    if cli.command.is_empty() {
+        return Err(usage(
+            "the following required argument was not provided: -- <COMMAND>...".into(),
+        ));
+    }
+    Ok(Ok(cli))
+}
+
+fn usage(msg: String) -> Error {
+    Error::Usage(format!(
+        "{msg}\n\nUsage: shellper --socket <SOCKET> [OPTIONS] -- <COMMAND>...\n\nFor more information, try '--help'."
+    ))
 }
 
 /// What parsing the command line produced.
@@ -288,20 +381,9 @@ pub fn parse_args(args: &[String], cwd: &Path) -> Result<Parsed> {
         let json = args.last().map(String::as_str).unwrap_or_default();
         return parse_json(json, cwd).map(|c| Parsed::Run(Box::new(c)));
     }
-    let argv = std::iter::once("shellper".to_string()).chain(args.iter().cloned());
-    let cli = match Cli::try_parse_from(argv) {
+    let cli = match parse_flags(args)? {
         Ok(cli) => cli,
-        Err(e) => {
-            use clap::error::ErrorKind;
-            return match e.kind() {
-                ErrorKind::DisplayHelp
-                | ErrorKind::DisplayVersion
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-                    Ok(Parsed::Print(e.render().to_string()))
-                }
-                _ => Err(Error::Usage(e.render().to_string())),
-            };
-        }
+        Err(text) => return Ok(Parsed::Print(text)),
     };
     from_cli(cli, cwd).map(|c| Parsed::Run(Box::new(c)))
 }
@@ -409,8 +491,10 @@ fn clamp_replay_bytes(v: Option<usize>) -> usize {
 
 fn from_cli(cli: Cli, cwd: &Path) -> Result<Config> {
     let mut command = cli.command.into_iter();
-    let Some(program) = command.next() else {
-        return Err(Error::Usage("missing command after `--`".into()));
+    let (Some(program), Some(socket)) = (command.next(), cli.socket) else {
+        return Err(Error::Usage(
+            "missing --socket or command after `--`".into(),
+        ));
     };
     let lease = LeaseConfig::new(
         cli.ttl.unwrap_or(DEFAULT_TTL),
@@ -425,7 +509,7 @@ fn from_cli(cli: Cli, cwd: &Path) -> Result<Config> {
         env: None,
         cols: nonzero(cli.cols, DEFAULT_COLS),
         rows: nonzero(cli.rows, DEFAULT_ROWS),
-        socket_path: cli.socket,
+        socket_path: socket,
         replay_lines: cli.replay_lines.unwrap_or(DEFAULT_REPLAY_LINES),
         replay_bytes: clamp_replay_bytes(cli.replay_bytes),
         lease,
@@ -629,6 +713,49 @@ mod tests {
         match parse_args(&args(&["--help"]), Path::new("/")).expect("help") {
             Parsed::Print(t) => assert!(t.contains("--socket")),
             Parsed::Run(_) | Parsed::ConfigStdin => panic!("help must print"),
+        }
+    }
+
+    #[test]
+    fn flags_accept_the_equals_form_and_refuse_repeats_and_missing_values() {
+        let c = run(&[
+            "--socket=/s",
+            "--ttl=2s",
+            "--window",
+            "3s",
+            "--",
+            "sh",
+            "--ttl",
+        ])
+        .expect("parses");
+        assert_eq!(c.socket_path, PathBuf::from("/s"));
+        assert_eq!(c.lease.ttl, Duration::from_secs(2));
+        assert_eq!(
+            c.args,
+            vec!["--ttl"],
+            "after `--` everything is the command's"
+        );
+        for a in [
+            &["--socket", "/s", "--socket", "/t", "--", "sh"][..],
+            &[
+                "--socket",
+                "/s",
+                "--token-stdin",
+                "--token-stdin",
+                "--",
+                "sh",
+            ][..],
+            &["--socket", "/s", "--cols"][..],
+            &["--socket", "/s", "--cols", "wide", "--", "sh"][..],
+            &["--socket", "/s", "--token-stdin=yes", "--", "sh"][..],
+            &["--socket", "/s", "sh"][..],
+        ] {
+            let e = run(a).expect_err("must fail");
+            assert_eq!(e.exit_code(), 2, "{a:?}: {e}");
+        }
+        match parse_args(&args(&["-V"]), Path::new("/")).expect("version") {
+            Parsed::Print(t) => assert!(t.starts_with("shellper "), "{t}"),
+            Parsed::Run(_) | Parsed::ConfigStdin => panic!("version must print"),
         }
     }
 

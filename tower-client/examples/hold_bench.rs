@@ -9,6 +9,10 @@
 //! BENCH_RT=multi cargo run ... # the Tower on two worker threads instead of one
 //! ```
 //!
+//! With `BENCH_JSON=1` it also prints one JSON line with the figures
+//! (`tests/bench/compare.py` reads it); `BENCH_IDLE_SECS` sets the idle
+//! baseline's length (default: HOLD_SECS, at most 10).
+//!
 //! Default timings (TTL 6 s, renew every 2 s ± 10 %), except the window
 //! (30 s instead of 10 min) so that a crashed run cleans up after itself
 //! quickly; the window does not affect the renewal cost.
@@ -223,7 +227,10 @@ fn main() {
         let tower = Arc::new(tower);
 
         // 2. Baseline: the same process with the Tower open and nothing held.
-        let idle_secs = hold.min(10);
+        let idle_secs = std::env::var("BENCH_IDLE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(hold.min(10));
         let c0 = cpu_self();
         tokio::time::sleep(Duration::from_secs(idle_secs)).await;
         let idle_cpu = (cpu_self() - c0).as_secs_f64() / idle_secs as f64;
@@ -261,6 +268,7 @@ fn main() {
         let held_secs = t0.elapsed().as_secs_f64();
         let hold_cpu = (cpu_self() - c0).as_secs_f64() / held_secs;
         let (mut rtts, renewed1) = tower.rtt_samples();
+        let tower_rss = rss_kib();
         let mut bad = 0;
         while let Some(e) = events.try_recv() {
             if !matches!(e, tower_client::Event::Held { .. }) {
@@ -330,6 +338,26 @@ fn main() {
             sweep.as_secs_f64() * 1e3,
             adopt.as_secs_f64() / sweep.as_secs_f64()
         );
+
+        if std::env::var_os("BENCH_JSON").is_some() {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "n": n,
+                    "hold_secs": held_secs,
+                    "cpu_pct": hold_cpu * 100.0,
+                    "idle_cpu_pct": idle_cpu * 100.0,
+                    "tower_rss_kib": tower_rss,
+                    "rss_per_lease_kib": rss1.saturating_sub(rss0) as f64 / n as f64,
+                    "spawn_ms_each": spawn_time.as_secs_f64() * 1e3 / n as f64,
+                    "adopt_ms": adopt.as_secs_f64() * 1e3,
+                    "adopted": rep.adopted.len(),
+                    "adopt_failed": rep.failed.len(),
+                    "sweep_ms": sweep.as_secs_f64() * 1e3,
+                    "bad_events": bad,
+                })
+            );
+        }
 
         // 4. Clean up: terminate everything with confirmed death.
         let t = Instant::now();
