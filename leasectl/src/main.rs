@@ -24,8 +24,11 @@ fn main() {
         );
         return;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: every command is a bounded sweep of sockets and /proc
+    // (the /proc walks on the blocking pool). The current-thread runtime
+    // also keeps tokio's multi-thread scheduler, and with it libm, out of a
+    // shellper built in the same `cargo build --workspace` (BENCHMARKS.md).
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

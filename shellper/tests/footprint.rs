@@ -34,7 +34,11 @@ fn resolved_features(packages: &[&str]) -> String {
         .args(["tree", "--locked", "--offline", "-e", "features,normal"])
         .args(["--prefix", "none", "--no-dedupe"]);
     for p in packages {
-        cmd.args(["-p", p]);
+        if *p == "--workspace" {
+            cmd.arg(p);
+        } else {
+            cmd.args(["-p", p]);
+        }
     }
     let out = cmd.output().expect("run cargo tree");
     assert!(
@@ -54,9 +58,8 @@ fn assert_lean(packages: &[&str]) {
         .collect();
     assert!(
         found.is_empty(),
-        "`cargo build -p {}` compiles {found:?} into the shellper; see BENCHMARKS.md \
-         (where the memory goes) before adding them back",
-        packages.join(" -p ")
+        "`cargo build {packages:?}` compiles {found:?} into the shellper; see \
+         BENCHMARKS.md (where the memory goes) before adding them back"
     );
     assert!(
         tree.contains("tokio feature \"rt\""),
@@ -74,4 +77,13 @@ fn the_readme_build_compiles_nothing_that_costs_idle_memory() {
 #[test]
 fn the_demo_build_compiles_nothing_that_costs_idle_memory() {
     assert_lean(&["tower-client", "shellper"]);
+}
+
+/// `cargo build --release --workspace --bins`: every binary's features are
+/// unified, minitower's and leasectl's included. (Examples and tests add
+/// dev-dependencies, tokio's multi-thread runtime among them: build the
+/// shellper on its own after them, as tests/bench/compare.sh does.)
+#[test]
+fn the_workspace_build_compiles_nothing_that_costs_idle_memory() {
+    assert_lean(&["--workspace"]);
 }
