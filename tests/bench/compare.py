@@ -740,11 +740,12 @@ def spread(st, fmt=lambda v: f"{v:.1f}"):
 
 def print_table(r):
     names = {"ours": "shellper (ours)", "dtach": "dtach master", "tmux": "tmux server, one per session",
-             "tmux-shared": "tmux server, 10 sessions in one (÷10)", "node": "Node floor (node-pty + socket)",
+             "tmux-shared": "tmux server, all sessions in one (÷ count)", "node": "Node floor (node-pty + socket)",
              "sleep": "`sleep` (smallest dynamic program)"}
     mem = r["memory"]
     print("\n### Memory per idle session holding bash (MiB: median (min–max) over the sessions)\n")
-    print("| session | peak RSS (VmHWM) | steady RSS | PSS, 10 running | peak vs ours |")
+    print(f"| session | peak RSS (VmHWM) | steady RSS | PSS, {mem['ours']['sessions']} running "
+          "| peak vs ours |")
     print("|---|---|---|---|---|")
     ours = mem["ours"]["hwm"]["median"]
     for k in ["ours", "dtach", "tmux", "tmux-shared", "node", "sleep"]:
