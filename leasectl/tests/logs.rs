@@ -152,9 +152,22 @@ fn logs_prints_and_follows_across_rotations() {
         std::thread::sleep(Duration::from_millis(40));
     }
     assert!(rotated.exists());
-    // The last query's lines reach the follower.
-    let live = std::fs::read_to_string(&log).unwrap();
-    let last = *attached_conns(&live).last().unwrap();
+    // The last query's lines reach the follower. The live file may hold no
+    // "client attached" line yet (the rotation can fall between a query's
+    // two lines, so the new file starts with "connection closed"): query
+    // until it does.
+    let last = loop {
+        let live = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(c) = attached_conns(&live).last() {
+            break *c;
+        }
+        assert!(Instant::now() < end, "no query reached the live log");
+        let out = leasectl(&guard, &scope)
+            .args(["--timeout", "3s", "show", &id])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+    };
     assert!(
         wait_until(Duration::from_secs(10), || {
             attached_conns(&String::from_utf8_lossy(&seen.lock().unwrap())).contains(&last)
@@ -177,6 +190,7 @@ fn logs_prints_and_follows_across_rotations() {
     );
 
     // --lines and --all (nothing is being written now).
+    let live = std::fs::read_to_string(&log).unwrap();
     let out = leasectl(&guard, &scope)
         .args(["logs", &id, "-n", "3"])
         .output()
