@@ -3,9 +3,10 @@
 //! pane), typing with `send-keys` and reading the screen with
 //! `capture-pane`, while a real minitower holds the lease.
 //!
-//! Each test runs its own tmux server (`tmux -L <unique>`), tagged by the
-//! test's LeakGuard like everything else it starts; the server is killed at
-//! teardown and the guard proves that nothing survives.
+//! Each test runs its own tmux server (`tmux -S <its temporary dir>/tmux.sock`),
+//! tagged by the test's LeakGuard like everything else it starts; the server
+//! is killed at teardown (its socket goes with the directory) and the guard
+//! proves that nothing survives.
 //!
 //! tmux is needed: without it these tests say so and pass, unless
 //! `SHELLPER_REQUIRE_TMUX=1` (CI sets it after installing tmux).
@@ -46,15 +47,14 @@ fn have_tmux() -> bool {
 
 /// A tmux server of our own with one window running a plain bash.
 struct Tmux {
-    name: String,
+    socket: PathBuf,
     dir: PathBuf,
 }
 
 impl Tmux {
     fn start(guard: &LeakGuard, dir: &Path, cols: u16, rows: u16) -> Tmux {
-        let name = format!("leasectl-attach-{}", guard.tag());
         let t = Tmux {
-            name,
+            socket: dir.join("tmux.sock"),
             dir: dir.to_path_buf(),
         };
         let mut c = t.cmd();
@@ -92,7 +92,7 @@ impl Tmux {
 
     fn cmd(&self) -> Command {
         let mut c = Command::new("tmux");
-        c.args(["-L", &self.name, "-f", "/dev/null"]);
+        c.arg("-S").arg(&self.socket).args(["-f", "/dev/null"]);
         c
     }
 
