@@ -22,14 +22,19 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 /// Exit codes as printed by `--help` (and copied into the README).
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0    success; `orphans`: nothing found; `reap`: every target confirmed gone;
+  0    success; `metrics`: the exposition was written (the scope's problems
+       are in it); `prune`: nothing to remove, or all of it removed;
+       `orphans`: nothing found; `reap`: every target confirmed gone;
        `demo`: the verdict is good
-  1    `orphans`: orphans found; `reap`: a target was refused (held, no --force)
+  1    `prune`: a dry run found something to remove, or a removal failed;
+       `orphans`: orphans found; `reap`: a target was refused (held, no --force)
        or something of its tree survived; `demo`: the verdict is bad
   2    error: bad usage, unreadable scope or registry, unknown id, unreadable
        --tracked input, another user's process (`reap --pid`); with an
        unreadable registry `list`, `show` and `orphans` still print what they
        found, and the warning once
+  3    `prune --yes`: a Tower holds the scope; nothing removed (the Tower
+       tidies it itself)
   130  interrupted by Ctrl-C (`demo` and `reap` clean up first; `watch` exits 0
        on Ctrl-C, SIGTERM or SIGHUP, with the cursor restored)
   `attach` returns the command's exit status: see `leasectl attach --help`;
@@ -48,6 +53,10 @@ Examples:
   leasectl reap --pid 4242               a socketless or codev Node shellper, by pid
   leasectl attach sh-0123abcd            a terminal on it (ctrl-] d detaches)
   leasectl logs -f sh-0123abcd           its log, followed across rotations
+  leasectl metrics -o /var/lib/node_exporter/textfile/shellper.prom
+                                         Prometheus text format, written atomically
+  leasectl prune                         what gone shellpers left (dry run)
+  leasectl prune --yes                   remove it
   leasectl demo                          the whole story in under a minute
   leasectl completions bash > ~/.local/share/bash-completion/completions/leasectl
 
@@ -86,6 +95,61 @@ Examples:
 Exit codes of logs:
   0    printed; with -f: stopped by Ctrl-C, SIGTERM or SIGHUP
   2    unknown id, no log file (without -f), unreadable log";
+
+/// `metrics --help` epilogue.
+const METRICS_HELP: &str = "\
+Families (every one labelled with scope; per shellper also id):
+  shellper_sessions{phase}             gauge, every phase, zeros included
+  shellper_tower_up, shellper_registry_readable, shellper_scope_exists
+  shellper_orphans, shellper_scope_log_bytes, shellper_prunable_files
+  shellper_info{pid,command,leased,version} = 1, shellper_phase{phase} = 1
+  shellper_reachable, shellper_holder_alive, shellper_lease_epoch
+  shellper_lease_expires_in_seconds, shellper_kill_in_seconds,
+  shellper_claim_in_seconds, shellper_lease_ttl_seconds,
+  shellper_lease_window_seconds, shellper_start_time_seconds, shellper_clients{kind}
+  counters: shellper_lease_{acquires,renewals,rejected_tokens,stale_epochs,
+  revocations,lapses,stalls}_total, shellper_protocol_errors_total
+
+Examples (node_exporter --collector.textfile.directory=/var/lib/node_exporter/textfile):
+  leasectl metrics                                   print to stdout
+  leasectl metrics -o /var/lib/node_exporter/textfile/shellper.prom
+  crontab: * * * * * leasectl metrics -o /var/lib/node_exporter/textfile/shellper.prom
+  without -o: leasectl metrics > f.prom.tmp && mv f.prom.tmp f.prom
+  a systemd timer: contrib/systemd/leasectl-metrics.{service,timer}
+
+Exit codes:
+  0  the exposition was written (the scope's problems are in it:
+     shellper_registry_readable 0, phases dead/unreachable, a missing scope
+     as shellper_scope_exists 0)
+  2  nothing written: unusable scope (owner, mode), FILE not writable";
+
+/// `prune --help` epilogue.
+const PRUNE_HELP: &str = "\
+What goes (only what is proven gone):
+  registry entry  its process is gone (pid and start time checked by the kernel)
+  socket file     connecting is refused (nothing listens) and it is > 2 min old
+  log, log.N      its shellper is gone and it was last written > --keep-logs ago
+  over the cap    oldest logs of gone shellpers, then oldest rotated logs of live
+                  ones; never a live shellper's current log
+What stays: anything of a held, live or undecidable shellper; files younger
+than 2 min; a gone shellper whose session still runs (`orphans` reason
+shellper_gone: `reap` needs its entry and log); files not named sh-XXXXXXXX.*.
+A running Tower tidies its scope itself (at start and every --tidy-every):
+`prune --yes` then defers to it and exits 3. Without a Tower, `--yes` takes the
+instance lock for the removal (a Tower starting in that instant is refused
+and should be retried, as systemd's Restart= does).
+
+Examples:
+  leasectl prune                 what would be removed (exit 1 if anything)
+  leasectl prune --yes           remove it
+  leasectl prune --json          {\"schema_version\":1,\"plan\":{\"actions\":[…]},…}
+  leasectl prune --yes --keep-logs 1d --log-cap-mib 64
+
+Exit codes:
+  0  nothing to remove, or everything removed
+  1  dry run: something to remove; or a removal failed
+  2  error (unusable scope, unreadable registry: nothing is pruned without it)
+  3  --yes while a Tower holds the scope: nothing removed";
 
 /// The `--help` epilogue: examples, then exit codes.
 fn after_help() -> String {
@@ -249,6 +313,34 @@ pub enum Command {
         /// Include the rotated log (ID.log.1), oldest first
         #[arg(long)]
         all: bool,
+    },
+    /// The scope in the Prometheus text exposition format, for
+    /// node_exporter's textfile collector (sessions by phase, holder alive,
+    /// lease counters, seconds to expiry and to kill)
+    #[command(after_long_help = METRICS_HELP)]
+    Metrics {
+        /// Write to FILE atomically (hidden temporary file in the same
+        /// directory, mode 0644, then rename) instead of stdout
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Remove what gone shellpers left: registry entries, socket files
+    /// nothing listens on, old logs; and keep the scope's logs under a cap.
+    /// Dry run unless --yes
+    #[command(after_long_help = PRUNE_HELP)]
+    Prune {
+        /// Remove (without it: only show what would be removed)
+        #[arg(long, short)]
+        yes: bool,
+        /// Print JSON instead of a report
+        #[arg(long)]
+        json: bool,
+        /// Logs of gone shellpers are kept this long after their last write
+        #[arg(long, value_name = "DUR", default_value = "7d", value_parser = parse_duration)]
+        keep_logs: Duration,
+        /// Cap on the scope's logs (live and rotated), in MiB
+        #[arg(long, value_name = "MIB", default_value_t = tower_client::tidy::DEFAULT_SCOPE_LOG_CAP >> 20)]
+        log_cap_mib: u64,
     },
     /// Print a shell completion script
     Completions {

@@ -95,6 +95,23 @@ pub async fn run(cli: Cli) -> Result<i32> {
             };
             crate::logs::run(&scope, o).await
         }
+        Command::Metrics { output } => {
+            crate::metrics::run(&scope, timeout, output.as_deref()).await
+        }
+        Command::Prune {
+            yes,
+            json,
+            keep_logs,
+            log_cap_mib,
+        } => {
+            let policy = tower_client::TidyPolicy {
+                keep_gone_logs: keep_logs,
+                scope_log_cap: log_cap_mib.saturating_mul(1 << 20),
+                ..tower_client::TidyPolicy::default()
+            };
+            let opts = crate::prune::PruneOpts { yes, json, policy };
+            crate::prune::run(&scope, timeout, opts, &palette).await
+        }
         Command::Completions { .. } => Ok(EXIT_OK),
     }
 }

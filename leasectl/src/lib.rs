@@ -21,6 +21,8 @@
 //!   own (`orphans` and `reap` build reports that [`render`] prints).
 //! * [`attach`]: the interactive terminal client (raw mode, detach keys).
 //! * [`logs`]: a shellper's log, and following it across rotations.
+//! * [`metrics`]: the Prometheus text exposition; [`prune`]: removing what
+//!   gone shellpers left (tower-client's tidy rules).
 //! * [`commands`]: wiring of every subcommand to its exit code.
 
 pub mod attach;
@@ -29,9 +31,11 @@ pub mod commands;
 pub mod demo;
 pub mod error;
 pub mod logs;
+pub mod metrics;
 pub mod model;
 pub mod orphans;
 pub mod procs;
+pub mod prune;
 pub mod reap;
 pub mod render;
 pub mod scan;

@@ -24,6 +24,16 @@ use crate::error::{Error, Result};
 use crate::model::{HolderView, Phase, PidSource, ShellperView, Timings, proc_state_name};
 use crate::procs;
 
+/// The `error` of a registry entry whose socket file and process are both
+/// gone: what `leasectl prune` removes.
+pub const GONE_NO_SOCKET: &str = "gone: socket file missing and process gone (registry entry only)";
+
+/// True for a dead shellper of which only the registry entry is left (no
+/// socket file), as opposed to a socket file that nothing listens on.
+pub fn socket_missing(v: &ShellperView) -> bool {
+    v.phase == Phase::Dead && v.error.as_deref() == Some(GONE_NO_SOCKET)
+}
+
 /// Most STATUS queries in flight at once.
 pub const MAX_CONCURRENT: usize = 256;
 
@@ -297,7 +307,7 @@ fn from_proc(
         None => {
             v.phase = Phase::Dead;
             if !c.socket_exists {
-                v.error = Some("stale registry entry: no socket file, no process".into());
+                v.error = Some(GONE_NO_SOCKET.into());
             }
             if let Some(e) = &c.entry
                 && e.created_at_ms > 0

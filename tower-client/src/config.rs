@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use shellper_protocol::LeaseConfig;
 
+use crate::tidy::TidyPolicy;
+
 /// How a Tower runs its shellpers.
 #[derive(Debug, Clone)]
 pub struct TowerConfig {
@@ -20,6 +22,9 @@ pub struct TowerConfig {
     pub connect_timeout: Duration,
     /// Bound on a whole spawn (exec to GRANT).
     pub spawn_timeout: Duration,
+    /// What [`Tower::tidy`](crate::Tower::tidy) may remove: logs of gone
+    /// shellpers after a retention, the scope's log cap.
+    pub tidy: TidyPolicy,
 }
 
 impl Default for TowerConfig {
@@ -30,6 +35,7 @@ impl Default for TowerConfig {
             shellper_bin: None,
             connect_timeout: Duration::from_secs(1),
             spawn_timeout: Duration::from_secs(10),
+            tidy: TidyPolicy::default(),
         }
     }
 }

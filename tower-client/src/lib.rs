@@ -49,6 +49,7 @@ pub mod error;
 pub mod registry;
 pub mod sched;
 pub mod scope;
+pub mod tidy;
 
 mod adopt;
 mod config;
@@ -71,6 +72,7 @@ pub use scope::{InstanceLock, Scope};
 pub use shellper_protocol::{LeaseConfig, Token};
 pub use spawn::{SpawnSpec, resolve_shellper};
 pub use terminal::{Output, Terminal, TerminalReader, TerminalWriter};
+pub use tidy::{TidyDone, TidyPlan, TidyPolicy};
 pub use tower::{
     AdoptFailure, AdoptReport, FD_RESERVE, FDS_PER_SHELLPER, FDS_PER_SPAWN, FdBudget,
     MAX_SOCKET_PATH, TERMINATE_CONCURRENCY, Tower,

@@ -159,6 +159,19 @@ impl Scope {
     /// holder dies, so a crashed Tower never leaves a stale lock behind (a
     /// pid file alone would).
     pub fn lock(&self) -> Result<InstanceLock> {
+        self.lock_with(true)
+    }
+
+    /// Takes the instance lock for a short maintenance job (`leasectl
+    /// prune`): like [`lock`](Self::lock), but the file keeps the pid of the
+    /// last Tower (what `leasectl list` shows as the scope's last Tower).
+    /// A Tower starting meanwhile is refused with [`Error::ScopeLocked`]
+    /// naming that pid, as with any holder; hold it briefly.
+    pub fn lock_for_maintenance(&self) -> Result<InstanceLock> {
+        self.lock_with(false)
+    }
+
+    fn lock_with(&self, write_pid: bool) -> Result<InstanceLock> {
         let path = self.lock_path();
         let mut file = OpenOptions::new()
             .read(true)
@@ -185,7 +198,9 @@ impl Scope {
             writeln!(f, "{pid}")?;
             f.flush()
         };
-        write(&mut file).map_err(|e| Error::io("writing pid into", &path, e))?;
+        if write_pid {
+            write(&mut file).map_err(|e| Error::io("writing pid into", &path, e))?;
+        }
         // A crash in the middle of a registry write leaves a temporary file;
         // only the lock holder may clean those up.
         crate::registry::remove_stale_temps(&self.dir);

@@ -379,6 +379,80 @@ impl Tower {
         report
     }
 
+    /// Tidies the scope (see [`crate::tidy`]): removes the registry entries
+    /// and socket files of shellpers proven gone, the logs of gone
+    /// shellpers past [`TidyPolicy::keep_gone_logs`](crate::TidyPolicy),
+    /// and, over [`TidyPolicy::scope_log_cap`](crate::TidyPolicy), the
+    /// oldest logs of gone shellpers then the oldest rotated logs of live
+    /// ones. Nothing held, alive, or of unknown liveness is touched. The
+    /// directory listing and the liveness checks run on the blocking pool;
+    /// each socket probe is bounded.
+    pub async fn tidy(&self) -> crate::tidy::TidyDone {
+        use crate::tidy;
+        if self.scope_lost() {
+            return tidy::TidyDone::default();
+        }
+        let dir = self.ctx.scope.dir().to_path_buf();
+        let files = match tokio::task::spawn_blocking(move || tidy::list_scope(&dir)).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                tracing::warn!("tidy: listing {}: {e}", self.ctx.scope.dir().display());
+                return tidy::TidyDone::default();
+            }
+            Err(_) => return tidy::TidyDone::default(),
+        };
+        let registry = self.ctx.registry.snapshot();
+        let held = self.ctx.handles().keys().cloned().collect();
+        let facts = tidy::gather(&files, &registry, held).await;
+        let plan = tidy::plan(
+            &files,
+            &registry,
+            &self.ctx.scope.registry_path(),
+            &facts,
+            std::time::SystemTime::now(),
+            &self.ctx.cfg.tidy,
+        );
+        let mut done = tidy::TidyDone::default();
+        let gone: Vec<RegistryEntry> = plan
+            .entry_ids()
+            .iter()
+            .filter_map(|id| registry.get(id).cloned())
+            .collect();
+        if !gone.is_empty() {
+            // Only the very entries found gone (same pid and start time):
+            // an id re-registered meanwhile is another shellper.
+            match self
+                .ctx
+                .registry
+                .commit(|r| r.shellpers.retain(|e| !gone.contains(e)))
+                .await
+            {
+                Ok(()) => done.done.extend(
+                    plan.actions
+                        .iter()
+                        .filter(|a| a.what == tidy::What::RegistryEntry)
+                        .cloned(),
+                ),
+                Err(e) => {
+                    tracing::warn!("tidy: pruning the registry: {e}");
+                    for a in plan
+                        .actions
+                        .iter()
+                        .filter(|a| a.what == tidy::What::RegistryEntry)
+                    {
+                        done.failed.push((a.clone(), e.to_string()));
+                    }
+                }
+            }
+        }
+        if let Ok(files_done) = tokio::task::spawn_blocking(move || tidy::remove_files(&plan)).await
+        {
+            done.done.extend(files_done.done);
+            done.failed.extend(files_done.failed);
+        }
+        done
+    }
+
     /// Detaches every held shellper (each keeps running for
     /// `max(hold, window)`), concurrently.
     pub async fn detach_all(&self, hold: Option<Duration>) -> Vec<(String, Result<Duration>)> {

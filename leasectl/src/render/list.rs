@@ -8,6 +8,7 @@ use crate::model::{Phase, ShellperView};
 pub fn phase_text(s: &ShellperView) -> String {
     match (&s.phase, &s.proc_state) {
         (Phase::Unreachable, Some(st)) => format!("unreachable({st})"),
+        (Phase::Dead, _) if crate::scan::socket_missing(s) => "gone".to_string(),
         (p, _) => p.as_str().to_string(),
     }
 }
@@ -96,10 +97,10 @@ pub fn list_text(p: &Palette, scope: &str, shellpers: &[ShellperView]) -> String
         .iter()
         .filter(|s| s.phase == Phase::Unreachable)
         .count();
-    let dead = shellpers.iter().filter(|s| s.phase == Phase::Dead).count();
     out.push_str(&format!(
-        "{} shellper(s) in {scope}; {unreachable} unreachable, {dead} dead socket(s)\n",
+        "{} shellper(s) in {scope}; {unreachable} unreachable\n",
         shellpers.len()
     ));
+    out.push_str(&crate::prune::gone_summary(shellpers));
     out
 }

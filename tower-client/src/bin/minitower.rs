@@ -35,6 +35,9 @@ OUTPUT (stdout, one JSON object per line, flushed per line)
   {\"event\":\"adopted\",\"id\":\"sh-…\",\"pid\":…,\"child_pid\":…,\"epoch\":…}
   {\"event\":\"adopt_failed\",\"id\":…,\"error\":…}   alive but not adoptable (left alone)
   {\"event\":\"pruned\",\"id\":…}                     registry entry whose process is gone
+  {\"event\":\"tidied\",\"removed\":[{\"what\",\"id\",\"path\",\"bytes\",\"reason\"}],\"failed\":[…]}
+                                      the periodic tidy (--tidy-every) removed
+                                      entries, sockets or logs of gone shellpers
   {\"event\":\"spawned\",\"id\":…,\"pid\":…,\"child_pid\":…,\"socket\":…}
   {\"event\":\"spawn_failed\",\"error\":…}
   {\"event\":\"ready\",\"held\":N,\"capacity\":C,\"fd_limit\":L}
@@ -49,6 +52,19 @@ OUTPUT (stdout, one JSON object per line, flushed per line)
   stalls the leases: a stdout nobody reads costs lines, not renewals.
   Shellpers that cannot be adopted (no answer, out of descriptors) are left
   running and in the registry, and adoption is retried with backoff.
+
+TIDY
+  At start and every --tidy-every, minitower removes what shellpers that are
+  proven gone left: registry entries (the kernel says the process is gone:
+  pid and start time), socket files nothing listens on (older than 2 min),
+  their logs once last written more than --keep-logs ago; and over
+  --log-cap-mib, the oldest logs of gone shellpers, then the oldest rotated
+  logs of live ones. Nothing of a held, live or undecidable shellper goes.
+
+UNDER SYSTEMD
+  contrib/systemd/minitower.service runs it as a user service that keeps the
+  sessions across `systemctl --user restart` (KillMode=process); see the
+  README's section \"Running the Tower as a service\".
 
 EXIT CODES
   0  stopped by SIGINT/SIGTERM after releasing everything
@@ -134,6 +150,21 @@ struct Cli {
     cols: u16,
     #[arg(long, default_value_t = 24)]
     rows: u16,
+
+    /// How often the scope is tidied (registry entries, sockets and logs of
+    /// gone shellpers, the log cap); also once at start. `0s` disables.
+    #[arg(long, value_name = "DUR", default_value = "10m", value_parser = humantime::parse_duration)]
+    tidy_every: Duration,
+
+    /// Logs of gone shellpers are kept this long after their last write.
+    #[arg(long, value_name = "DUR", default_value = "7d", value_parser = humantime::parse_duration)]
+    keep_logs: Duration,
+
+    /// Cap on the scope's logs in MiB (live and rotated): past it the
+    /// oldest logs of gone shellpers go first, then the oldest rotated logs
+    /// of live ones; never a live shellper's current log.
+    #[arg(long, value_name = "MIB", default_value_t = tower_client::tidy::DEFAULT_SCOPE_LOG_CAP >> 20)]
+    log_cap_mib: u64,
 
     /// Command (and arguments) run in each spawned shellper's PTY.
     #[arg(last = true, value_name = "CMD")]
@@ -292,6 +323,24 @@ fn print_adoption(report: &tower_client::AdoptReport, retry: bool) {
     }
 }
 
+/// Prints what a tidy removed (nothing when it removed nothing).
+fn print_tidy(done: &tower_client::TidyDone) {
+    if done.done.is_empty() && done.failed.is_empty() {
+        return;
+    }
+    let removed: Vec<_> = done
+        .done
+        .iter()
+        .map(|a| json!({"what":a.what,"id":a.id,"path":a.path,"bytes":a.bytes,"reason":a.reason}))
+        .collect();
+    let failed: Vec<_> = done
+        .failed
+        .iter()
+        .map(|(a, e)| json!({"what":a.what,"id":a.id,"path":a.path,"error":e}))
+        .collect();
+    out(json!({"event":"tidied","removed":removed,"failed":failed}));
+}
+
 async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
     // Signals first, so a SIGTERM during a slow startup is not lost.
     let (mut sigint, mut sigterm) = match (
@@ -316,6 +365,11 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
         lease,
         holder_name: format!("minitower@{}", std::process::id()),
         shellper_bin: cli.shellper.clone(),
+        tidy: tower_client::TidyPolicy {
+            keep_gone_logs: cli.keep_logs,
+            scope_log_cap: cli.log_cap_mib.saturating_mul(1 << 20),
+            ..tower_client::TidyPolicy::default()
+        },
         ..TowerConfig::default()
     };
     let (tower, mut events) = match Tower::open(scope, cfg) {
@@ -428,7 +482,16 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
         let mut retry_in = Duration::from_secs(1);
         let mut retry_at =
             (!report.failed.is_empty()).then(|| tokio::time::Instant::now() + retry_in);
+        // The first tidy runs now (after adoption: what was adopted is held,
+        // and what is gone was pruned by it), then every --tidy-every.
+        let mut tidy_at = (!cli.tidy_every.is_zero()).then(tokio::time::Instant::now);
         stop_signal = loop {
+            let tidy_due = async {
+                match tidy_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             let retry = async {
                 match retry_at {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -448,6 +511,10 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
                     Some(ev) => out_line(&ev.to_json()),
                     None => break None,
                 },
+                _ = tidy_due => {
+                    print_tidy(&tower.tidy().await);
+                    tidy_at = Some(tokio::time::Instant::now() + cli.tidy_every);
+                }
                 _ = retry => {
                     let r = tower.adopt_all().await;
                     print_adoption(&r, true);

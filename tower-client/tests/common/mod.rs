@@ -24,6 +24,7 @@ pub fn config(lease: LeaseConfig) -> TowerConfig {
         shellper_bin: Some(cargo_bin("shellper")),
         connect_timeout: Duration::from_secs(2),
         spawn_timeout: Duration::from_secs(10),
+        tidy: tower_client::TidyPolicy::default(),
     }
 }
 
