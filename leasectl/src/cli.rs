@@ -22,13 +22,12 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 /// Exit codes as printed by `--help` (and copied into the README).
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0    success; `metrics`: the exposition was written (the scope's problems
-       are in it); `prune`: nothing to remove, or all of it removed;
-       `orphans`: nothing found; `reap`: every target confirmed gone;
-       `demo`: the verdict is good
-  1    `prune`: a dry run found something to remove, or a removal failed;
-       `orphans`: orphans found; `reap`: a target was refused (held, no --force)
-       or something of its tree survived; `demo`: the verdict is bad
+  0    success; `orphans`: nothing found; `reap`: every target confirmed gone;
+       `demo`: the verdict is good; `metrics`: the exposition was written (the
+       scope's problems are in it); `prune`: nothing to remove, or all removed
+  1    `orphans`: orphans found; `reap`: a target was refused (held, no --force)
+       or something of its tree survived; `demo`: the verdict is bad;
+       `prune`: a dry run found something to remove, or a removal failed
   2    error: bad usage, unreadable scope or registry, unknown id, unreadable
        --tracked input, another user's process (`reap --pid`); with an
        unreadable registry `list`, `show` and `orphans` still print what they

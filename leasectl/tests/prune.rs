@@ -246,3 +246,55 @@ fn minitower_tidies_its_scope_at_start() {
     tower.kill();
     guard.kill_all();
 }
+
+/// Item 6: `--help` of the new commands carries examples and exit codes,
+/// and the completions know them.
+#[test]
+fn metrics_and_prune_help_and_completions() {
+    for (cmd, needles) in [
+        (
+            "metrics",
+            &[
+                "Examples",
+                "crontab",
+                "--output",
+                "Exit codes",
+                "leasectl-metrics",
+            ][..],
+        ),
+        (
+            "prune",
+            &[
+                "Examples",
+                "prune --yes",
+                "--json",
+                "Exit codes",
+                "3  --yes while a Tower",
+            ][..],
+        ),
+    ] {
+        let out = assert_cmd::Command::new(shellper_testkit::cargo_bin("leasectl"))
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        for n in needles {
+            assert!(help.contains(n), "{cmd} --help lacks {n:?}:\n{help}");
+        }
+    }
+    let out = assert_cmd::Command::new(shellper_testkit::cargo_bin("leasectl"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    let bash = String::from_utf8_lossy(&out.stdout);
+    for n in [
+        "metrics",
+        "prune",
+        "--keep-logs",
+        "--log-cap-mib",
+        "--output",
+    ] {
+        assert!(bash.contains(n), "bash completion lacks {n}");
+    }
+}
