@@ -212,7 +212,7 @@ const PER_SHELLPER_GAUGES: &[(&str, &str, Getter)] = &[
 ];
 
 /// Per-shellper counters from STATUS: (name, help, value getter).
-type CounterGetter = fn(&crate::model::CountersView) -> u64;
+type CounterGetter = fn(&shellper_protocol::msg::Counters) -> u64;
 
 const PER_SHELLPER_COUNTERS: &[(&str, &str, CounterGetter)] = &[
     (
@@ -367,10 +367,15 @@ pub fn render(scan: &Scan, extras: &Extras) -> String {
     );
     for v in &scan.shellpers {
         if let Some(clients) = &v.clients {
-            for kind in ["tower", "terminal", "status"] {
+            use shellper_protocol::msg::ClientType;
+            for (kind, name) in [
+                (ClientType::Tower, "tower"),
+                (ClientType::Terminal, "terminal"),
+                (ClientType::Status, "status"),
+            ] {
                 let n = clients.iter().filter(|c| c.kind == kind).count();
                 e.sample(
-                    &[("scope", s), ("id", &v.id), ("kind", kind)],
+                    &[("scope", s), ("id", &v.id), ("kind", name)],
                     &int(n as u64),
                 );
             }
