@@ -101,6 +101,6 @@ pub fn list_text(p: &Palette, scope: &str, shellpers: &[ShellperView]) -> String
         "{} shellper(s) in {scope}; {unreachable} unreachable\n",
         shellpers.len()
     ));
-    out.push_str(&crate::prune::gone_summary(shellpers));
+    out.push_str(&super::gone_summary(shellpers));
     out
 }

@@ -21,12 +21,14 @@ use shellper_protocol::msg::ClientType;
 
 pub mod list;
 pub mod orphans;
+pub mod prune;
 pub mod reap;
 pub mod show;
 pub mod watch;
 
 pub use list::{LIST_HEADERS, holder_text, list_row, list_table, list_text, phase_text};
 pub use orphans::{orphans_text, reason_name};
+pub use prune::{gone_summary, prune_text};
 pub use reap::{method_text, reap_text};
 pub use show::show_text;
 pub use watch::{Change, clock, watch_screen};
