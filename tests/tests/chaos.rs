@@ -8,8 +8,6 @@ use shellper_e2e::chaos::{ChaosConfig, run};
 use shellper_testkit::LeakGuard;
 
 #[test]
-#[ignore = "red on main at 946db11: seed 0x5eed0011 step 9 (TowerKillMidSpawn) a held session loses a tree member; \
-            passed on main at 6cc6bf4. Run with --ignored; see the issue 11 closing note"]
 fn chaos_ci_run_keeps_every_invariant() {
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
     let seed = env("CHAOS_SEED").unwrap_or(0x5eed_0011);
