@@ -519,15 +519,16 @@ async fn s09_one_tower_per_scope_and_scopes_are_isolated() {
     let guard = LeakGuard::new("s09_lib");
     let a_dir = scope_tmp();
     let b_dir = scope_tmp();
-    let (a, mut a_ev) = open(a_dir.path(), lease(400, 3000, 300));
-    match Tower::open(
-        Scope::open(a_dir.path()).unwrap(),
-        config(lease(400, 3000, 300)),
-    ) {
+    // B's events must all be `held`: with a 400 ms TTL, renewals late under
+    // load made B report `unresponsive`, which says nothing about scopes.
+    // A TTL of seconds keeps the test about isolation.
+    let l = lease(3000, 6000, 300);
+    let (a, mut a_ev) = open(a_dir.path(), l);
+    match Tower::open(Scope::open(a_dir.path()).unwrap(), config(l)) {
         Err(Error::ScopeLocked { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
         other => panic!("expected ScopeLocked, got {other:?}"),
     }
-    let (b, mut b_ev) = open(b_dir.path(), lease(400, 3000, 300));
+    let (b, mut b_ev) = open(b_dir.path(), l);
     let ha = a.spawn(spec(&guard, SLEEPER)).await.unwrap();
     let hb = b.spawn(spec(&guard, SLEEPER)).await.unwrap();
     // B adopting its scope finds only its own shellper.
@@ -557,7 +558,7 @@ async fn s09_one_tower_per_scope_and_scopes_are_isolated() {
 async fn s08_handle_controls_and_child_exit_is_reported_husk_held() {
     let guard = LeakGuard::new("s08_lib");
     let tmp = scope_tmp();
-    let (tower, mut ev) = open(tmp.path(), lease(400, 3000, 300));
+    let (tower, mut ev) = open(tmp.path(), lease(2000, 4000, 300));
     let h = tower.spawn(spec(&guard, "exec cat")).await.unwrap();
     let mut term = h.attach().await.unwrap();
     assert!(matches!(term.next().await, Some(Ok(Output::Replay(_)))));
