@@ -82,7 +82,15 @@ impl fmt::Display for Survivor {
     }
 }
 
-/// Fixed fields of `/proc/PID/stat`.
+/// What the guard reads about one process.
+///
+/// Deliberately not a copy of the code under test: proctree parses
+/// `/proc/PID/stat` from the *last* `)` of the line. Here the state,
+/// parent, process group and session come from the `Key:<TAB>value` lines
+/// of `/proc/PID/status`, and only the start time (which nothing else
+/// offers) from `/proc/PID/stat`, found after an exact prefix built from
+/// `/proc/PID/comm` (read on its own). A parsing bug in one cannot hide the
+/// same bug in the checker.
 struct Stat {
     comm: String,
     state: char,
@@ -92,31 +100,84 @@ struct Stat {
     start_ticks: u64,
 }
 
-/// Parses `/proc/PID/stat`. The comm field is in parentheses and may itself
-/// contain spaces and `)`, so the fields after it are found from the *last*
-/// `)` of the line.
-fn parse_stat(text: &str) -> Option<Stat> {
-    let open = text.find('(')?;
-    let close = text.rfind(')')?;
-    if close < open {
+/// The value of one `Key:` line of `/proc/PID/status`, trimmed.
+fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == key).then(|| v.trim())
+    })
+}
+
+/// `(state, ppid, pgid, sid)` from the text of `/proc/PID/status`. Process
+/// group and session are the innermost pid namespace's (the last number of
+/// `NSpgid`/`NSsid`); `None` if the kernel does not print them.
+fn parse_status(status: &str) -> Option<(char, i32, i32, i32)> {
+    let state = status_field(status, "State")?.chars().next()?;
+    let ppid = status_field(status, "PPid")?.parse().ok()?;
+    let last = |key: &str| -> Option<i32> {
+        status_field(status, key)?
+            .split_ascii_whitespace()
+            .last()?
+            .parse()
+            .ok()
+    };
+    Some((state, ppid, last("NSpgid")?, last("NSsid")?))
+}
+
+/// The start time (field 22) from the bytes of `/proc/PID/stat`, given the
+/// process's name as `/proc/PID/comm` prints it: the line must begin with
+/// exactly `PID (COMM) `, so a name holding `) ` or digits cannot shift the
+/// fields, and what follows must be a state letter and then numbers only.
+/// `None` otherwise (the process renamed itself in between).
+fn start_ticks_in_stat(stat: &[u8], pid: i32, comm: &[u8]) -> Option<u64> {
+    let mut prefix = format!("{pid} (").into_bytes();
+    prefix.extend_from_slice(comm);
+    prefix.extend_from_slice(b") ");
+    let rest = std::str::from_utf8(stat.strip_prefix(prefix.as_slice())?).ok()?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?;
+    if state.len() != 1 || !state.chars().all(|c| c.is_ascii_alphabetic()) {
         return None;
     }
-    let comm = text[open + 1..close].to_string();
-    let mut rest = text[close + 1..].split_ascii_whitespace();
-    let state = rest.next()?.chars().next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    let pgid = rest.next()?.parse().ok()?;
-    let sid = rest.next()?.parse().ok()?;
-    // Fields 7..=21 (tty_nr .. itrealvalue) are skipped; starttime is 22.
-    let start_ticks = rest.nth(15)?.parse().ok()?;
-    Some(Stat {
-        comm,
-        state,
-        ppid,
-        pgid,
-        sid,
-        start_ticks,
-    })
+    // Fields 4..=22 (ppid .. starttime) are all numbers; the last is ours.
+    let numbers: Vec<i64> = fields
+        .take(19)
+        .map(|f| f.parse::<i64>().ok())
+        .collect::<Option<_>>()?;
+    if numbers.len() != 19 {
+        return None;
+    }
+    u64::try_from(numbers[18]).ok()
+}
+
+/// Reads one process, or `None` when it is gone (or renamed itself between
+/// the reads three times in a row).
+fn read_stat(pid: i32) -> Option<Stat> {
+    for _ in 0..3 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let (state, ppid, pgid, sid) = parse_status(&status)?;
+        let comm = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
+        let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
+        let stat = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+        // The same name before and after the stat read: it is the name
+        // the stat line carries.
+        let again = std::fs::read(format!("/proc/{pid}/comm")).ok()?;
+        if again.strip_suffix(b"\n").unwrap_or(&again) != comm {
+            continue;
+        }
+        let Some(start_ticks) = start_ticks_in_stat(&stat, pid, comm) else {
+            continue;
+        };
+        return Some(Stat {
+            comm: String::from_utf8_lossy(comm).into_owned(),
+            state,
+            ppid,
+            pgid,
+            sid,
+            start_ticks,
+        });
+    }
+    None
 }
 
 /// `Z` (zombie) and `X`/`x` (dead) are not live: they run no code, hold no
@@ -143,8 +204,7 @@ fn read_cmdline(pid: i32, state: char) -> Vec<String> {
 /// Reads one process from /proc, or `None` if it does not exist (or its stat
 /// is unreadable). Zombies are returned too (with `state == 'Z'`).
 pub fn read_survivor(pid: i32) -> Option<Survivor> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let st = parse_stat(&text)?;
+    let st = read_stat(pid)?;
     Some(Survivor {
         pid,
         ppid: st.ppid,
@@ -159,10 +219,7 @@ pub fn read_survivor(pid: i32) -> Option<Survivor> {
 
 /// True if `pid` exists and is not a zombie (or dead).
 pub fn proc_alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|t| parse_stat(&t))
-        .is_some_and(|st| is_live_state(st.state))
+    read_stat(pid).is_some_and(|st| is_live_state(st.state))
 }
 
 /// Every numeric entry of /proc (thread-group leaders, i.e. processes).
@@ -184,7 +241,7 @@ fn all_pids() -> Vec<i32> {
 /// not read now (`None`); `D` is transient, and the polling scans of
 /// [`LeakGuard`] see it again on their next pass.
 fn tag_of(pid: i32) -> Option<Vec<u8>> {
-    let st = parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    let st = read_stat(pid)?;
     if st.state == 'D' || !is_live_state(st.state) {
         return None;
     }
@@ -541,15 +598,61 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parse_stat_handles_hostile_comm() {
-        let line = "42 (a) b) (c) S 1 42 42 0 -1 4194560 0 0 0 0 1 2 0 0 20 0 1 0 777 0 0";
-        let st = parse_stat(line).expect("parses");
-        assert_eq!(st.start_ticks, 777);
-        assert_eq!(st.comm, "a) b) (c");
-        assert_eq!(st.state, 'S');
-        assert_eq!((st.ppid, st.pgid, st.sid), (1, 42, 42));
-        assert!(parse_stat("garbage").is_none());
-        assert!(parse_stat("1 (x) ").is_none());
+    fn stat_start_time_is_found_after_the_exact_name() {
+        let line = b"42 (a) b) (c) S 1 42 42 0 -1 4194560 0 0 0 0 1 2 0 0 20 0 1 0 777 0 0\n";
+        assert_eq!(start_ticks_in_stat(line, 42, b"a) b) (c"), Some(777));
+        // A name that is not the one in the line (renamed in between), a
+        // wrong pid, a cut line: no answer rather than a wrong field.
+        assert_eq!(start_ticks_in_stat(line, 42, b"a) b"), None);
+        assert_eq!(start_ticks_in_stat(line, 4, b"a) b) (c"), None);
+        assert_eq!(start_ticks_in_stat(b"42 (x) S 1 2", 42, b"x"), None);
+    }
+
+    #[test]
+    fn status_lines_give_state_parent_group_and_session() {
+        let status = "Name:\tsleep\nUmask:\t0022\nState:\tT (stopped)\nTgid:\t77\n\
+                      Pid:\t77\nPPid:\t5\nNStgid:\t77\t3\nNSpid:\t77\t3\n\
+                      NSpgid:\t70\t2\nNSsid:\t60\t1\n";
+        assert_eq!(parse_status(status), Some(('T', 5, 2, 1)));
+        assert_eq!(parse_status("State:\tS (sleeping)\nPPid:\t1\n"), None);
+        assert_eq!(parse_status(""), None);
+    }
+
+    /// A real process with a hostile name: the checker reads it right.
+    #[test]
+    fn a_live_process_named_like_stat_fields_is_read_right() {
+        let guard = LeakGuard::new("hostile_comm");
+        let dir = tempfile_dir("testkit-comm");
+        let link = dir.join("x) R 1 2 3 (");
+        std::os::unix::fs::symlink("/bin/sleep", &link).unwrap();
+        let mut cmd = Command::new(&link);
+        guard.apply(cmd.arg("30"));
+        let mut child = cmd.spawn().unwrap();
+        let pid = child.id() as i32;
+        let me = read_survivor(std::process::id() as i32).unwrap();
+        let s = wait_for_some(Duration::from_secs(5), || {
+            read_survivor(pid).filter(|s| s.comm == "x) R 1 2 3 (" && s.state == 'S')
+        })
+        .expect("child readable");
+        assert_eq!(s.ppid, std::process::id() as i32);
+        assert_eq!((s.pgid, s.sid), (me.pgid, me.sid));
+        assert!(s.start_ticks >= me.start_ticks && s.start_ticks > 0);
+        assert_eq!(guard.survivors().len(), 1);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        guard.finish();
+    }
+
+    /// A fresh private directory (this crate has no tempfile dependency).
+    fn tempfile_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "{name}-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 
     #[test]
