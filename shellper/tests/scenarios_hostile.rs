@@ -76,6 +76,7 @@ fn s10_hostile_input_closes_only_the_offending_connection() {
     );
     let (holder, g) = sh.holder();
     let renewer = Renewer::start(holder, g.epoch, ms(FAST.ttl / 3));
+    let renewing_since = Instant::now();
     let mut term = sh.connect();
     term.hello(ClientType::Terminal, true, true, true);
 
@@ -205,7 +206,10 @@ fn s10_hostile_input_closes_only_the_offending_connection() {
     assert!(st.counters.stale_epochs >= 1);
     assert!(st.counters.protocol_errors >= 10, "{:?}", st.counters);
     assert!(renewer.errors().is_empty(), "{:?}", renewer.errors());
-    assert!(renewer.ok.load(std::sync::atomic::Ordering::SeqCst) > 5);
+    // Renewals went on all along (at least half of those due).
+    let due = renewing_since.elapsed().as_millis() as u64 / (FAST.ttl / 3);
+    let ok = renewer.ok.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(ok >= due / 2 && ok >= 3, "renewals {ok} of {due}");
     term.data("still\n");
     term.wait_output("got-still", T);
     drop(renewer.finish());
@@ -283,7 +287,9 @@ fn s11_output_flood_with_a_slow_reader_does_not_lapse_and_memory_stays_bounded()
     // A slow terminal: reads 4 KiB every 20 ms.
     let mut slow = sh.connect();
     slow.hello(ClientType::Terminal, true, true, true);
-    let end = Instant::now() + ms(3000);
+    let flood = ms(3000);
+    let before = renewer.ok.load(std::sync::atomic::Ordering::SeqCst);
+    let end = Instant::now() + flood;
     let mut buf = [0u8; 4096];
     let mut read = 0usize;
     slow.stream
@@ -300,8 +306,13 @@ fn s11_output_flood_with_a_slow_reader_does_not_lapse_and_memory_stays_bounded()
     assert_eq!(st.phase, WirePhase::Held);
     assert_eq!(st.counters.lapses, 0, "{:?}", st.counters);
     assert!(renewer.errors().is_empty(), "{:?}", renewer.errors());
-    let renewals = renewer.ok.load(std::sync::atomic::Ordering::SeqCst);
-    assert!(renewals >= 15, "renewals got through the flood: {renewals}");
+    // At least two thirds of the renewals due during the flood got through.
+    let renewals = renewer.ok.load(std::sync::atomic::Ordering::SeqCst) - before;
+    let due = flood.as_millis() as u64 / (FAST.ttl / 3);
+    assert!(
+        renewals >= due * 2 / 3,
+        "renewals got through the flood: {renewals} of {due}"
+    );
     // Replay 8 MiB + per-client queue 1 MiB + runtime: far below 64 MiB.
     let hwm = vm_hwm_kib(sh.pid);
     assert!(hwm > 0 && hwm < 64 * 1024, "VmHWM {hwm} KiB");
