@@ -676,25 +676,44 @@ mod tests {
         assert!(got[0].1 >= Duration::from_secs(2), "{:?}", t0.elapsed());
     }
 
+    /// A renewal sent at the very instant of the expiry: the renewer's timer
+    /// and the driver's deadline fire together, and tokio then runs the two
+    /// tasks in a fixed but unspecified order (it depends on which timer was
+    /// registered last). If the renewer runs first its request is queued and
+    /// read before the deadline (biased select); if the driver runs first,
+    /// only the drain (yield, then read what arrived) keeps the lease from
+    /// lapsing. The driver re-arms its timer at every heartbeat (TTL/4 =
+    /// 100 ms, so last at 300 ms); the renewer arms its last timer either
+    /// before that (at 0 ms) or after it (at 350 ms), so one of the two runs
+    /// is the driver-first case whatever tokio's order is (checked: this
+    /// test fails with the drain deleted).
     #[tokio::test(start_paused = true)]
     async fn a_renewal_queued_at_the_deadline_is_drained_first() {
-        let (h, f, _) = start(Mode::Leased(token()));
-        let g = h.acquire(1, token(), info()).await.expect("grant");
-        // Sleep exactly to the expiry; a renewal is sent from a task that
-        // becomes ready at the same instant as the driver's deadline.
-        let h2 = h.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            let _ = h2.renew(1, g.epoch).await;
-        });
-        tokio::time::sleep(Duration::from_millis(450)).await;
-        let s = h.snapshot().await.expect("snapshot");
-        assert_eq!(s.phase, WirePhase::Held, "renewal at the deadline counts");
-        // Held at the end is not enough: a renewal from the silent holder
-        // also revives a lease that lapsed first. Only draining before the
-        // tick keeps the lease from lapsing at all.
-        assert_eq!(s.counters.lapses, 0, "the deadline was acted on first");
-        assert!(fired(&f).is_empty());
+        for armed_at in [0u64, 350] {
+            let (h, f, _) = start(Mode::Leased(token()));
+            let g = h.acquire(1, token(), info()).await.expect("grant");
+            assert_eq!(g.expires_in, Some(Duration::from_millis(400)));
+            let h2 = h.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(armed_at)).await;
+                tokio::time::sleep(Duration::from_millis(400 - armed_at)).await;
+                let _ = h2.renew(1, g.epoch).await;
+            });
+            tokio::time::sleep(Duration::from_millis(450)).await;
+            let s = h.snapshot().await.expect("snapshot");
+            assert_eq!(
+                s.phase,
+                WirePhase::Held,
+                "armed at {armed_at} ms: renewal at the deadline counts"
+            );
+            // Held at the end is not enough: a renewal from the silent holder
+            // also revives a lease that lapsed first.
+            assert_eq!(
+                s.counters.lapses, 0,
+                "armed at {armed_at} ms: the deadline was acted on first"
+            );
+            assert!(fired(&f).is_empty());
+        }
     }
 
     #[tokio::test(start_paused = true)]
