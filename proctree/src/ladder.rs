@@ -106,6 +106,7 @@ impl KillPlan {
                 root_start_ticks: None,
                 sessions: session.into_iter().collect(),
                 witnesses: tree::Witnesses::new(),
+                known: tree::Witnesses::new(),
             },
             grace,
             hard_bound: grace.saturating_add(DEFAULT_KILL_PHASE),
@@ -432,6 +433,7 @@ where
         root_start_ticks: Some(ticks),
         sessions: sessions.clone(),
         witnesses: plan.witnesses.clone(),
+        known: tree::Witnesses::new(),
     };
     let now = tree::members(&snap, &spec);
     tree::record_witnesses(&mut spec, &snap, &now);

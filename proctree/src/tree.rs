@@ -21,6 +21,15 @@
 //!   (this keeps a session ours after its leader is killed mid-ladder; see
 //!   [`record_witnesses`]),
 //!
+//! or it is a *known* member: a process (pid and start time) seen as a
+//! descendant of the live root, or a descendant of such a process. A Tower
+//! records them while its shellper lives, because a SIGKILLed shellper runs
+//! no ladder, its orphans are reparented away from it (so the descendant
+//! rule no longer finds them), its PTY session leader dies of the hangup
+//! (so the session rule has no leader to verify), and a `setsid` daemon is
+//! in no session of ours at all. A pid with the recorded start time is that
+//! very process, so killing it is as safe as killing a descendant;
+//!
 //! and it is never `root`, never PID 1 (or any pid ≤ 1), never the calling
 //! process, and never a zombie (zombies are gone for every purpose here).
 //! Nothing else is ever a member: a pid that appears in no rule is never
@@ -83,6 +92,10 @@ pub struct TreeSpec {
     /// docs): a session whose leader is gone still counts while one of them
     /// is in it. The kill ladder adds to its own copy as it sweeps.
     pub witnesses: Witnesses,
+    /// Processes seen as members while the tree was verifiably ours (see
+    /// the module docs): each is a member while it is alive with that
+    /// start time, and so is every process descending from one of them.
+    pub known: Witnesses,
 }
 
 /// Longest ppid chain we follow (a guard against cycles in a torn snapshot).
@@ -142,22 +155,37 @@ pub fn members(snapshot: &[ProcInfo], spec: &TreeSpec) -> Vec<ProcInfo> {
     // A session counts only while it is verifiably the recorded one:
     // otherwise the sid may name somebody else's session now.
     let sessions = verified(snapshot, &by_pid, spec);
+    let anchors = Anchors {
+        root: root_ok.then_some(spec.root),
+        known: &spec.known,
+    };
     let mut memo: HashMap<i32, bool> = HashMap::new();
     snapshot
         .iter()
         .filter(|p| p.pid > 1 && p.pid != spec.root && p.pid != me && p.is_live())
         .filter(|p| {
             sessions.contains(&p.sid)
-                || (root_ok && descends_from(p, spec.root, &by_pid, &mut memo))
+                || spec.known.contains(&(p.pid, p.start_ticks))
+                || ((anchors.root.is_some() || !anchors.known.is_empty())
+                    && descends_from(p, &anchors, &by_pid, &mut memo))
         })
         .cloned()
         .collect()
 }
 
-/// Walks `p`'s ppid chain up to `root`, memoising every pid on the path.
+/// What a ppid chain may end at to make a process a member: the root
+/// (while it is the recorded process) or a known member (with its start
+/// time).
+struct Anchors<'a> {
+    root: Option<i32>,
+    known: &'a Witnesses,
+}
+
+/// Walks `p`'s ppid chain up to an anchor (the root, or a known member),
+/// memoising every pid on the path.
 fn descends_from(
     p: &ProcInfo,
-    root: i32,
+    anchors: &Anchors<'_>,
     by_pid: &HashMap<i32, &ProcInfo>,
     memo: &mut HashMap<i32, bool>,
 ) -> bool {
@@ -167,7 +195,9 @@ fn descends_from(
         if let Some(&known) = memo.get(&cur.pid) {
             break known;
         }
-        if cur.ppid == root {
+        if let Some(root) = anchors.root
+            && cur.ppid == root
+        {
             // Direct child of root. (The root itself is older than any of
             // its children; if the root's pid had been recycled the caller's
             // root_start_ticks check has disabled this rule.)
@@ -181,7 +211,12 @@ fn descends_from(
         path.push(cur.pid);
         match by_pid.get(&cur.ppid) {
             // A parent that started after its child is a recycled pid.
-            Some(parent) if parent.start_ticks <= cur.start_ticks => cur = parent,
+            Some(parent) if parent.start_ticks <= cur.start_ticks => {
+                if anchors.known.contains(&(parent.pid, parent.start_ticks)) {
+                    break true;
+                }
+                cur = parent;
+            }
             _ => break false,
         }
     };
@@ -237,6 +272,40 @@ mod tests {
         out
     }
 
+    /// After a SIGKILL of the shellper (100): its orphans went to PID 1 and
+    /// its session leader (101) died of the hangup. Known members are found
+    /// by pid and start time, with their descendants; a recycled pid is not.
+    #[test]
+    fn known_members_and_their_descendants_after_the_root_died() {
+        let snap = vec![
+            p(1, 0, 1, 0),
+            p(102, 1, 101, 12),    // job left in the dead leader's session
+            p(103, 1, 103, 13),    // setsid'd daemon
+            p(104, 103, 103, 14),  // its child, forked after the record
+            p(105, 1, 105, 99),    // pid 105 recycled (recorded at 15)
+            p(106, 105, 105, 100), // the newcomer's child
+            p(107, 1, 101, 17),    // forked into the session after the record
+            p(108, 1, 108, 18),    // unrelated daemon
+            p(109, 108, 108, 19),  // its child
+        ];
+        let known: Witnesses = [(102, 12), (103, 13), (105, 15)].into_iter().collect();
+        let spec = TreeSpec {
+            root: 100,
+            root_start_ticks: Some(10),
+            sessions: vec![ses(101, 11)],
+            witnesses: Witnesses::new(),
+            known: known.clone(),
+        };
+        assert_eq!(pids(&members(&snap, &spec)), vec![102, 103, 104]);
+        // With the known members as witnesses, the session is proven by 102
+        // (still in it), so 107 is a member too.
+        let spec = TreeSpec {
+            witnesses: known,
+            ..spec
+        };
+        assert_eq!(pids(&members(&snap, &spec)), vec![102, 103, 104, 107]);
+    }
+
     #[test]
     fn descendants_and_session_but_never_root_init_or_outsiders() {
         let snap = vec![
@@ -256,6 +325,7 @@ mod tests {
             root_start_ticks: Some(10),
             sessions: vec![ses(101, 11)],
             witnesses: Witnesses::new(),
+            known: Witnesses::new(),
         };
         assert_eq!(pids(&members(&snap, &spec)), vec![101, 102, 103, 104, 105]);
     }
@@ -270,6 +340,7 @@ mod tests {
             root_start_ticks: None,
             sessions: vec![ses(101, 11)],
             witnesses: Witnesses::new(),
+            known: Witnesses::new(),
         };
         assert_eq!(pids(&members(&snap, &spec)), vec![101]);
     }
@@ -288,6 +359,7 @@ mod tests {
             root_start_ticks: Some(10),
             sessions: vec![],
             witnesses: Witnesses::new(),
+            known: Witnesses::new(),
         };
         assert_eq!(pids(&members(&snap, &spec)), vec![150]);
     }
@@ -305,6 +377,7 @@ mod tests {
             root_start_ticks: Some(10),
             sessions: vec![ses(7, 4)],
             witnesses: Witnesses::new(),
+            known: Witnesses::new(),
         };
         assert_eq!(pids(&members(&snap, &spec)), vec![7, 102]);
     }
@@ -318,6 +391,7 @@ mod tests {
                 root_start_ticks: None,
                 sessions: vec![ses(0, 0), ses(1, 0), ses(-1, 0)],
                 witnesses: Witnesses::new(),
+                known: Witnesses::new(),
             };
             assert!(members(&snap, &spec).is_empty(), "root {root}");
         }
@@ -331,6 +405,7 @@ mod tests {
             root_start_ticks: None,
             sessions: vec![],
             witnesses: Witnesses::new(),
+            known: Witnesses::new(),
         };
         assert!(members(&snap, &spec).is_empty());
     }
@@ -355,6 +430,7 @@ mod tests {
             root_start_ticks: Some(10),
             sessions: vec![ses(101, 11)],
             witnesses: Witnesses::new(),
+            known: Witnesses::new(),
         };
         assert!(members(&snap, &spec).is_empty());
     }
@@ -367,6 +443,7 @@ mod tests {
             root_start_ticks: Some(10),
             sessions: vec![ses(101, 11)],
             witnesses: Witnesses::new(),
+            known: Witnesses::new(),
         };
         let gone = vec![p(100, 1, 100, 10), member.clone()];
         assert!(members(&gone, &spec).is_empty());

@@ -356,3 +356,64 @@ async fn sigkilled_shellper_tree_is_taken_down_by_the_tower() {
     assert!(left.is_empty(), "survivors: {left:?}");
     guard.finish();
 }
+
+/// Item 7, as a shell really behaves: the PTY session leader does not
+/// ignore SIGHUP, so it dies of the hangup when its shellper is SIGKILLed
+/// (the session can then no longer be verified by its leader), a job with
+/// job control (its own process group) survives the hangup inside that
+/// session, and a `setsid` daemon was never in it. The Tower recorded the
+/// tree's members (pid and start time) while the shellper lived, and takes
+/// every one of them down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_shellper_whose_leader_dies_of_the_hangup_leaves_nothing() {
+    let guard = LeakGuard::new("sigkill_hup_tree");
+    let dir = scope_tmp();
+    let (tower, mut ev) = open(dir.path(), lease(600, 20_000, 300));
+    let h = tower
+        .spawn(spec(
+            &guard,
+            "set -m; sleep 1001 & setsid sleep 1002 & (sh -c 'sleep 1003 &' &); exec sleep 1004",
+        ))
+        .await
+        .unwrap();
+    let sleeps = || {
+        guard
+            .survivors()
+            .iter()
+            .filter(|s| s.cmdline.first().map(String::as_str) == Some("sleep"))
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sleeps() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tree not started: {:?}",
+            guard.survivors()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Several renewals (every 200 ms): the Tower has walked the whole tree.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // SAFETY: kill(2) on the shellper we spawned (not reaped: we hold it).
+    assert_eq!(unsafe { libc::kill(h.info().pid as i32, libc::SIGKILL) }, 0);
+    let e = wait_event(&mut ev, Duration::from_secs(10), |e| {
+        matches!(e, Event::TreeKilled { .. })
+    })
+    .await;
+    match &e {
+        Event::TreeKilled {
+            signalled,
+            survivors,
+            session_verified,
+            ..
+        } => {
+            assert!(*session_verified, "{e:?}");
+            assert!(*signalled >= 3, "{e:?}");
+            assert_eq!(*survivors, 0, "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let left = guard.wait_gone(Duration::from_secs(5));
+    assert!(left.is_empty(), "orphans: {left:?}");
+    guard.finish();
+}

@@ -63,10 +63,13 @@ pub enum Event {
     Detached { id: String, kill_in_ms: u64 },
     /// The shellper died without running its own kill ladder (SIGKILL: the
     /// OOM killer, an operator), so the Tower took its tree down from
-    /// outside: the PTY child's session, named by its id and its leader's
-    /// start time (never a bare pid or sid). `session_verified: false`
-    /// means the session could no longer be proven to be the same one (its
-    /// leader gone), so nothing of it was touched.
+    /// outside: the processes it recorded as the tree's members while the
+    /// shellper lived (pid and start time, walked at each renewal) and
+    /// their descendants, and the PTY child's session and the sessions they
+    /// led, each named by its id and its leader's start time or proven by a
+    /// recorded member still in it (never a bare pid or sid).
+    /// `session_verified: false` means nothing left could be proven to be
+    /// of that tree, so nothing was touched.
     TreeKilled {
         id: String,
         signalled: u32,

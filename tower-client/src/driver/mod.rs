@@ -100,6 +100,9 @@ pub(crate) fn start(ctx: &Arc<Ctx>, g: Granted) -> ShellperHandle {
     if let Some(c) = info_child(&handle) {
         driver.session = shellper_proctree::session_of_child(handle.info().pid as i32, c);
     }
+    // Record its tree at once (an adopted shellper's is complete by now),
+    // then at each renewal.
+    driver.remember_tree();
     driver.schedule(
         renew_interval(&grant),
         Duration::from_millis(grant.expires_in_ms),

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use shellper_proctree::tree::Witnesses;
 use shellper_proctree::{
     KillPlan, LinuxTable, ProcessTable, RealClock, Session, Sig, TreeSpec, kill_tree,
 };
@@ -77,6 +78,60 @@ async fn reconnect_step(
     res
 }
 
+/// The shellper's tree as last seen while the shellper was alive: every
+/// descendant by pid and start time, and the sessions they lead. If the
+/// shellper is SIGKILLed, its orphans are reparented away from it and its
+/// PTY session leader usually dies of the hangup, so neither the descendant
+/// rule nor the session rule can prove them ours any more; these records
+/// can (a pid with the recorded start time is that very process).
+#[derive(Debug, Default)]
+pub(crate) struct TreeMemory {
+    known: Witnesses,
+    sessions: Vec<Session>,
+    /// A walk is running (at most one per shellper).
+    walking: bool,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked
+/// (every update is one assignment).
+fn lock(m: &std::sync::Mutex<TreeMemory>) -> std::sync::MutexGuard<'_, TreeMemory> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The live tree of `root` (which must be the process started at `ticks`,
+/// alive before and after the walk: a walk that raced its death may have
+/// missed members reparented away, and is not kept).
+fn walk_tree(root: i32, ticks: u64) -> Option<(Witnesses, Vec<Session>)> {
+    let tree: Vec<shellper_proctree::ProcInfo> =
+        match shellper_proctree::procfs::descendants_snapshot(root) {
+            Some(v) => {
+                let r = v.first()?;
+                if r.pid != root || r.start_ticks != ticks || !r.is_live() {
+                    return None;
+                }
+                v.into_iter().skip(1).collect()
+            }
+            // No `children` files in this kernel: one full scan.
+            None => shellper_proctree::members(
+                &shellper_proctree::snapshot(),
+                &TreeSpec {
+                    root,
+                    root_start_ticks: Some(ticks),
+                    ..TreeSpec::default()
+                },
+            ),
+        };
+    if !LinuxTable.alive(root, ticks) {
+        return None;
+    }
+    let live = tree.iter().filter(|p| p.is_live() && p.pid > 1);
+    let known = live.clone().map(|p| (p.pid, p.start_ticks)).collect();
+    let mut sessions: Vec<Session> = live.filter_map(Session::led_by).collect();
+    sessions.sort_unstable();
+    sessions.dedup();
+    Some((known, sessions))
+}
+
 struct PendingTerminate {
     deadline: Instant,
     timeout: Duration,
@@ -97,6 +152,9 @@ pub(crate) struct Driver {
     /// child was still the shellper's: what to take down if the shellper is
     /// killed without running its own ladder.
     pub session: Option<Session>,
+    /// The tree as last walked (see [`TreeMemory`]), refreshed at each
+    /// renewal.
+    tree: Arc<std::sync::Mutex<TreeMemory>>,
     pub epoch: u64,
     pub proc: ProcWatch,
     pub ctl_rx: mpsc::UnboundedReceiver<Ctl>,
@@ -141,6 +199,7 @@ impl Driver {
             window,
             reconnect: None,
             session: None,
+            tree: Arc::default(),
             epoch,
             proc,
             ctl_rx,
@@ -244,6 +303,7 @@ impl Driver {
     fn on_ctl(&mut self, c: Ctl) {
         match c {
             Ctl::Renew { seq } => {
+                self.remember_tree();
                 if self.terminate.is_none() && self.detach.is_none() {
                     let epoch = self.epoch;
                     // A renewal that cannot be queued is simply missed: the
@@ -599,25 +659,65 @@ impl Driver {
         }
     }
 
+    /// Walks the shellper's tree off the runtime thread (at most one walk
+    /// at a time) and keeps it in [`TreeMemory`]: what proves its members
+    /// ours if the shellper is SIGKILLed. Called at each renewal, so the
+    /// record is at most one renewal interval old; a process that escaped
+    /// both the PTY session and every recorded ancestor within that interval
+    /// before a SIGKILL cannot be proven ours and is left alone.
+    pub(crate) fn remember_tree(&self) {
+        {
+            let mut m = lock(&self.tree);
+            if m.walking {
+                return;
+            }
+            m.walking = true;
+        }
+        let memory = self.tree.clone();
+        let root = self.handle.info.pid as i32;
+        let ticks = self.handle.info.start_ticks;
+        tokio::task::spawn_blocking(move || {
+            let walked = walk_tree(root, ticks);
+            let mut m = lock(&memory);
+            m.walking = false;
+            if let Some((known, sessions)) = walked {
+                m.known = known;
+                m.sessions = sessions;
+            }
+        });
+    }
+
     /// Takes down, from outside and off the runtime thread, what the dead
-    /// shellper's tree left running: members of the PTY child's session
-    /// while that session is provably the same one (leader with its start
-    /// time, or a witness). Reports what it killed and what survived.
+    /// shellper's tree left running: processes recorded as its members
+    /// while it lived (pid and start time) and their descendants, and the
+    /// members of its sessions while each is provably the same one (leader
+    /// with its start time, or a recorded member still in it). Reports what
+    /// it killed and what survived.
     fn kill_orphaned_tree(&self) {
-        let Some(session) = self.session else {
-            return;
+        let (known, mut sessions) = {
+            let m = lock(&self.tree);
+            (m.known.clone(), m.sessions.clone())
         };
+        sessions.extend(self.session);
+        sessions.sort_unstable();
+        sessions.dedup();
+        if sessions.is_empty() && known.is_empty() {
+            return;
+        }
         let info = &self.handle.info;
         let plan = KillPlan {
             tree: TreeSpec {
                 root: info.pid as i32,
                 root_start_ticks: Some(info.start_ticks),
-                sessions: vec![session],
-                ..TreeSpec::default()
+                sessions,
+                // A recorded member still in a session proves it the same
+                // one: a sid is not reused while any process is in it.
+                witnesses: known.clone(),
+                known,
             },
             ..KillPlan::new(
                 info.pid as i32,
-                Some(session),
+                self.session,
                 self.ctx.cfg.lease.kill_grace.min(Duration::from_secs(5)),
             )
         };
@@ -625,11 +725,8 @@ impl Driver {
         let id = self.id();
         tokio::spawn(async move {
             let res = tokio::task::spawn_blocking(move || {
-                let verified = shellper_proctree::tree::verified_sessions(
-                    &shellper_proctree::snapshot(),
-                    &plan.tree,
-                )
-                .contains(&session.sid);
+                let snap = shellper_proctree::snapshot();
+                let verified = !shellper_proctree::members(&snap, &plan.tree).is_empty();
                 let report =
                     verified.then(|| kill_tree(&LinuxTable, &RealClock, &plan, &mut || {}));
                 (verified, report)
@@ -637,7 +734,7 @@ impl Driver {
             .await;
             let Ok((verified, report)) = res else { return };
             if !verified {
-                tracing::warn!(%id, sid = session.sid, "shellper killed; its session can no longer be proven ours: left alone");
+                tracing::warn!(%id, "shellper killed; nothing left of its tree can be proven ours: left alone");
             }
             let r = report.unwrap_or_default();
             if !r.survivors.is_empty() {
