@@ -425,6 +425,14 @@ fn kill(pid: i32, sig: i32) {
 /// Makes this process a child subreaper and reaps every child in one
 /// thread, recording exit statuses by pid. Only for a process that owns all
 /// of its children (the chaos test binary, the chaos binary).
+///
+/// A pid is recycled in a long run (pid_max 32768, and every orphan of the
+/// run is reaped here): a status recorded for an earlier process must never
+/// be taken for the exit of a new one with the same pid (seen: a Tower
+/// "exited on its own" with status 0, a stale status of an earlier process,
+/// 100 ms after it started). So reaping and recording happen under one
+/// lock, and [`Reaper::spawn`] starts a child and forgets any status of its
+/// pid under that same lock.
 #[derive(Debug, Clone)]
 struct Reaper {
     exits: Arc<Mutex<HashMap<i32, i32>>>,
@@ -440,19 +448,38 @@ impl Reaper {
         let e2 = exits.clone();
         std::thread::spawn(move || {
             loop {
-                let mut status = 0;
-                // SAFETY: waitpid with a valid out pointer.
-                let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-                if pid > 0 {
-                    if let Ok(mut m) = e2.lock() {
+                let mut reaped = false;
+                {
+                    let mut m = e2.lock().unwrap_or_else(|e| e.into_inner());
+                    loop {
+                        let mut status = 0;
+                        // SAFETY: waitpid with a valid out pointer.
+                        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+                        if pid <= 0 {
+                            break;
+                        }
                         m.insert(pid, status);
+                        reaped = true;
                     }
-                } else {
-                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if !reaped {
+                    std::thread::sleep(Duration::from_millis(5));
                 }
             }
         });
         Reaper { exits }
+    }
+
+    /// Starts `cmd`; no pid can be reaped meanwhile, so a status recorded
+    /// for the new child's pid is an earlier process's and is dropped.
+    fn spawn(&self, cmd: &mut Command) -> std::io::Result<i32> {
+        let mut m = self.exits.lock().unwrap_or_else(|e| e.into_inner());
+        let child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        // The reaper owns the exit status; the handle is only a pid now.
+        drop(child);
+        m.remove(&pid);
+        Ok(pid)
     }
 
     fn exit_of(&self, pid: i32) -> Option<i32> {
@@ -650,10 +677,10 @@ impl World {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| format!("spawn minitower: {e}"))?;
-        let pid = child.id() as i32;
-        // The reaper owns the exit status; the handle is only a pid now.
-        drop(child);
+        let pid = self
+            .reaper
+            .spawn(&mut cmd)
+            .map_err(|e| format!("spawn minitower: {e}"))?;
         let gate = Arc::new(Gate {
             paused: Mutex::new(false),
             cv: Condvar::new(),
