@@ -24,9 +24,15 @@
 //!   sleep).
 //! * [`scan_comm`], [`kill_tagged`], [`kill_survivor`]: for the gate.
 //! * [`proc_alive`], [`read_survivor`]: small /proc helpers.
+//! * [`minitower::MiniTower`]: a `minitower` run by a test (events read
+//!   with deadlines, stderr kept, killed on drop), shared by the scenario
+//!   files instead of a copy in each.
 //!
-//! This crate deliberately depends on `libc` and `rand` only (no tokio), so
-//! it can be used from sync tests, async tests and binaries alike.
+//! This crate deliberately depends on `libc`, `rand` and `serde_json` only
+//! (no tokio), so it can be used from sync tests, async tests and binaries
+//! alike.
+
+pub mod minitower;
 
 use std::ffi::OsStr;
 use std::fmt;

@@ -8,187 +8,21 @@
 //! "not before the window" is checked strictly.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use shellper_protocol::frame::{Parsed, parse};
 use shellper_protocol::msg::{ClientType, ErrorCode, Hello, Renew, WirePhase};
 use shellper_protocol::{Frame, LEASE_PROTOCOL_VERSION, PROTOCOL_VERSION};
-use shellper_testkit::{LeakGuard, cargo_bin};
+use shellper_testkit::LeakGuard;
 use tower_client::Registry;
 
-/// A running minitower with its JSON event lines.
-struct Mini {
-    child: Child,
-    rx: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-    stderr: Arc<Mutex<String>>,
-    /// Signalled when stderr reached EOF (every writer closed it).
-    stderr_eof: mpsc::Receiver<()>,
-}
+use shellper_testkit::minitower::MiniTower as Mini;
 
 fn scope_dir(tmp: &tempfile::TempDir, name: &str) -> PathBuf {
     tmp.path().join(name)
-}
-
-impl Mini {
-    fn start(guard: &LeakGuard, scope: &Path, args: &[&str]) -> Mini {
-        let mut cmd = Command::new(cargo_bin("minitower"));
-        guard.apply(&mut cmd);
-        cmd.arg("--scope")
-            .arg(scope)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("minitower printed non-JSON {line:?}: {e}"));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let e2 = stderr.clone();
-        let (eof_tx, stderr_eof) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                e2.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-            let _ = eof_tx.send(());
-        });
-        Mini {
-            child,
-            rx,
-            seen: Vec::new(),
-            stderr,
-            stderr_eof,
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Waits for an event matching `pred` (all events are kept in `seen`).
-    fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
-            return v.clone();
-        }
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok(v) => {
-                    self.seen.push(v.clone());
-                    if pred(&v) {
-                        return v;
-                    }
-                }
-                Err(_) => panic!(
-                    "no matching event within {timeout:?}; seen: {:#?}\nstderr: {}",
-                    self.seen,
-                    self.stderr.lock().unwrap()
-                ),
-            }
-        }
-    }
-
-    fn event(&mut self, name: &str, timeout: Duration) -> Value {
-        self.wait_for(timeout, |v| v["event"] == name)
-    }
-
-    /// Collects events for `d`.
-    fn collect_for(&mut self, d: Duration) {
-        let deadline = Instant::now() + d;
-        while let Ok(v) = self
-            .rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            self.seen.push(v);
-        }
-    }
-
-    fn count(&self, name: &str) -> usize {
-        self.seen.iter().filter(|v| v["event"] == name).count()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid, which we have not reaped.
-        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                // Drain what it printed last, and wait for the stderr reader
-                // to see EOF so `stderr()` holds everything (a loaded machine
-                // may not have scheduled that thread yet).
-                self.collect_for(Duration::from_millis(100));
-                let _ = self.stderr_eof.recv_timeout(Duration::from_secs(2));
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "minitower did not exit within {timeout:?}; stderr: {}",
-                self.stderr.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn kill9(&mut self) {
-        self.signal(libc::SIGKILL);
-        self.child.wait().unwrap();
-    }
-
-    /// `(id, shellper pid)` of every spawned/adopted event so far.
-    fn shellpers(&self) -> Vec<(String, u32)> {
-        self.seen
-            .iter()
-            .filter(|v| v["event"] == "spawned" || v["event"] == "adopted")
-            .map(|v| {
-                (
-                    v["id"].as_str().unwrap().to_string(),
-                    v["pid"].as_u64().unwrap() as u32,
-                )
-            })
-            .collect()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Mini {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 fn alive(pid: u32) -> bool {

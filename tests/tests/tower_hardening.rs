@@ -4,37 +4,20 @@
 //! all fail. Build the binaries first (`cargo build --workspace --bins`).
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use shellper_protocol::msg::WirePhase;
-use shellper_testkit::{LeakGuard, cargo_bin};
+use shellper_testkit::LeakGuard;
 use tower_client::Registry;
 
-/// A running minitower; stdout either read into events or left to `out`.
-struct Mini {
-    child: Child,
-    rx: Option<mpsc::Receiver<Value>>,
-    seen: Vec<Value>,
-    stderr: Arc<Mutex<String>>,
-}
+use shellper_testkit::minitower::MiniTower as Mini;
 
 fn command(guard: &LeakGuard, scope: &Path, args: &[&str], nofile: Option<u64>) -> Command {
-    let mut cmd = Command::new(cargo_bin("minitower"));
-    guard.apply(&mut cmd);
-    cmd.arg("--scope")
-        .arg(scope)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = Mini::command(guard, scope, args);
     if let Some(n) = nofile {
         // SAFETY: setrlimit is async-signal-safe; runs in the child only.
         unsafe {
@@ -51,130 +34,6 @@ fn command(guard: &LeakGuard, scope: &Path, args: &[&str], nofile: Option<u64>) 
         }
     }
     cmd
-}
-
-impl Mini {
-    fn spawn(mut cmd: Command, read_stdout: bool) -> Mini {
-        if read_stdout {
-            cmd.stdout(Stdio::piped());
-        }
-        let mut child = cmd.spawn().unwrap();
-        let rx = read_stdout.then(|| {
-            let (tx, rx) = mpsc::channel();
-            let out = child.stdout.take().unwrap();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines() {
-                    let Ok(line) = line else { break };
-                    let v: Value = serde_json::from_str(&line)
-                        .unwrap_or_else(|e| panic!("non-JSON {line:?}: {e}"));
-                    if tx.send(v).is_err() {
-                        break;
-                    }
-                }
-            });
-            rx
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let e2 = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                e2.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Mini {
-            child,
-            rx,
-            seen: Vec::new(),
-            stderr,
-        }
-    }
-
-    fn start(guard: &LeakGuard, scope: &Path, args: &[&str]) -> Mini {
-        Mini::spawn(command(guard, scope, args, None), true)
-    }
-
-    fn event(&mut self, name: &str, timeout: Duration) -> Value {
-        if let Some(v) = self.seen.iter().find(|v| v["event"] == name) {
-            return v.clone();
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.as_ref().unwrap().recv_timeout(left) {
-                Ok(v) => {
-                    self.seen.push(v.clone());
-                    if v["event"] == name {
-                        return v;
-                    }
-                }
-                Err(_) => panic!(
-                    "no {name} event within {timeout:?}; seen: {:#?}\nstderr: {}",
-                    self.seen,
-                    self.stderr()
-                ),
-            }
-        }
-    }
-
-    fn of(&self, name: &str) -> Vec<Value> {
-        self.seen
-            .iter()
-            .filter(|v| v["event"] == name)
-            .cloned()
-            .collect()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own, not yet reaped, child.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                if let Some(rx) = &self.rx {
-                    while let Ok(v) = rx.recv_timeout(Duration::from_millis(100)) {
-                        self.seen.push(v);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(100));
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "minitower did not exit within {timeout:?}; seen {:#?}; stderr: {}",
-                self.seen,
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn kill9(&mut self) {
-        self.signal(libc::SIGKILL);
-        self.child.wait().unwrap();
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Mini {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 fn alive(pid: u32) -> bool {
