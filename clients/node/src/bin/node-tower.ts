@@ -15,6 +15,34 @@
 import { parseArgs } from "node:util";
 import { Tower, type SpawnMode } from "../index";
 
+const USAGE = `node-tower: a reference Tower on shellper-lease (the Node counterpart of minitower)
+
+Usage: node-tower [--scope DIR] [--shellper BIN] [--ttl DUR] [--window DUR]
+                  [--claim DUR] [--kill-grace DUR] [--spawn N]
+                  [--on-exit detach|terminate] [--mode config-stdin|argv]
+                  [--name NAME] [-- CMD ARGS...]
+
+Holds the lease of every shellper listed in the scope's registry that is still
+alive (adopting it with the stored token), spawns --spawn N new shellpers
+running CMD, and prints one JSON line per event (adopted, spawned, ready,
+granted, unresponsive, responsive, lapsed, revoked, exited, lost, refused).
+On SIGINT/SIGTERM it detaches (default: the shellpers wait for the next Tower
+during their window) or, with --on-exit terminate, kills every tree it holds.
+
+Options:
+  --scope DIR        scope directory (default: $XDG_RUNTIME_DIR/shellper,
+                     else $TMPDIR/shellper-UID)
+  --shellper BIN     the shellper binary (default: shellper on PATH)
+  --ttl, --window, --claim, --kill-grace DUR
+                     lease settings of new shellpers: 500ms, 3s, 10m, 1h
+                     or plain milliseconds
+  --spawn N          spawn N shellpers running CMD (default 0)
+  --on-exit WHAT     detach (default) or terminate
+  --mode MODE        how the shellper gets its token: config-stdin or argv
+  --name NAME        holder name shown by leasectl (default node-tower@PID)
+  -h, --help         this text
+`;
+
 function duration(s: string | undefined): number | undefined {
   if (s === undefined) return undefined;
   const m = /^(\d+)(ms|s|m|h)?$/.exec(s.trim());
@@ -43,8 +71,13 @@ async function main(): Promise<number> {
       "on-exit": { type: "string", default: "detach" },
       mode: { type: "string" },
       name: { type: "string" },
+      help: { type: "boolean", short: "h" },
     },
   });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
   const onExit = values["on-exit"];
   if (onExit !== "detach" && onExit !== "terminate") throw new Error("--on-exit is detach or terminate");
   const n = Number(values.spawn);
