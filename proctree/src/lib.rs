@@ -57,6 +57,24 @@
 //!   unix socket path (`/proc/net/unix` + `/proc/PID/fd`), to identify a
 //!   process that does not answer on its socket.
 //!
+//! # cgroup v2 containment
+//!
+//! Where a writable cgroup v2 tree exists, each session lives in a cgroup
+//! of its own and [`cgroup`] is used instead of the tree walk:
+//!
+//! * [`prepare_base`]`(&CgroupChoice, leaf) -> Result<SessionBase, Error>`
+//!   (a Tower's base: `--cgroup DIR` or `auto`; the Tower moves itself into a
+//!   leaf when its own cgroup is the base, controllers enabled for the
+//!   sessions); [`SessionBase::create_session`]`(id, &Limits)`.
+//! * [`Cgroup`]: `attach_fd` (the child moves itself in between fork and
+//!   exec: [`cgroup::AttachFd::attach_current`]), `members`, `populated`,
+//!   `usage` ([`Usage`]: CPU, processes, memory), `limits`/`set_limits`
+//!   ([`Limits`]: `pids.max`, `memory.max`; a missing controller is an
+//!   error), `kill_all` (`cgroup.kill`, or freeze/SIGKILL/thaw), `remove`.
+//! * [`kill_cgroup`]`(&cgroup, &clock, &CgroupKillPlan, &mut reap) ->
+//!   CgroupKillReport`: SIGHUP+SIGTERM+SIGCONT to the members, the grace,
+//!   the kill, `populated 0`, the directory removed.
+//!
 //! # API for operators
 //!
 //! * [`kill_tree_from_outside`]`(&table, &clock, &OutsidePlan) ->
@@ -75,6 +93,7 @@
 //! member seen earlier, is still there); never the root, never PID 1, never
 //! the caller, never zombies.
 
+pub mod cgroup;
 pub mod error;
 pub mod fake;
 pub mod ladder;
@@ -85,6 +104,10 @@ pub mod sockets;
 pub mod table;
 pub mod tree;
 
+pub use cgroup::{
+    Cgroup, CgroupChoice, CgroupKillPlan, CgroupKillReport, KillMethod, Limits, SessionBase, Usage,
+    kill_cgroup, prepare_base,
+};
 pub use error::Error;
 pub use ladder::{
     Clock, KillPlan, KillReport, OutsidePlan, OutsideReport, RealClock, Scan, ShellperFate,

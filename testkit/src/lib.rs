@@ -24,6 +24,8 @@
 //!   sleep).
 //! * [`scan_comm`], [`kill_tagged`], [`kill_survivor`]: for the gate.
 //! * [`proc_alive`], [`read_survivor`]: small /proc helpers.
+//! * [`cgroup::TestCgroup`]: a cgroup v2 parent of the test's own, whose
+//!   contents are killed and directories removed at teardown.
 //! * [`minitower::MiniTower`]: a `minitower` run by a test (events read
 //!   with deadlines, stderr kept, killed on drop), shared by the scenario
 //!   files instead of a copy in each.
@@ -32,6 +34,7 @@
 //! (no tokio), so it can be used from sync tests, async tests and binaries
 //! alike.
 
+pub mod cgroup;
 pub mod minitower;
 
 use std::ffi::OsStr;
