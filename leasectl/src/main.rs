@@ -14,7 +14,7 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    init_logging();
+    tower_client::cli::init_logging();
     if let Command::Completions { shell } = &cli.command {
         clap_complete::generate(
             *shell,
@@ -46,24 +46,4 @@ fn main() {
     // not delay the exit.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     std::process::exit(code);
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (`warn` by default): a level
-/// (`debug`) or `target=level` directives separated by commas
-/// (`warn,tower_client=debug`). `Targets`, not `EnvFilter`: the workspace
-/// does without tracing-subscriber's `env-filter` feature (regex), which
-/// feature unification would hand to every binary built beside this one,
-/// the shellper included (BENCHMARKS.md, where the memory goes).
-fn init_logging() {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::WARN));
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(filter)
-        .init();
 }

@@ -1,5 +1,5 @@
 //! An in-memory process table and clock for deterministic tests of the
-//! ladder (here and in the shellper's tests).
+//! ladder (`tests/ladder_fake.rs`). Behind the `fake` feature: tests only.
 //!
 //! It models what makes killing a PTY session hard: processes that ignore
 //! SIGHUP or SIGTERM, stopped processes that keep signals pending until

@@ -82,8 +82,8 @@
 //!
 //! # Tests
 //!
-//! [`fake::FakeTable`] and [`fake::FakeClock`] simulate the hard cases
-//! deterministically.
+//! `fake::FakeTable` and `fake::FakeClock` (feature `fake`, for tests: the
+//! product does not ship them) simulate the hard cases deterministically.
 //!
 //! # Membership
 //!
@@ -95,6 +95,7 @@
 
 pub mod cgroup;
 pub mod error;
+#[cfg(feature = "fake")]
 pub mod fake;
 pub mod ladder;
 pub mod locks;

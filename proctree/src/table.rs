@@ -4,7 +4,7 @@
 //! The ladder only needs three operations: list processes, signal one process
 //! *identified by pid and start time*, and ask whether one is still alive.
 //! Keeping them behind [`ProcessTable`] lets the sweep logic be tested
-//! deterministically against [`crate::fake::FakeTable`] (processes that
+//! deterministically against `fake::FakeTable` (feature `fake`; processes that
 //! ignore signals, fork while we sweep, stop, setsid away, recycle pids)
 //! and run for real against [`LinuxTable`].
 

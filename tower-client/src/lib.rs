@@ -45,6 +45,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod error;
 pub mod registry;
 pub mod sched;

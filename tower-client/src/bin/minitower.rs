@@ -260,7 +260,7 @@ fn out_line(s: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    tower_client::cli::init_logging();
     let lease = match LeaseConfig::new(
         cli.ttl.unwrap_or(DEFAULT_TTL),
         cli.window.unwrap_or(DEFAULT_WINDOW),
@@ -569,24 +569,4 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (`warn` by default): a level
-/// (`debug`) or `target=level` directives separated by commas
-/// (`warn,tower_client=debug`). `Targets`, not `EnvFilter`: the workspace
-/// does without tracing-subscriber's `env-filter` feature (regex), which
-/// feature unification would hand to every binary built beside this one,
-/// the shellper included (BENCHMARKS.md, where the memory goes).
-fn init_logging() {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::WARN));
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(filter)
-        .init();
 }
