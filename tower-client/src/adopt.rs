@@ -89,6 +89,7 @@ pub(crate) async fn adopt_one(ctx: &Arc<Ctx>, e: &RegistryEntry) -> Result<Optio
         command: e.command.clone(),
         args: e.args.clone(),
         cwd: e.cwd.clone(),
+        cgroup: e.cgroup.clone(),
     };
     Ok(Some(Granted {
         info,

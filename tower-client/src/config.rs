@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use shellper_proctree::{CgroupChoice, Limits};
 use shellper_protocol::LeaseConfig;
 
 use crate::tidy::TidyPolicy;
@@ -25,6 +26,15 @@ pub struct TowerConfig {
     /// What [`Tower::tidy`](crate::Tower::tidy) may remove: logs of gone
     /// shellpers after a retention, the scope's log cap.
     pub tidy: TidyPolicy,
+    /// Where the sessions' cgroups go: `None` the process tree (the `/proc`
+    /// ladder); `Auto` the Tower's own cgroup where it is delegated; a
+    /// directory. A cgroup that cannot be used falls back to the process
+    /// tree, and [`Tower::containment`](crate::Tower::containment) says why.
+    pub cgroup: Option<CgroupChoice>,
+    /// Opt-in per-session limits (`pids.max`, `memory.max`); they need a
+    /// cgroup whose sessions get those controllers, else opening the Tower
+    /// fails.
+    pub limits: Limits,
 }
 
 impl Default for TowerConfig {
@@ -36,6 +46,8 @@ impl Default for TowerConfig {
             connect_timeout: Duration::from_secs(1),
             spawn_timeout: Duration::from_secs(10),
             tidy: TidyPolicy::default(),
+            cgroup: None,
+            limits: Limits::default(),
         }
     }
 }

@@ -40,6 +40,10 @@ pub(crate) struct Ctx {
     pub spawn_done: tokio::sync::Notify,
     /// Set when the scope was found deleted or replaced.
     pub scope_lost: std::sync::atomic::AtomicBool,
+    /// The containment of new sessions, chosen when the Tower opened.
+    pub containment: crate::contain::Containment,
+    /// With a cgroup: where the sessions' cgroups are created.
+    pub session_base: Option<shellper_proctree::SessionBase>,
 }
 
 impl Ctx {

@@ -71,6 +71,11 @@ pub enum Error {
         message: String,
     },
 
+    /// The containment asked for cannot be provided (limits without a
+    /// usable cgroup, or a controller missing): never ignored silently.
+    #[error("containment: {0}")]
+    Containment(String),
+
     /// Spawning a shellper failed. Whatever was started has been killed and
     /// confirmed gone before this error is returned (unless the failure's
     /// `cleanup` says otherwise).

@@ -53,6 +53,8 @@ pub mod sched;
 pub mod scope;
 pub mod tidy;
 
+pub mod contain;
+
 mod adopt;
 mod config;
 mod conn;
@@ -64,6 +66,7 @@ mod tower;
 
 pub use config::TowerConfig;
 pub use conn::{TerminateOutcome, query_status, terminate_with_token};
+pub use contain::Containment;
 pub use driver::{
     EVENT_QUEUE, Event, Events, ExitWhat, LeaseState, ProcExit, ShellperHandle, ShellperInfo,
     TerminateReport,
@@ -71,6 +74,7 @@ pub use driver::{
 pub use error::{Error, Result, SpawnFailure};
 pub use registry::{Registry, RegistryEntry};
 pub use scope::{InstanceLock, Scope};
+pub use shellper_proctree::{CgroupChoice, Limits};
 pub use shellper_protocol::{LeaseConfig, Token};
 pub use spawn::{SpawnSpec, resolve_shellper};
 pub use terminal::{Output, Terminal, TerminalReader, TerminalWriter};

@@ -55,6 +55,11 @@ pub struct RegistryEntry {
     /// Wall-clock ms since the Unix epoch at which the Tower spawned it.
     #[serde(default)]
     pub created_at_ms: u64,
+    /// The session's cgroup (the PTY child and everything it started),
+    /// when the Tower contained it in one: what a later Tower or `leasectl
+    /// reap` kills after the shellper itself was SIGKILLed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 impl RegistryEntry {
@@ -295,6 +300,7 @@ mod tests {
             args: vec!["-c".into(), "true".into()],
             cwd: "/".into(),
             created_at_ms: 1,
+            cgroup: None,
         }
     }
 

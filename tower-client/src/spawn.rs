@@ -242,6 +242,8 @@ struct Started {
     /// Identity of the shellper once known.
     ident: Option<(u32, u64)>,
     registered: bool,
+    /// The session's cgroup, once created.
+    cgroup: Option<shellper_proctree::Cgroup>,
 }
 
 type StepErr = (&'static str, String);
@@ -256,6 +258,7 @@ pub(crate) async fn spawn(ctx: &Arc<Ctx>, spec: SpawnSpec) -> Result<Granted> {
         child: None,
         ident: None,
         registered: false,
+        cgroup: None,
     };
     match pipeline(ctx, &spec, &mut st).await {
         Ok(h) => Ok(h),
@@ -294,8 +297,16 @@ async fn pipeline(
     env.extend(spec.env.clone());
     env.entry("TERM".into())
         .or_insert_with(|| "xterm-256color".into());
+    // The session's cgroup, before anything runs: the shellper moves the
+    // PTY child into it between fork and exec.
+    if let Some(base) = &ctx.session_base {
+        let cg = base
+            .create_session(&st.id, &ctx.cfg.limits)
+            .map_err(|e| ("cgroup", e.to_string()))?;
+        st.cgroup = Some(cg);
+    }
     let ms = |d: Duration| d.as_millis() as u64;
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "command": spec.command,
         "args": spec.args,
         "cwd": cwd.to_string_lossy(),
@@ -309,8 +320,11 @@ async fn pipeline(
             "claimMs": ms(lease.claim),
             "killGraceMs": ms(lease.kill_grace),
         },
-    })
-    .to_string();
+    });
+    if let Some(cg) = &st.cgroup {
+        config["cgroup"] = serde_json::Value::from(cg.dir().to_string_lossy());
+    }
+    let config = config.to_string();
 
     let log = OpenOptions::new()
         .create(true)
@@ -401,6 +415,7 @@ async fn pipeline(
         args: spec.args.clone(),
         cwd: cwd.to_string_lossy().into_owned(),
         created_at_ms: now_ms(),
+        cgroup: st.cgroup.as_ref().map(|c| c.dir().to_path_buf()),
     };
     ctx.registry
         .commit(|r| r.upsert(entry))
@@ -440,6 +455,7 @@ async fn pipeline(
         command: spec.command.clone(),
         args: spec.args.clone(),
         cwd: cwd.to_string_lossy().into_owned(),
+        cgroup: st.cgroup.as_ref().map(|c| c.dir().to_path_buf()),
     };
     let child = st
         .child
@@ -557,6 +573,28 @@ async fn cleanup(ctx: &Arc<Ctx>, st: &mut Started) -> String {
         } else {
             // Already reaped by an earlier wait: nothing runs.
             let _ = child.wait().await;
+        }
+    }
+    if let Some(cg) = st.cgroup.take() {
+        // The cgroup holds exactly what the failed session started.
+        let grace = ctx.cfg.lease.kill_grace.min(Duration::from_secs(1));
+        let r = tokio::task::spawn_blocking(move || {
+            shellper_proctree::kill_cgroup(
+                &cg,
+                &shellper_proctree::RealClock,
+                &shellper_proctree::CgroupKillPlan::new(grace),
+                &mut || {},
+            )
+        })
+        .await;
+        match r {
+            Ok(r) if r.is_clean() && r.remove_error.is_none() => {}
+            Ok(r) => problems.push(format!(
+                "session cgroup: {} survivor(s){}",
+                r.report.survivors.len(),
+                r.remove_error.map(|e| format!(", {e}")).unwrap_or_default()
+            )),
+            Err(e) => problems.push(format!("session cgroup: {e}")),
         }
     }
     if st.registered {

@@ -523,6 +523,7 @@ mod tests {
             args: vec![],
             cwd: String::new(),
             created_at_ms: 0,
+            cgroup: None,
         }
     }
 

@@ -148,6 +148,9 @@ impl Tower {
         check_socket_path_len(&scope)?;
         let lock = scope.lock()?;
         let reg = scope.read_registry()?;
+        // After the lock: moving this process into a leaf of its cgroup is
+        // a change, and a Tower that cannot have the scope makes none.
+        let (containment, session_base) = crate::contain::choose(&cfg)?;
         let ident = lock.ident().clone();
         let (sched_tx, sched_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = EventTx::channel(EVENT_QUEUE);
@@ -171,6 +174,8 @@ impl Tower {
             spawns_in_flight: Mutex::new(0),
             scope_lost: std::sync::atomic::AtomicBool::new(false),
             spawn_done: tokio::sync::Notify::new(),
+            containment,
+            session_base,
         });
         // The scope is checked periodically too, not only on writes: a
         // Tower with nothing to write must still notice it lost its scope.
@@ -208,6 +213,12 @@ impl Tower {
             }
         });
         Ok((Tower { ctx, rtt }, ev_rx))
+    }
+
+    /// The containment new sessions get: a cgroup each (base, controllers,
+    /// limits) or the process tree, with the reason.
+    pub fn containment(&self) -> &crate::contain::Containment {
+        &self.ctx.containment
     }
 
     /// True once the Tower found its scope deleted or replaced (see

@@ -154,6 +154,7 @@ fn scripted_scope(guard: &LeakGuard, dir: &Path) -> (std::process::Child, PathBu
         args: vec!["60".into()],
         cwd: "/".into(),
         created_at_ms: 0,
+        cgroup: None,
     });
     reg.save(&dir.join("registry.json")).unwrap();
     (child, socket, id)

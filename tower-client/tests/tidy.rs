@@ -38,6 +38,7 @@ fn entry(dir: &Path, id: &str, pid: u32, start_ticks: u64) -> RegistryEntry {
         args: vec![],
         cwd: String::new(),
         created_at_ms: 0,
+        cgroup: None,
     }
 }
 

@@ -40,10 +40,13 @@ OUTPUT (stdout, one JSON object per line, flushed per line)
                                       entries, sockets or logs of gone shellpers
   {\"event\":\"spawned\",\"id\":…,\"pid\":…,\"child_pid\":…,\"socket\":…}
   {\"event\":\"spawn_failed\",\"error\":…}
-  {\"event\":\"ready\",\"held\":N,\"capacity\":C,\"fd_limit\":L}
+  {\"event\":\"ready\",\"held\":N,\"capacity\":C,\"fd_limit\":L,\"containment\":{…}}
                                       startup done; C: how many fit under the
                                       descriptor limit (2 each); spawns past
-                                      it fail with spawn_failed
+                                      it fail with spawn_failed; containment:
+                                      {\"kind\":\"cgroup\",\"base\":…,\"controllers\":[…],
+                                      \"limits\":{…}} or {\"kind\":\"process_tree\",
+                                      \"reason\":…}
   {\"event\":\"dropped\",\"count\":N}                 N lines were dropped
                                       because stdout was not being read
   then: held, unresponsive, lapsed, revoked, exited (what: child|shellper),
@@ -61,6 +64,14 @@ TIDY
   --log-cap-mib, the oldest logs of gone shellpers, then the oldest rotated
   logs of live ones. Nothing of a held, live or undecidable shellper goes.
 
+CONTAINMENT
+  With a writable cgroup v2 (--cgroup DIR, or auto under a delegated systemd
+  unit), each session's PTY command and everything it starts live in a cgroup
+  of their own (BASE/<id>): killed at once with cgroup.kill (nothing can fork
+  past it), exactly after a SIGKILLed shellper, and accounted (CPU, processes,
+  memory where the controller is delegated; see leasectl list). Without one,
+  the process-tree ladder (/proc) does the work, as before.
+
 UNDER SYSTEMD
   contrib/systemd/minitower.service runs it as a user service that keeps the
   sessions across `systemctl --user restart` (KillMode=process); see the
@@ -70,7 +81,8 @@ EXIT CODES
   0  stopped by SIGINT/SIGTERM after releasing everything
   1  runtime error (could not start the event loop, release failed), or
      none of --spawn N succeeded (what was adopted is detached, not killed)
-  2  usage error (bad flag or lease timings)
+  2  usage error (bad flag or lease timings; --pids-max/--memory-max
+     without a cgroup that offers the controller)
   3  the scope is held by another Tower (the message names its pid)
   4  the scope is unusable (bad owner or permissions, socket paths too long,
      registry corrupt, a directory, or of an unknown schema version), or it
@@ -166,9 +178,52 @@ struct Cli {
     #[arg(long, value_name = "MIB", default_value_t = tower_client::tidy::DEFAULT_SCOPE_LOG_CAP >> 20)]
     log_cap_mib: u64,
 
+    /// Containment of the sessions: `auto` (a cgroup v2 each, under
+    /// minitower's own cgroup where it is delegated, e.g. a systemd unit with
+    /// Delegate=yes; minitower then moves itself into its leaf `tower`), a
+    /// cgroup v2 directory to create them in, or `none` (the process-tree
+    /// ladder). A cgroup that cannot be used falls back to the process tree;
+    /// the `ready` event says which containment is in force and why.
+    #[arg(long, value_name = "DIR|auto|none", default_value = "auto")]
+    cgroup: String,
+
+    /// Most processes (and threads) per session (cgroup pids.max). Needs a
+    /// cgroup whose sessions get the pids controller, else minitower exits 2.
+    #[arg(long, value_name = "N")]
+    pids_max: Option<u64>,
+
+    /// Most memory per session (cgroup memory.max): bytes, or with a K, M or
+    /// G suffix (powers of 1024). Needs the memory controller, else exit 2.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory_max: Option<u64>,
+
     /// Command (and arguments) run in each spawned shellper's PTY.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
+}
+
+/// A size in bytes: `1048576`, `512K`, `256M`, `2G` (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown size suffix {c:?} (use K, M or G)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (bytes, or a number with K, M or G)"))?;
+    n.checked_mul(mult)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("{s:?} is out of range"))
 }
 
 /// Lines waiting for stdout before new ones are dropped.
@@ -361,8 +416,23 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
             return ExitCode::from(4);
         }
     };
+    let cgroup = match cli.cgroup.as_str() {
+        "none" => None,
+        c => match c.parse::<tower_client::CgroupChoice>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("minitower: --cgroup: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let cfg = TowerConfig {
         lease,
+        cgroup,
+        limits: tower_client::Limits {
+            pids_max: cli.pids_max,
+            memory_max: cli.memory_max,
+        },
         holder_name: format!("minitower@{}", std::process::id()),
         shellper_bin: cli.shellper.clone(),
         tidy: tower_client::TidyPolicy {
@@ -374,6 +444,10 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
     };
     let (tower, mut events) = match Tower::open(scope, cfg) {
         Ok(t) => t,
+        Err(e @ Error::Containment(_)) => {
+            eprintln!("minitower: {e}");
+            return ExitCode::from(2);
+        }
         Err(e @ Error::ScopeLocked { .. }) => {
             eprintln!("minitower: {e}");
             return ExitCode::from(3);
@@ -475,7 +549,7 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
     } else if stop_signal.is_none() {
         let budget = tower.fd_budget();
         out(
-            json!({"event":"ready","held":tower.len(),"capacity":budget.capacity,"fd_limit":budget.limit}),
+            json!({"event":"ready","held":tower.len(),"capacity":budget.capacity,"fd_limit":budget.limit,"containment":tower.containment()}),
         );
         // Entries that could not be adopted stay in the registry; retry
         // them with backoff (an EMFILE or a wedged shellper passes).

@@ -70,12 +70,18 @@ pub enum Event {
     /// recorded member still in it (never a bare pid or sid).
     /// `session_verified: false` means nothing left could be proven to be
     /// of that tree, so nothing was touched.
+    ///
+    /// `cgroup`: the session's cgroup, when it had one: it was killed
+    /// through it (`cgroup.kill`, exact: processes started after the last
+    /// renewal included), and removed.
     TreeKilled {
         id: String,
         signalled: u32,
         survivors: u32,
         elapsed_ms: u64,
         session_verified: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cgroup: Option<String>,
     },
     /// The scope directory or its lock file was deleted or replaced under
     /// the Tower (another Tower may own the path now). Not about one

@@ -30,6 +30,8 @@ pub struct ShellperInfo {
     pub command: String,
     pub args: Vec<String>,
     pub cwd: String,
+    /// The session's cgroup, when it has one (from the registry).
+    pub cgroup: Option<PathBuf>,
 }
 
 /// Commands to a driver.

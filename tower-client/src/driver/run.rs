@@ -693,7 +693,18 @@ impl Driver {
     /// members of its sessions while each is provably the same one (leader
     /// with its start time, or a recorded member still in it). Reports what
     /// it killed and what survived.
+    ///
+    /// A session in a cgroup of its own is killed through it first
+    /// (`cgroup.kill`): exact, processes born after the last renewal
+    /// included. The recorded tree is then swept as well (normally nothing
+    /// is left of it; it covers a shellper that could not use the cgroup).
     fn kill_orphaned_tree(&self) {
+        let cgroup = self
+            .handle
+            .info
+            .cgroup
+            .clone()
+            .map(shellper_proctree::Cgroup::at);
         let (known, mut sessions) = {
             let m = lock(&self.tree);
             (m.known.clone(), m.sessions.clone())
@@ -701,7 +712,7 @@ impl Driver {
         sessions.extend(self.session);
         sessions.sort_unstable();
         sessions.dedup();
-        if sessions.is_empty() && known.is_empty() {
+        if sessions.is_empty() && known.is_empty() && cgroup.is_none() {
             return;
         }
         let info = &self.handle.info;
@@ -723,20 +734,37 @@ impl Driver {
         };
         let events = self.ctx.events.clone();
         let id = self.id();
+        let cg_plan = shellper_proctree::CgroupKillPlan::new(plan.grace);
         tokio::spawn(async move {
             let res = tokio::task::spawn_blocking(move || {
+                let by_cgroup = cgroup.filter(|c| c.exists()).map(|c| {
+                    let r = shellper_proctree::kill_cgroup(&c, &RealClock, &cg_plan, &mut || {});
+                    (c.dir().display().to_string(), r)
+                });
                 let snap = shellper_proctree::snapshot();
                 let verified = !shellper_proctree::members(&snap, &plan.tree).is_empty();
                 let report =
                     verified.then(|| kill_tree(&LinuxTable, &RealClock, &plan, &mut || {}));
-                (verified, report)
+                (verified, report, by_cgroup)
             })
             .await;
-            let Ok((verified, report)) = res else { return };
-            if !verified {
+            let Ok((verified, report, by_cgroup)) = res else {
+                return;
+            };
+            if !verified && by_cgroup.is_none() {
                 tracing::warn!(%id, "shellper killed; nothing left of its tree can be proven ours: left alone");
             }
-            let r = report.unwrap_or_default();
+            let mut r = report.unwrap_or_default();
+            let mut cgroup = None;
+            if let Some((path, c)) = by_cgroup {
+                r.signalled += c.report.signalled.max(c.report.sigkilled);
+                r.survivors.extend(c.report.survivors);
+                r.elapsed += c.report.elapsed;
+                if let Some(e) = c.remove_error {
+                    tracing::warn!(%id, "session cgroup left behind: {e}");
+                }
+                cgroup = Some(path);
+            }
             if !r.survivors.is_empty() {
                 tracing::error!(%id, survivors = ?r.survivors, "processes of a killed shellper's tree survived");
             }
@@ -745,7 +773,8 @@ impl Driver {
                 signalled: r.signalled,
                 survivors: r.survivors.len() as u32,
                 elapsed_ms: r.elapsed.as_millis() as u64,
-                session_verified: verified,
+                session_verified: verified || cgroup.is_some(),
+                cgroup,
             });
         });
     }
@@ -774,6 +803,15 @@ impl Driver {
             || (self.report.is_none() && exit.code.is_none() && exit.signal.is_none());
         if sigkilled {
             self.kill_orphaned_tree();
+        } else if let Some(dir) = self.handle.info.cgroup.clone() {
+            // It ran its own ladder (which empties and removes the session
+            // cgroup); remove an empty one it left, never a populated one.
+            tokio::task::spawn_blocking(move || {
+                let cg = shellper_proctree::Cgroup::at(dir);
+                if cg.exists() && cg.populated().is_ok_and(|p| !p) {
+                    let _ = cg.remove();
+                }
+            });
         }
         self.ctx.forget(&self.handle);
         self.set_state(ST_ENDED);

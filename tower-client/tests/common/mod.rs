@@ -25,6 +25,7 @@ pub fn config(lease: LeaseConfig) -> TowerConfig {
         connect_timeout: Duration::from_secs(2),
         spawn_timeout: Duration::from_secs(10),
         tidy: tower_client::TidyPolicy::default(),
+        ..TowerConfig::default()
     }
 }
 

@@ -1,0 +1,121 @@
+//! How a Tower chooses its sessions' containment: a cgroup v2 each where a
+//! writable one is given, the process tree (the `/proc` ladder) otherwise,
+//! saying why; limits never silently ignored. Real cgroups where this
+//! machine has a writable v2 tree (skipped, saying so, where not).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{config, lease, open_cfg, scope_tmp, spec};
+use shellper_testkit::LeakGuard;
+use shellper_testkit::cgroup::TestCgroup;
+use tower_client::{CgroupChoice, Containment, Error, Limits};
+
+#[tokio::test]
+async fn a_missing_cgroup_directory_falls_back_to_the_process_tree_and_says_why() {
+    let dir = scope_tmp();
+    let mut cfg = config(lease(600, 3000, 300));
+    cfg.cgroup = Some(CgroupChoice::Dir("/nonexistent/shellper-cgroup".into()));
+    let (tower, _ev) = open_cfg(dir.path(), cfg).expect("opens");
+    match tower.containment() {
+        Containment::ProcessTree { reason } => {
+            assert!(reason.contains("no writable cgroup v2"), "{reason}");
+            assert!(reason.contains("/nonexistent/shellper-cgroup"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(tower.containment().describe().starts_with("process tree ("));
+}
+
+#[tokio::test]
+async fn a_directory_that_is_not_a_cgroup_falls_back_too() {
+    let dir = scope_tmp();
+    let not_cg = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(lease(600, 3000, 300));
+    cfg.cgroup = Some(CgroupChoice::Dir(not_cg.path().to_path_buf()));
+    let (tower, _ev) = open_cfg(dir.path(), cfg).expect("opens");
+    let Containment::ProcessTree { reason } = tower.containment() else {
+        panic!("{:?}", tower.containment());
+    };
+    assert!(reason.contains("not on a cgroup2 file system"), "{reason}");
+}
+
+#[tokio::test]
+async fn limits_without_a_usable_cgroup_are_an_error_not_a_silent_ignore() {
+    let dir = scope_tmp();
+    let mut cfg = config(lease(600, 3000, 300));
+    cfg.limits = Limits {
+        pids_max: Some(50),
+        memory_max: None,
+    };
+    let err = open_cfg(dir.path(), cfg.clone()).err().expect("refused");
+    assert!(matches!(err, Error::Containment(_)), "{err}");
+    assert!(err.to_string().contains("need a cgroup"), "{err}");
+    cfg.cgroup = Some(CgroupChoice::Dir("/nonexistent/x".into()));
+    let err = open_cfg(dir.path(), cfg).err().expect("refused");
+    assert!(err.to_string().contains("limits asked for"), "{err}");
+}
+
+#[tokio::test]
+async fn limits_where_the_controller_is_not_delegated_are_an_error() {
+    let Ok(t) = TestCgroup::new("tower-limits") else {
+        eprintln!("SKIP: no writable cgroup v2");
+        return;
+    };
+    let offered = std::fs::read_to_string(t.dir().join("cgroup.controllers")).unwrap_or_default();
+    if offered.split_whitespace().any(|c| c == "pids") {
+        eprintln!("SKIP: this cgroup offers pids; the error case cannot be made here");
+        return;
+    }
+    let dir = scope_tmp();
+    let mut cfg = config(lease(600, 3000, 300));
+    cfg.cgroup = Some(CgroupChoice::Dir(t.dir().to_path_buf()));
+    cfg.limits.pids_max = Some(10);
+    let err = open_cfg(dir.path(), cfg).err().expect("refused");
+    let msg = err.to_string();
+    assert!(msg.contains("pids controller is not available"), "{msg}");
+}
+
+/// With a writable cgroup, each session gets `base/<id>`, recorded in the
+/// registry; it is gone once the session is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_session_gets_its_own_cgroup_recorded_in_the_registry_and_removed_at_the_end() {
+    let Ok(t) = TestCgroup::new("tower-session") else {
+        eprintln!("SKIP: no writable cgroup v2");
+        return;
+    };
+    let guard = LeakGuard::new("tower-session-cgroup");
+    let dir = scope_tmp();
+    let mut cfg = config(lease(600, 3000, 300));
+    cfg.cgroup = Some(CgroupChoice::Dir(t.dir().to_path_buf()));
+    let (tower, _ev) = open_cfg(dir.path(), cfg).expect("opens");
+    let Containment::Cgroup { base, .. } = tower.containment() else {
+        panic!("{:?}", tower.containment());
+    };
+    assert_eq!(base, t.dir());
+    let h = tower
+        .spawn(spec(&guard, "exec sleep 60"))
+        .await
+        .expect("spawn");
+    let want = t.dir().join(&h.info().id);
+    assert_eq!(h.info().cgroup.as_deref(), Some(want.as_path()));
+    assert!(want.join("cgroup.procs").is_file(), "created");
+    let reg = tower_client::Scope::open(dir.path())
+        .expect("scope")
+        .read_registry()
+        .expect("registry");
+    assert_eq!(
+        reg.get(&h.info().id).and_then(|e| e.cgroup.clone()),
+        Some(want.clone())
+    );
+    h.terminate(Duration::from_secs(5))
+        .await
+        .expect("terminate");
+    assert!(
+        shellper_testkit::wait_for(Duration::from_secs(5), || !want.exists()),
+        "session cgroup removed"
+    );
+    drop(tower);
+    guard.finish();
+}
