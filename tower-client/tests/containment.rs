@@ -12,6 +12,14 @@ use shellper_testkit::LeakGuard;
 use shellper_testkit::cgroup::TestCgroup;
 use tower_client::{CgroupChoice, Containment, Error, Limits};
 
+/// The error of an open that must fail (a Tower is not `Debug`).
+fn refused<T>(r: tower_client::Result<T>) -> Error {
+    match r {
+        Ok(_) => panic!("the Tower opened"),
+        Err(e) => e,
+    }
+}
+
 #[tokio::test]
 async fn a_missing_cgroup_directory_falls_back_to_the_process_tree_and_says_why() {
     let dir = scope_tmp();
@@ -49,11 +57,11 @@ async fn limits_without_a_usable_cgroup_are_an_error_not_a_silent_ignore() {
         pids_max: Some(50),
         memory_max: None,
     };
-    let err = open_cfg(dir.path(), cfg.clone()).err().expect("refused");
+    let err = refused(open_cfg(dir.path(), cfg.clone()));
     assert!(matches!(err, Error::Containment(_)), "{err}");
     assert!(err.to_string().contains("need a cgroup"), "{err}");
     cfg.cgroup = Some(CgroupChoice::Dir("/nonexistent/x".into()));
-    let err = open_cfg(dir.path(), cfg).err().expect("refused");
+    let err = refused(open_cfg(dir.path(), cfg));
     assert!(err.to_string().contains("limits asked for"), "{err}");
 }
 
@@ -72,7 +80,7 @@ async fn limits_where_the_controller_is_not_delegated_are_an_error() {
     let mut cfg = config(lease(600, 3000, 300));
     cfg.cgroup = Some(CgroupChoice::Dir(t.dir().to_path_buf()));
     cfg.limits.pids_max = Some(10);
-    let err = open_cfg(dir.path(), cfg).err().expect("refused");
+    let err = refused(open_cfg(dir.path(), cfg));
     let msg = err.to_string();
     assert!(msg.contains("pids controller is not available"), "{msg}");
 }
