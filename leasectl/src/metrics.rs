@@ -15,8 +15,6 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -425,38 +423,13 @@ pub async fn run(scope: &Path, timeout: std::time::Duration, output: Option<&Pat
     Ok(crate::cli::EXIT_OK)
 }
 
-/// Writes `text` to `path` atomically: a hidden temporary file in the same
-/// directory (so a collector reading `*.prom` never sees it), mode 0644 (a
-/// collector often runs as another user), fsync, rename over `path`.
+/// Writes `text` to `path` atomically ([`tower_client::write_atomic`]: a
+/// hidden temporary file in the same directory, so a collector reading
+/// `*.prom` never sees it, fsync, rename over `path`), mode 0644: a
+/// collector often runs as another user.
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "metrics".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| -> std::io::Result<()> {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        // The umask may have narrowed the mode; a collector must read it.
-        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io("writing metrics to", path, e));
-    }
-    Ok(())
+    tower_client::write_atomic(path, text.as_bytes(), 0o644)
+        .map_err(|e| Error::io("writing metrics to", path, e))
 }
 
 /// Bytes of the scope's shellper logs (`*.log` and `*.log.N`).

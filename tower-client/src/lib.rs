@@ -56,6 +56,7 @@ pub mod tidy;
 pub mod contain;
 
 mod adopt;
+mod atomic;
 mod config;
 mod conn;
 mod ctx;
@@ -64,6 +65,7 @@ mod spawn;
 mod terminal;
 mod tower;
 
+pub use atomic::write_atomic;
 pub use config::TowerConfig;
 pub use conn::{TerminateOutcome, query_status, terminate_with_token};
 pub use contain::Containment;

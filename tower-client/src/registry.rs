@@ -14,9 +14,8 @@
 //! registry that does not parse is an error, never "no shellpers": treating
 //! it as empty would silently orphan every shellper it lists.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -27,7 +26,8 @@ use crate::error::{Error, Result};
 /// Version of the registry format written by this crate.
 pub const REGISTRY_SCHEMA_VERSION: u32 = 1;
 
-/// Prefix of temporary files used for atomic writes.
+/// Prefix of the temporary files of atomic writes of `registry.json`
+/// ([`crate::write_atomic`] names them `.NAME.tmp.` and random characters).
 const TMP_PREFIX: &str = ".registry.json.tmp.";
 
 /// One shellper known to the Tower.
@@ -167,29 +167,8 @@ impl Registry {
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp: PathBuf = dir.join(format!(
-        "{TMP_PREFIX}{}.{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io("writing registry", path, e));
-    }
-    Ok(())
+    crate::atomic::write_atomic(path, bytes, 0o600)
+        .map_err(|e| Error::io("writing registry", path, e))
 }
 
 /// Removes temporary files left by a crash during a registry write. Called
