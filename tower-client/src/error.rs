@@ -110,6 +110,26 @@ pub enum Error {
     /// Terminating a shellper did not end in confirmed death.
     #[error("terminating shellper {id}: {detail}")]
     Terminate { id: String, detail: String },
+
+    /// Nothing listens on the scope's control socket: no Tower runs there
+    /// (or one that does not take requests).
+    #[error("no Tower answers on {} ({detail})", socket.display())]
+    NoTower { socket: PathBuf, detail: String },
+
+    /// Talking to a Tower's control socket failed.
+    #[error("control socket {}: {step}: {detail}", socket.display())]
+    Control {
+        socket: PathBuf,
+        step: &'static str,
+        detail: String,
+    },
+
+    /// The Tower refused a control request (nothing was changed).
+    #[error("the Tower refused: {message}")]
+    ControlRefused {
+        code: crate::control::ErrorCode,
+        message: String,
+    },
 }
 
 impl Error {

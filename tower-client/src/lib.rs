@@ -47,6 +47,7 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod control;
 pub mod error;
 pub mod registry;
 pub mod sched;

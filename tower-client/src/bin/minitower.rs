@@ -56,6 +56,15 @@ OUTPUT (stdout, one JSON object per line, flushed per line)
   Shellpers that cannot be adopted (no answer, out of descriptors) are left
   running and in the registry, and adoption is retried with backoff.
 
+CONTROL SOCKET
+  SCOPE/tower.ctl (0600, this uid only): `leasectl new -- CMD` asks this
+  Tower for a session, `leasectl kill ID` ends one; any client may speak
+  its JSON lines (SPEC.md section 15): spawn, terminate, list. A session
+  spawned on request prints a `spawned` line with \"via\":\"control\"; a
+  refused request prints {\"event\":\"control_refused\",\"op\",\"code\"}
+  (never its content). Requested lease timings must lie within this
+  Tower's limits (--max-window); environments never reach argv or a log.
+
 TIDY
   At start and every --tidy-every, minitower removes what shellpers that are
   proven gone left: registry entries (the kernel says the process is gone:
@@ -196,6 +205,11 @@ struct Cli {
     /// G suffix (powers of 1024). Needs the memory controller, else exit 2.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     memory_max: Option<u64>,
+
+    /// Longest reattach window a `leasectl new` (control socket) request may
+    /// ask for.
+    #[arg(long, value_name = "DUR", default_value = "24h", value_parser = humantime::parse_duration)]
+    max_window: Duration,
 
     /// Command (and arguments) run in each spawned shellper's PTY.
     #[arg(last = true, value_name = "CMD")]
@@ -462,6 +476,27 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
         }
     };
 
+    // The control socket first: `leasectl new` right after a start finds
+    // it as soon as the scope is locked.
+    let limits = tower_client::control::ControlLimits {
+        max_window: cli.max_window.max(lease.window),
+        ..Default::default()
+    };
+    let control = match tower_client::control::ControlServer::bind(&tower, limits) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("minitower: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    let tower = std::sync::Arc::new(tower);
+    let control_stop = tokio_util::sync::CancellationToken::new();
+    let control_task = tokio::spawn(control.serve(tower.clone(), control_stop.clone(), |n| {
+        if let Some(v) = n.event_json() {
+            out(v);
+        }
+    }));
+
     let report = tower.adopt_all().await;
     print_adoption(&report, false);
 
@@ -477,7 +512,6 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
     };
     let mut set = JoinSet::new();
     let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
-    let tower = std::sync::Arc::new(tower);
     for _ in 0..cli.spawn {
         let mut spec = SpawnSpec::new(command.clone()).args(args.clone());
         spec.cols = cli.cols;
@@ -600,6 +634,15 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
             }
         };
     }
+
+    // No new requests; those in flight finish (each is bounded), so what
+    // they spawned is held and released below.
+    control_stop.cancel();
+    let _ = tokio::time::timeout(
+        tower_client::control::DRAIN_TIMEOUT + Duration::from_secs(1),
+        control_task,
+    )
+    .await;
 
     let on_exit = if spawns_failed || scope_lost {
         OnExit::Detach
