@@ -68,6 +68,10 @@ pub struct Orphan {
     /// Sessions left by a dead shellper (sid and leader start time): what
     /// `reap` takes down.
     pub sessions: Vec<Session>,
+    /// The cgroup of a dead shellper's session that still has processes:
+    /// exactly what it left (`reap` kills it with `cgroup.kill`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 /// A socket file with nothing alive behind it.
@@ -208,6 +212,18 @@ pub fn sessions_of_dead(v: &ShellperView, scan: &Scan, snap: &[ProcInfo]) -> Vec
     })
 }
 
+/// The cgroup of the dead shellper `v`'s session (from the registry), if
+/// it still has live processes, with their number.
+pub fn cgroup_of_dead(v: &ShellperView, scan: &Scan) -> Option<(String, usize)> {
+    if v.phase != Phase::Dead {
+        return None;
+    }
+    let dir = scan.entry(&v.id)?.cgroup.clone()?;
+    let cg = shellper_proctree::Cgroup::at(&dir);
+    let n = cg.members().ok()?.len();
+    (n > 0).then(|| (dir.display().to_string(), n))
+}
+
 /// [`find`] over a given snapshot (for tests).
 pub fn find_with(
     scan: &Scan,
@@ -222,12 +238,23 @@ pub fn find_with(
     let mut seen_pids: HashSet<u32> = HashSet::new();
     for v in &scan.shellpers {
         let left = sessions_of_dead(v, scan, snap);
-        if !left.is_empty() {
+        let cgroup = cgroup_of_dead(v, scan);
+        if !left.is_empty() || cgroup.is_some() {
             let spec = shellper_proctree::TreeSpec {
                 sessions: left.clone(),
                 ..Default::default()
             };
             let n = members(snap, &spec).len();
+            let where_ = match &cgroup {
+                Some((dir, k)) => format!("its session's cgroup {dir} still holds {k} process(es)"),
+                None => format!(
+                    "its child's session {} still runs: {n} process(es)",
+                    left.iter()
+                        .map(|s| s.sid.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
             orphans.push(Orphan {
                 id: Some(v.id.clone()),
                 pid: None,
@@ -237,17 +264,14 @@ pub fn find_with(
                 phase: Some(v.phase),
                 reasons: vec![Reason::ShellperGone],
                 detail: format!(
-                    "shellper gone (pid {}); its child's session {} still runs: {n} process(es)",
+                    "shellper gone (pid {}); {where_}",
                     scan.entry(&v.id).map_or("?".into(), |e| e.pid.to_string()),
-                    left.iter()
-                        .map(|s| s.sid.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
                 ),
                 socket: Some(v.socket.clone()),
                 command: v.command_line(),
                 age_ms: v.age_ms,
                 sessions: left,
+                cgroup: cgroup.map(|c| c.0),
             });
             continue;
         }
@@ -292,6 +316,7 @@ pub fn find_with(
             command: v.command_line(),
             age_ms: v.age_ms,
             sessions: Vec::new(),
+            cgroup: None,
         });
     }
     for f in found {
@@ -337,6 +362,7 @@ pub fn find_with(
             command: f.info.cmdline.join(" "),
             age_ms,
             sessions: Vec::new(),
+            cgroup: None,
         });
     }
     OrphanReport {

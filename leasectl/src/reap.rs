@@ -11,6 +11,11 @@
 //!    when the shellper did not finish within `--grace` (wedged, or not our
 //!    shellper at all, like codev's Node one): tree first, shellper last.
 //!
+//! A session contained in a cgroup (the registry names it) is killed
+//! through it (**`cgroup.kill`**, step [`Method::CgroupKill`]) before the
+//! outside ladder, and whatever its shellper left after a SIGKILL is exactly
+//! that cgroup's members: processes started after the last look included.
+//!
 //! Before acting, the tree is recorded (pid and start time of every member);
 //! afterwards each recorded process must be gone (zombies count as gone) and
 //! the child's session must be empty. Anything left is SIGKILLed by identity
@@ -39,6 +44,7 @@ use crate::scan::Scan;
 pub enum Method {
     AuthTerminate,
     Sigterm,
+    CgroupKill,
     OutsideLadder,
     RemoveStaleSocket,
 }
@@ -62,6 +68,8 @@ pub struct Target {
     pub holder: Option<String>,
     pub token: Option<Token>,
     pub kill_grace: Duration,
+    /// The session's cgroup (from the registry), when it has one.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Target {
@@ -91,6 +99,7 @@ impl Target {
             }),
             token: scan.entry(&v.id).and_then(|e| e.token().ok()),
             kill_grace: Duration::from_millis(v.timings.as_ref().map_or(3000, |t| t.kill_grace_ms)),
+            cgroup: scan.entry(&v.id).and_then(|e| e.cgroup.clone()),
         }
     }
 }
@@ -112,6 +121,9 @@ pub struct Plan {
     pub tree: Vec<TreeProc>,
     /// The sessions treated as the shellper's (sid and leader start time).
     pub sessions: Vec<Session>,
+    /// The session's cgroup, when it has one and it still exists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
     /// How the tree was found (sessions and their witnesses), for the
     /// checks after each step.
     #[serde(skip)]
@@ -214,9 +226,48 @@ pub fn plan(t: &Target, snap: &[ProcInfo], force: bool) -> Plan {
         steps: Vec::new(),
         tree: Vec::new(),
         sessions: Vec::new(),
+        cgroup: None,
         spec: TreeSpec::default(),
     };
+    let cg = t
+        .cgroup
+        .as_ref()
+        .map(shellper_proctree::Cgroup::at)
+        .filter(shellper_proctree::Cgroup::exists);
+    let in_cgroup: Vec<ProcInfo> = cg
+        .as_ref()
+        .map(|c| {
+            c.members()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|pid| snap.iter().find(|x| x.pid == pid).cloned())
+                .collect()
+        })
+        .unwrap_or_default();
+    p.cgroup = cg.as_ref().map(|c| c.dir().to_path_buf());
     let Some(pid) = t.pid else {
+        if cg.is_some() && !in_cgroup.is_empty() {
+            // A dead shellper's cgroup: its members are exactly what is
+            // left of the session (sessions from the log add nothing the
+            // cgroup lacks, but are swept too).
+            p.tree = in_cgroup
+                .iter()
+                .map(|x| tree_proc(x, None, t.child_pid))
+                .collect();
+            p.sessions = t.sessions.clone();
+            p.spec = TreeSpec {
+                sessions: t.sessions.clone(),
+                ..TreeSpec::default()
+            };
+            p.steps.push(Method::CgroupKill);
+            if !t.sessions.is_empty() {
+                p.steps.push(Method::OutsideLadder);
+            }
+            if t.socket.as_ref().is_some_and(|s| s.exists()) {
+                p.steps.push(Method::RemoveStaleSocket);
+            }
+            return p;
+        }
         if !t.sessions.is_empty() {
             // A dead shellper's sessions: the ladder over them alone.
             let mut spec = TreeSpec {
@@ -251,6 +302,11 @@ pub fn plan(t: &Target, snap: &[ProcInfo], force: bool) -> Plan {
         return p;
     };
     (p.tree, p.spec) = tree_procs(snap, pid, t.start_ticks, t.child_pid, &t.sessions);
+    for x in &in_cgroup {
+        if !p.tree.iter().any(|r| r.pid == x.pid) {
+            p.tree.push(tree_proc(x, Some(pid), t.child_pid));
+        }
+    }
     p.sessions = p.spec.sessions.clone();
     if p.tree.is_empty() {
         p.note = Some(format!("nothing to do: process {pid} is gone already"));
@@ -268,6 +324,9 @@ pub fn plan(t: &Target, snap: &[ProcInfo], force: bool) -> Plan {
         p.steps.push(Method::AuthTerminate);
     }
     p.steps.push(Method::Sigterm);
+    if cg.is_some() {
+        p.steps.push(Method::CgroupKill);
+    }
     p.steps.push(Method::OutsideLadder);
     p
 }
@@ -301,10 +360,19 @@ fn alive(t: &TreeProc) -> bool {
 
 /// Live processes now in the recorded tree, or members of the tree by its
 /// spec (the shellper's sessions while verifiably the same sessions, and
-/// its descendants while it lives). A full /proc scan: call it off the
-/// async runtime.
-fn leftovers(recorded: &[TreeProc], spec: &TreeSpec) -> Vec<TreeProc> {
+/// its descendants while it lives), or of its cgroup. A full /proc scan:
+/// call it off the async runtime.
+fn leftovers(recorded: &[TreeProc], spec: &TreeSpec, cgroup: Option<&PathBuf>) -> Vec<TreeProc> {
     let mut out: Vec<TreeProc> = recorded.iter().filter(|t| alive(t)).cloned().collect();
+    if let Some(c) = cgroup.map(shellper_proctree::Cgroup::at) {
+        for pid in c.members().unwrap_or_default() {
+            if !out.iter().any(|o| o.pid == pid)
+                && let Some(p) = read_stat(pid).filter(ProcInfo::is_live)
+            {
+                out.push(tree_proc(&p, None, None));
+            }
+        }
+    }
     if !spec.sessions.is_empty() {
         for p in members(&shellper_proctree::snapshot(), spec) {
             if !out.iter().any(|o| o.pid == p.pid) {
@@ -316,18 +384,27 @@ fn leftovers(recorded: &[TreeProc], spec: &TreeSpec) -> Vec<TreeProc> {
 }
 
 /// [`leftovers`] on the blocking pool.
-async fn leftovers_async(recorded: &[TreeProc], spec: &TreeSpec) -> Vec<TreeProc> {
-    let (r, s) = (recorded.to_vec(), spec.clone());
-    tokio::task::spawn_blocking(move || leftovers(&r, &s))
+async fn leftovers_async(
+    recorded: &[TreeProc],
+    spec: &TreeSpec,
+    cgroup: Option<&PathBuf>,
+) -> Vec<TreeProc> {
+    let (r, s, c) = (recorded.to_vec(), spec.clone(), cgroup.cloned());
+    tokio::task::spawn_blocking(move || leftovers(&r, &s, c.as_ref()))
         .await
         .unwrap_or_default()
 }
 
 /// Polls until the recorded tree is gone or `bound` passes; true if gone.
-async fn wait_gone(recorded: &[TreeProc], spec: &TreeSpec, bound: Duration) -> bool {
+async fn wait_gone(
+    recorded: &[TreeProc],
+    spec: &TreeSpec,
+    cgroup: Option<&PathBuf>,
+    bound: Duration,
+) -> bool {
     let end = Instant::now() + bound;
     loop {
-        let left = leftovers_async(recorded, spec).await;
+        let left = leftovers_async(recorded, spec, cgroup).await;
         if left.is_empty() {
             return true;
         }
@@ -349,10 +426,13 @@ pub async fn execute(
     force: bool,
 ) -> Outcome {
     let mut executed = Vec::new();
-    // A session-only plan runs every step (the ladder, then the socket).
-    let session_only = t.pid.is_none() && !t.sessions.is_empty();
+    // A plan for a dead shellper's session runs every step (the cgroup,
+    // the ladder, then the socket).
+    let session_only = t.pid.is_none();
     let recorded = plan.tree.clone();
     let spec = plan.spec.clone();
+    let cgroup = plan.cgroup.clone();
+    let cg = cgroup.as_ref();
     let shellper = recorded.iter().find(|p| p.role == "shellper").cloned();
     let mut done = false;
     for &m in &plan.steps {
@@ -387,7 +467,7 @@ pub async fn execute(
                 match terminate_with_token(socket, token, "leasectl-reap", handshake, ladder).await
                 {
                     Ok(TerminateOutcome::Terminated(r)) => {
-                        let gone = wait_gone(&recorded, &spec, grace).await;
+                        let gone = wait_gone(&recorded, &spec, cg, grace).await;
                         (
                             gone,
                             format!(
@@ -406,7 +486,7 @@ pub async fn execute(
                         )
                     }
                     Ok(TerminateOutcome::Closed) => {
-                        let gone = wait_gone(&recorded, &spec, grace).await;
+                        let gone = wait_gone(&recorded, &spec, cg, grace).await;
                         (gone, "connection closed without a report".into())
                     }
                     Err(e) => (false, e.to_string()),
@@ -421,7 +501,7 @@ pub async fn execute(
                     match r {
                         Err(e) => (false, e.to_string()),
                         Ok(_) => {
-                            let gone = wait_gone(&recorded, &spec, grace).await;
+                            let gone = wait_gone(&recorded, &spec, cg, grace).await;
                             (
                                 gone,
                                 if gone {
@@ -435,16 +515,60 @@ pub async fn execute(
                 }
                 _ => (false, "the shellper is gone; its tree is not".into()),
             },
+            Method::CgroupKill => match cgroup.clone() {
+                Some(dir) => {
+                    let r = tokio::task::spawn_blocking(move || {
+                        let plan = shellper_proctree::CgroupKillPlan::new(grace);
+                        shellper_proctree::kill_cgroup(
+                            &shellper_proctree::Cgroup::at(&dir),
+                            &RealClock,
+                            &plan,
+                            &mut || {},
+                        )
+                    })
+                    .await;
+                    match r {
+                        Ok(r) => {
+                            let gone =
+                                wait_gone(&recorded, &spec, cg, Duration::from_millis(500)).await;
+                            (
+                                gone && r.is_clean(),
+                                format!(
+                                    "{} signalled, {} killed by {}, {} survivor(s){}",
+                                    r.report.signalled,
+                                    r.report.sigkilled,
+                                    match r.method {
+                                        Some(shellper_proctree::KillMethod::FreezeKill) =>
+                                            "freeze/kill/thaw",
+                                        Some(shellper_proctree::KillMethod::CgroupKill) =>
+                                            "cgroup.kill",
+                                        None => "nothing (all left on SIGTERM)",
+                                    },
+                                    r.report.survivors.len(),
+                                    if r.removed {
+                                        ", cgroup removed".to_string()
+                                    } else {
+                                        r.remove_error.map(|e| format!(", {e}")).unwrap_or_default()
+                                    }
+                                ),
+                            )
+                        }
+                        Err(e) => (false, format!("cgroup kill task failed: {e}")),
+                    }
+                }
+                None => (false, "no cgroup".into()),
+            },
             Method::OutsideLadder => {
                 let rec = recorded.clone();
                 let sp = shellper.clone();
                 let sp_spec = spec.clone();
+                let sp_cg = cgroup.clone();
                 let r = tokio::task::spawn_blocking(move || {
-                    outside(sp.as_ref(), &rec, &sp_spec, grace)
+                    outside(sp.as_ref(), &rec, &sp_spec, sp_cg.as_ref(), grace)
                 })
                 .await
                 .unwrap_or_else(|e| (false, format!("ladder task failed: {e}")));
-                let gone = wait_gone(&recorded, &spec, Duration::from_millis(500)).await;
+                let gone = wait_gone(&recorded, &spec, cg, Duration::from_millis(500)).await;
                 (gone && r.0, r.1)
             }
         };
@@ -456,7 +580,7 @@ pub async fn execute(
         });
         done = ok && !session_only;
     }
-    let survivors = leftovers_async(&recorded, &spec).await;
+    let survivors = leftovers_async(&recorded, &spec, cg).await;
     let killed: Vec<TreeProc> = recorded
         .iter()
         .filter(|r| !survivors.iter().any(|s| s.pid == r.pid))
@@ -492,6 +616,7 @@ fn outside(
     shellper: Option<&TreeProc>,
     recorded: &[TreeProc],
     spec: &TreeSpec,
+    cgroup: Option<&PathBuf>,
     grace: Duration,
 ) -> (bool, String) {
     let table = LinuxTable;
@@ -533,7 +658,7 @@ fn outside(
     }
     let mut extra = 0;
     for _ in 0..20 {
-        let left = leftovers(recorded, spec);
+        let left = leftovers(recorded, spec, cgroup);
         if left.is_empty() {
             break;
         }
@@ -549,7 +674,7 @@ fn outside(
         }
         detail.push_str(&format!("{extra} SIGKILL(s) by identity to leftovers"));
     }
-    let clean = leftovers(recorded, spec).is_empty();
+    let clean = leftovers(recorded, spec, cgroup).is_empty();
     (
         clean,
         if detail.is_empty() {
@@ -610,6 +735,7 @@ pub fn target_from_pid(pid: u32, scan: &Scan) -> crate::error::Result<Target> {
         holder: None,
         token: None,
         kill_grace: Duration::from_secs(3),
+        cgroup: None,
     })
 }
 
@@ -617,7 +743,7 @@ pub fn target_from_pid(pid: u32, scan: &Scan) -> crate::error::Result<Target> {
 pub fn targets_from_orphans(r: &OrphanReport, scan: &Scan) -> Vec<Target> {
     let mut out = Vec::new();
     for o in &r.orphans {
-        if !o.sessions.is_empty()
+        if (!o.sessions.is_empty() || o.cgroup.is_some())
             && let Some(id) = &o.id
             && let Some(v) = scan.shellpers.iter().find(|v| &v.id == id)
         {
@@ -646,6 +772,7 @@ pub fn targets_from_orphans(r: &OrphanReport, scan: &Scan) -> Vec<Target> {
             holder: None,
             token: None,
             kill_grace: Duration::from_secs(3),
+            cgroup: None,
         });
     }
     for s in &r.stale_sockets {

@@ -33,6 +33,7 @@ fn orphan_report() -> OrphanReport {
                 command: "bash -l".into(),
                 age_ms: Some(3_723_000),
                 sessions: vec![],
+                cgroup: None,
             },
             Orphan {
                 id: None,
@@ -48,6 +49,7 @@ fn orphan_report() -> OrphanReport {
                     .into(),
                 age_ms: None,
                 sessions: vec![],
+                cgroup: None,
             },
             Orphan {
                 id: Some("sh-99999999".into()),
@@ -66,6 +68,7 @@ fn orphan_report() -> OrphanReport {
                     sid: 7000,
                     leader_start_ticks: 321,
                 }],
+                cgroup: None,
             },
         ],
         stale_sockets: vec![StaleSocket {
@@ -142,6 +145,7 @@ fn plan(target: &str, pid: Option<u32>, phase: Option<Phase>, steps: Vec<Method>
             ),
         ],
         sessions: vec![],
+        cgroup: None,
         spec: TreeSpec::default(),
     }
 }

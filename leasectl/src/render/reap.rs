@@ -8,6 +8,9 @@ pub fn method_text(m: Method) -> &'static str {
     match m {
         Method::AuthTerminate => "authenticated terminate (token from the registry)",
         Method::Sigterm => "SIGTERM+SIGCONT to the shellper (it runs its own ladder)",
+        Method::CgroupKill => {
+            "kill the session's cgroup (SIGTERM, grace, cgroup.kill; exact, removed after)"
+        }
         Method::OutsideLadder => "kill ladder from outside (tree first, shellper last)",
         Method::RemoveStaleSocket => "remove the stale socket file",
     }
