@@ -58,6 +58,8 @@ Examples:
   leasectl prune --yes                   remove it
   leasectl demo                          the whole story in under a minute
   leasectl completions bash > ~/.local/share/bash-completion/completions/leasectl
+  leasectl codev install                 codev's sessions on the native shellper
+  leasectl man | man -l -                this manual as a man page
 
 Logs go to stderr; set RUST_LOG=debug (or leasectl=trace) for more.";
 
@@ -345,6 +347,15 @@ pub enum Command {
     Completions {
         /// Target shell
         shell: clap_complete::Shell,
+    },
+    /// Put the native shellper under codev (install), show (status) or undo it (uninstall)
+    #[command(subcommand)]
+    Codev(crate::codev::CodevCommand),
+    /// Print the man page (roff), or write every page (leasectl.1, leasectl-SUBCOMMAND.1) into a directory
+    Man {
+        /// Write leasectl.1 and one page per subcommand here instead of printing leasectl.1
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 

@@ -112,7 +112,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
             let opts = crate::prune::PruneOpts { yes, json, policy };
             crate::prune::run(&scope, timeout, opts, &palette).await
         }
-        Command::Completions { .. } => Ok(EXIT_OK),
+        Command::Codev(c) => crate::codev::run(c).await,
+        Command::Completions { .. } | Command::Man { .. } => Ok(EXIT_OK),
     }
 }
 

@@ -65,6 +65,11 @@ pub enum Error {
     #[error("attach {id}: {detail}")]
     Attach { id: String, detail: String },
 
+    /// `codev install | status | uninstall` cannot proceed (codev not
+    /// found, a Node too old, no backup to restore).
+    #[error("codev: {0}")]
+    Codev(String),
+
     /// Writing to stdout failed (a closed pipe is handled separately).
     #[error("writing output: {0}")]
     Output(#[source] std::io::Error),

@@ -23,10 +23,13 @@
 //! * [`logs`]: a shellper's log, and following it across rotations.
 //! * [`metrics`]: the Prometheus text exposition; [`prune`]: removing what
 //!   gone shellpers left (tower-client's tidy rules).
+//! * [`codev`]: `codev install | status | uninstall`, the swap of codev's
+//!   shellper-main.js for the shim and the native shellper.
 //! * [`commands`]: wiring of every subcommand to its exit code.
 
 pub mod attach;
 pub mod cli;
+pub mod codev;
 pub mod commands;
 pub mod demo;
 pub mod error;

@@ -24,6 +24,9 @@ fn main() {
         );
         return;
     }
+    if let Command::Man { dir } = &cli.command {
+        std::process::exit(man(dir.as_deref()));
+    }
     // One thread: every command is a bounded sweep of sockets and /proc
     // (the /proc walks on the blocking pool). The current-thread runtime
     // also keeps tokio's multi-thread scheduler, and with it libm, out of a
@@ -46,4 +49,26 @@ fn main() {
     // not delay the exit.
     rt.shutdown_timeout(std::time::Duration::from_millis(100));
     std::process::exit(code);
+}
+
+/// `leasectl man`: the man page from the clap definition, so it never
+/// drifts from `--help`. With a directory: leasectl.1 and one page per
+/// subcommand (leasectl-list.1, …), as packagers install them.
+fn man(dir: Option<&std::path::Path>) -> i32 {
+    let cmd = Cli::command();
+    let result = match dir {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .and_then(|()| tower_client::manpage::generate_tree(cmd, dir))
+            .map(drop)
+            .map_err(|e| format!("writing man pages into {}: {e}", dir.display())),
+        None => tower_client::manpage::render(cmd, &mut std::io::stdout())
+            .map_err(|e| format!("writing the man page: {e}")),
+    };
+    match result {
+        Ok(()) => leasectl::cli::EXIT_OK,
+        Err(e) => {
+            eprintln!("leasectl: {e}");
+            EXIT_ERROR
+        }
+    }
 }

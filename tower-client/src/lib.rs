@@ -49,6 +49,8 @@
 pub mod cli;
 pub mod control;
 pub mod error;
+#[cfg(feature = "cli")]
+pub mod manpage;
 pub mod registry;
 pub mod sched;
 pub mod scope;

@@ -211,6 +211,11 @@ struct Cli {
     #[arg(long, value_name = "DUR", default_value = "24h", value_parser = humantime::parse_duration)]
     max_window: Duration,
 
+    /// Print minitower's man page (roff) or a shell completion script, and
+    /// exit (for packagers: `minitower --generate man > minitower.1`).
+    #[arg(long, value_enum, value_name = "WHAT")]
+    generate: Option<Generate>,
+
     /// Command (and arguments) run in each spawned shellper's PTY.
     #[arg(last = true, value_name = "CMD")]
     command: Vec<String>,
@@ -238,6 +243,44 @@ fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult)
         .filter(|&v| v > 0)
         .ok_or_else(|| format!("{s:?} is out of range"))
+}
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Generate {
+    /// The man page, rendered from this command line's definition.
+    Man,
+    Bash,
+    Zsh,
+    Fish,
+    Elvish,
+    Powershell,
+}
+
+/// `--generate`: the man page or a completion script on stdout.
+fn generate(what: Generate) -> ExitCode {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let mut cmd = Cli::command();
+    let mut stdout = std::io::stdout();
+    let shell = match what {
+        Generate::Man => {
+            return match tower_client::manpage::render(cmd, &mut stdout) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("minitower: writing the man page: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Generate::Bash => Shell::Bash,
+        Generate::Zsh => Shell::Zsh,
+        Generate::Fish => Shell::Fish,
+        Generate::Elvish => Shell::Elvish,
+        Generate::Powershell => Shell::PowerShell,
+    };
+    clap_complete::generate(shell, &mut cmd, "minitower", &mut stdout);
+    ExitCode::SUCCESS
 }
 
 /// Lines waiting for stdout before new ones are dropped.
@@ -329,6 +372,9 @@ fn out_line(s: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(what) = cli.generate {
+        return generate(what);
+    }
     tower_client::cli::init_logging();
     let lease = match LeaseConfig::new(
         cli.ttl.unwrap_or(DEFAULT_TTL),

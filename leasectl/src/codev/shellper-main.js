@@ -1,0 +1,1 @@
+../../../integrations/codev/shellper-main.js
