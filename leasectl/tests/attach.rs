@@ -295,18 +295,7 @@ fn tower_with_bash(guard: &LeakGuard, scope: &Path, n: &str) -> Tower {
     start_tower(
         guard,
         scope,
-        &[
-            "--ttl",
-            "2s",
-            "--window",
-            "30s",
-            "--kill-grace",
-            "300ms",
-            "--on-exit",
-            "terminate",
-            "--spawn",
-            n,
-        ],
+        &format!("--ttl 2s --window 30s --kill-grace 300ms --on-exit terminate --spawn {n}"),
         &["bash", "--norc", "--noprofile"],
     )
 }

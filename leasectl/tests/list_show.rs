@@ -20,16 +20,7 @@ fn list_marks_sigstopped_shellpers_unreachable_within_bound() {
     let mut tower = start_tower(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "1s",
-            "--window",
-            "30s",
-            "--kill-grace",
-            "300ms",
-            "--spawn",
-            "2",
-        ],
+        "--ttl 1s --window 30s --kill-grace 300ms --spawn 2",
         &["sleep", "600"],
     );
     let legacy_sock = scope.join("sh-0000beef.sock");
@@ -116,7 +107,7 @@ fn list_and_show_shapes_match_snapshots() {
     let mut tower = start_tower(
         &guard,
         &scope,
-        &["--ttl", "2s", "--window", "30s", "--spawn", "1"],
+        "--ttl 2s --window 30s --spawn 1",
         &["sleep", "600"],
     );
     let id = tower.spawned[0].id.clone();
@@ -178,7 +169,7 @@ fn show_reports_process_tree_and_counters() {
     let mut tower = start_tower(
         &guard,
         &scope,
-        &["--ttl", "300ms", "--window", "30s", "--spawn", "1"],
+        "--ttl 300ms --window 30s --spawn 1",
         &["sh", "-c", TORTURE],
     );
     let sp = tower.spawned[0].clone();

@@ -30,18 +30,7 @@ fn chatty_tower(guard: &LeakGuard, scope: &Path) -> Tower {
     start_tower(
         guard,
         scope,
-        &[
-            "--ttl",
-            "3s",
-            "--window",
-            "30s",
-            "--kill-grace",
-            "300ms",
-            "--on-exit",
-            "terminate",
-            "--spawn",
-            "1",
-        ],
+        "--ttl 3s --window 30s --kill-grace 300ms --on-exit terminate --spawn 1",
         &["sleep", "600"],
     )
 }

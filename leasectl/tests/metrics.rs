@@ -143,7 +143,7 @@ fn metrics_of_a_live_scope_parse_and_match_list() {
     let tower = start_tower(
         &guard,
         &scope,
-        &["--ttl", "3s", "--window", "30s", "--spawn", "2"],
+        "--ttl 3s --window 30s --spawn 2",
         &["sleep", "600"],
     );
     // A legacy shellper whose command needs escaping: a quote, a

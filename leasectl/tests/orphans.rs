@@ -41,7 +41,7 @@ fn orphans_finds_lapsed_dead_holder_and_legacy_processes() {
     let mut tower = start_tower(
         &guard,
         &scope,
-        &["--ttl", "300ms", "--window", "30s", "--spawn", "2"],
+        "--ttl 300ms --window 30s --spawn 2",
         &["sleep", "600"],
     );
     // Healthy: nothing to report in the scope.
@@ -134,7 +134,7 @@ fn orphans_tracked_diffs_pid_lists_and_codev_json() {
     let mut tower = start_tower(
         &guard,
         &scope,
-        &["--ttl", "1s", "--window", "30s", "--spawn", "3"],
+        "--ttl 1s --window 30s --spawn 3",
         &["sleep", "600"],
     );
     let [a, b, c] = [
@@ -224,7 +224,7 @@ fn orphans_reports_the_session_of_a_sigkilled_shellper_and_reap_takes_it_down() 
     let mut tower = start_tower(
         &guard,
         &scope,
-        &["--ttl", "1s", "--window", "60s", "--spawn", "1"],
+        "--ttl 1s --window 60s --spawn 1",
         // The terminal's hang-up (the PTY master closes with the shellper)
         // is ignored, as by nohup'd jobs and agents that trap SIGHUP.
         &["sh", "-c", "trap '' HUP; sleep 600 & exec sleep 600"],

@@ -72,7 +72,7 @@ fn prune_removes_only_what_is_gone_and_never_a_live_shellper() {
     let mut tower = start_tower(
         &guard,
         &scope,
-        &["--ttl", "1s", "--window", "60s", "--spawn", "2"],
+        "--ttl 1s --window 60s --spawn 2",
         &["sleep", "600"],
     );
     let gone = tower.spawned[0].clone();
@@ -224,7 +224,7 @@ fn minitower_tidies_its_scope_at_start() {
     let old_log = scope.join("sh-000a0001.log");
     std::fs::write(&old_log, "old\n").unwrap();
     age(&old_log, 30);
-    let mut tower = start_tower(&guard, &scope, &["--spawn", "1"], &["sleep", "600"]);
+    let mut tower = start_tower(&guard, &scope, "--spawn 1", &["sleep", "600"]);
     let live = tower.spawned[0].clone();
     age(&scope.join(format!("{}.log", live.id)), 30);
     let end = std::time::Instant::now() + Duration::from_secs(20);

@@ -34,16 +34,7 @@ fn s05_reap_escape_torture_tree_leaves_zero_survivors() {
     let mut tower = start_tower(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "500ms",
-            "--window",
-            "60s",
-            "--kill-grace",
-            "300ms",
-            "--spawn",
-            "1",
-        ],
+        "--ttl 500ms --window 60s --kill-grace 300ms --spawn 1",
         &["sh", "-c", TORTURE],
     );
     let sp = tower.spawned[0].clone();
@@ -95,16 +86,7 @@ fn reap_refuses_held_without_force_and_dry_run_touches_nothing() {
     let mut tower = start_tower(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "1s",
-            "--window",
-            "60s",
-            "--kill-grace",
-            "300ms",
-            "--spawn",
-            "1",
-        ],
+        "--ttl 1s --window 60s --kill-grace 300ms --spawn 1",
         &["sleep", "600"],
     );
     let sp = tower.spawned[0].clone();
@@ -153,16 +135,7 @@ fn s06_reap_stopped_and_stubborn_legacy_shellpers() {
     let mut tower = start_tower(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "1s",
-            "--window",
-            "60s",
-            "--kill-grace",
-            "300ms",
-            "--spawn",
-            "1",
-        ],
+        "--ttl 1s --window 60s --kill-grace 300ms --spawn 1",
         &["sh", "-c", TORTURE],
     );
     let sp = tower.spawned[0].clone();
@@ -254,7 +227,7 @@ fn reap_force_on_a_husk_spares_a_session_that_reuses_its_old_child_pid() {
     let mut tower = start_tower(
         &guard,
         &scope,
-        &["--ttl", "1s", "--window", "60s", "--spawn", "1"],
+        "--ttl 1s --window 60s --spawn 1",
         &["sh", "-c", "sleep 1"],
     );
     let id = tower.spawned[0].id.clone();
@@ -358,11 +331,11 @@ fn reap_pid_of_another_users_process_is_not_permitted_at_once() {
 async fn reap_rechecks_held_right_before_acting() {
     let guard = LeakGuard::new("leasectl_reap_recheck");
     let (_tmp, scope) = scope();
-    let args = ["--ttl", "1s", "--window", "60s", "--kill-grace", "300ms"];
+    let timing = "--ttl 1s --window 60s --kill-grace 300ms";
     let mut first = start_tower(
         &guard,
         &scope,
-        &[&args[..], &["--spawn", "1"]].concat(),
+        &format!("{timing} --spawn 1"),
         &["sleep", "600"],
     );
     let sp = first.spawned[0].clone();
@@ -377,7 +350,7 @@ async fn reap_rechecks_held_right_before_acting() {
     let plan = leasectl::reap::plan(&target, &shellper_proctree::snapshot(), false);
     assert!(plan.refused.is_none() && !plan.steps.is_empty(), "{plan:?}");
     // Meanwhile a Tower re-adopts it.
-    let mut second = start_tower(&guard, &scope, &args, &[]);
+    let mut second = start_tower(&guard, &scope, timing, &[]);
     assert_eq!(second.spawned.len(), 1, "re-adopted");
     let outcome = leasectl::reap::execute(
         &target,

@@ -23,16 +23,7 @@ fn s01_watch_prints_phase_changes_as_json_lines_and_exits_on_ctrl_c() {
     let mut tower = start_tower(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "300ms",
-            "--window",
-            "1s",
-            "--kill-grace",
-            "200ms",
-            "--spawn",
-            "1",
-        ],
+        "--ttl 300ms --window 1s --kill-grace 200ms --spawn 1",
         &["sleep", "600"],
     );
     let sp = tower.spawned[0].clone();

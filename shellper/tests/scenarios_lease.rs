@@ -18,6 +18,26 @@ const T: Duration = Duration::from_secs(5);
 /// A tree with escapes, so "every descendant" means something.
 const TREE: &str = "set -m; sleep 1000 & setsid sleep 1001 & echo READY; wait";
 
+/// A codev-style shellper running [`TREE`] under a lease with `timing`.
+fn start_tree(guard: &LeakGuard, timing: Timing) -> Shellper {
+    Shellper::start_codev(
+        guard,
+        "/bin/bash",
+        &["-c", TREE],
+        Some(timing),
+        serde_json::json!({}),
+    )
+}
+
+/// Once nobody renews, the shellper ends when its window does: exit 11
+/// (lapsed, CONVENTIONS.md), within window + grace and a margin.
+fn ends_with_its_window(sh: &mut Shellper) {
+    assert_eq!(
+        code(sh.wait_exit(ms(FAST.window + FAST.grace + 1500))),
+        Some(11)
+    );
+}
+
 fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
@@ -31,13 +51,7 @@ fn s01_holder_process_killed_tree_gone_after_window_not_before() {
         grace: 300,
     };
     let guard = LeakGuard::new("s01");
-    let mut sh = Shellper::start_codev(
-        &guard,
-        "/bin/bash",
-        &["-c", TREE],
-        Some(timing),
-        serde_json::json!({}),
-    );
+    let mut sh = start_tree(&guard, timing);
     let mut term = sh.connect();
     term.hello(ClientType::Terminal, true, true, true);
     term.wait_output("READY", T);
@@ -91,13 +105,7 @@ fn s01_holder_process_killed_tree_gone_after_window_not_before() {
 #[test]
 fn s01_holder_connection_dropped_starts_window_at_once() {
     let guard = LeakGuard::new("s01_drop");
-    let mut sh = Shellper::start_codev(
-        &guard,
-        "/bin/bash",
-        &["-c", TREE],
-        Some(FAST),
-        serde_json::json!({}),
-    );
+    let mut sh = start_tree(&guard, FAST);
     let (holder, _g) = sh.holder();
     drop(holder);
     let t0 = Instant::now();
@@ -111,13 +119,7 @@ fn s01_holder_connection_dropped_starts_window_at_once() {
 
 fn paused_tower(pause: Duration) -> (LeakGuard, Shellper, Renewer) {
     let guard = LeakGuard::new("s03");
-    let sh = Shellper::start_codev(
-        &guard,
-        "/bin/bash",
-        &["-c", TREE],
-        Some(FAST),
-        serde_json::json!({}),
-    );
+    let sh = start_tree(&guard, FAST);
     let (holder, g) = sh.holder();
     let r = Renewer::start(holder, g.epoch, ms(FAST.ttl / 3));
     std::thread::sleep(ms(500));
@@ -138,10 +140,7 @@ fn s03_tower_stopped_shorter_than_ttl_is_harmless() {
     assert_eq!(st.counters.lapses, 0);
     assert!(r.errors().is_empty(), "{:?}", r.errors());
     drop(r.finish());
-    assert_eq!(
-        code(sh.wait_exit(ms(FAST.window + FAST.grace + 1500))),
-        Some(11)
-    );
+    ends_with_its_window(&mut sh);
     guard.finish();
 }
 
@@ -160,23 +159,14 @@ fn s03_tower_stopped_past_ttl_within_window_is_safe() {
     assert!(matches!(st.child, ChildState::Running));
     assert!(r.errors().is_empty(), "{:?}", r.errors());
     drop(r.finish());
-    assert_eq!(
-        code(sh.wait_exit(ms(FAST.window + FAST.grace + 1500))),
-        Some(11)
-    );
+    ends_with_its_window(&mut sh);
     guard.finish();
 }
 
 #[test]
 fn s03_tower_stopped_past_ttl_plus_window_is_killed_and_told() {
     let guard = LeakGuard::new("s03_dead");
-    let mut sh = Shellper::start_codev(
-        &guard,
-        "/bin/bash",
-        &["-c", TREE],
-        Some(FAST),
-        serde_json::json!({}),
-    );
+    let mut sh = start_tree(&guard, FAST);
     let (mut holder, g) = sh.holder();
     holder.renew(g.epoch, 1).expect("renew");
     let t0 = Instant::now();
@@ -207,13 +197,7 @@ fn s03_tower_stopped_past_ttl_plus_window_is_killed_and_told() {
 #[test]
 fn s04_shellper_stopped_past_its_deadline_does_not_kill_a_live_holder() {
     let guard = LeakGuard::new("s04");
-    let mut sh = Shellper::start_codev(
-        &guard,
-        "/bin/bash",
-        &["-c", TREE],
-        Some(FAST),
-        serde_json::json!({}),
-    );
+    let mut sh = start_tree(&guard, FAST);
     let (holder, g) = sh.holder();
     let r = Renewer::start(holder, g.epoch, ms(FAST.ttl / 3));
     std::thread::sleep(ms(300));
@@ -231,10 +215,7 @@ fn s04_shellper_stopped_past_its_deadline_does_not_kill_a_live_holder() {
     let child = st.child_pid.expect("child") as i32;
     assert!(shellper_testkit::proc_alive(child));
     drop(r.finish());
-    assert_eq!(
-        code(sh.wait_exit(ms(FAST.window + FAST.grace + 1500))),
-        Some(11)
-    );
+    ends_with_its_window(&mut sh);
     guard.finish();
 }
 
@@ -248,13 +229,7 @@ fn s07_spawner_dies_before_attaching_gone_after_claim_deadline() {
     };
     let guard = LeakGuard::new("s07");
     let t0 = Instant::now();
-    let mut sh = Shellper::start_codev(
-        &guard,
-        "/bin/bash",
-        &["-c", TREE],
-        Some(timing),
-        serde_json::json!({}),
-    );
+    let mut sh = start_tree(&guard, timing);
     std::thread::sleep(ms(timing.claim - 300));
     assert!(sh.alive());
     let st = sh.status();

@@ -471,6 +471,21 @@ impl LeakGuard {
         }
     }
 
+    /// Polls until no tagged process is alive; panics naming the survivors
+    /// if some are still there after `timeout` (the guard's `finish` then
+    /// has nothing left to kill).
+    pub fn assert_gone_within(&self, timeout: Duration) {
+        let left = self.wait_gone(timeout);
+        assert!(
+            left.is_empty(),
+            "still alive {timeout:?} later: {}",
+            left.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+
     /// Waits until at least `min` tagged processes are alive and their
     /// number has not changed over three scans 50 ms apart (a tree that is
     /// still forking is not counted half-started); returns that number, or

@@ -5,7 +5,7 @@
 //! its own copy.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,29 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::{LeakGuard, cargo_bin};
+
+/// What a scenario starts with: its leak guard (named `name`), a temporary
+/// directory (removed when dropped: keep it for the whole test) and the
+/// scope path inside it, `TMP/scope` (not created: minitower creates it).
+pub fn scene(name: &str) -> (LeakGuard, tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let scope = tmp.path().join("scope");
+    (LeakGuard::new(name), tmp, scope)
+}
+
+/// minitower's arguments from one line of flags (split at white space: no
+/// flag or value of these tests has a space in it) and the command it runs
+/// (kept whole, after `--`; none when empty). One line per run instead of
+/// one line per argument: the scenarios differ in their timings and
+/// counts, and those are what a reader should see.
+pub fn args(flags: &str, command: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = flags.split_whitespace().map(str::to_string).collect();
+    if !command.is_empty() {
+        v.push("--".into());
+        v.extend(command.iter().map(|c| c.to_string()));
+    }
+    v
+}
 
 /// A running minitower with its event lines.
 #[derive(Debug)]
@@ -96,6 +119,14 @@ impl MiniTower {
     /// `minitower --scope SCOPE ARGS…` with its events read.
     pub fn start(guard: &LeakGuard, scope: &Path, args: &[&str]) -> MiniTower {
         MiniTower::spawn(MiniTower::command(guard, scope, args), true)
+    }
+
+    /// [`start`](Self::start) with the arguments as [`args`] builds them:
+    /// `MiniTower::run(&g, &scope, "--ttl 500ms --spawn 3", &["sh", "-c", TREE])`.
+    pub fn run(guard: &LeakGuard, scope: &Path, flags: &str, command: &[&str]) -> MiniTower {
+        let a = args(flags, command);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        MiniTower::start(guard, scope, &a)
     }
 
     pub fn pid(&self) -> i32 {
@@ -203,6 +234,23 @@ impl MiniTower {
         }
     }
 
+    /// Waits for the exit and checks its code; returns stderr, for more
+    /// checks of what it said.
+    ///
+    /// # Panics
+    /// If it does not exit within `timeout`, or exits otherwise than with
+    /// `code` (naming the status and stderr).
+    pub fn expect_exit(&mut self, timeout: Duration, code: i32) -> String {
+        let st = self.wait_exit(timeout);
+        let err = self.stderr();
+        assert_eq!(
+            st.code(),
+            Some(code),
+            "minitower exited {st}; stderr:\n{err}"
+        );
+        err
+    }
+
     /// SIGKILL, then reap.
     pub fn kill9(&mut self) {
         self.signal(libc::SIGKILL);
@@ -224,5 +272,29 @@ impl Drop for MiniTower {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_split_the_flags_and_keep_the_command_whole() {
+        assert_eq!(
+            args("--ttl 500ms  --spawn 3", &["sh", "-c", "sleep 1 & wait"]),
+            [
+                "--ttl",
+                "500ms",
+                "--spawn",
+                "3",
+                "--",
+                "sh",
+                "-c",
+                "sleep 1 & wait"
+            ]
+        );
+        assert_eq!(args("--on-exit terminate", &[]), ["--on-exit", "terminate"]);
+        assert!(args("", &[]).is_empty());
     }
 }

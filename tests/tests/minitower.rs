@@ -19,11 +19,7 @@ use shellper_protocol::{Frame, LEASE_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use shellper_testkit::LeakGuard;
 use tower_client::Registry;
 
-use shellper_testkit::minitower::MiniTower as Mini;
-
-fn scope_dir(tmp: &tempfile::TempDir, name: &str) -> PathBuf {
-    tmp.path().join(name)
-}
+use shellper_testkit::minitower::{MiniTower as Mini, scene};
 
 fn alive(pid: u32) -> bool {
     shellper_proctree::read_stat(pid as i32).is_some_and(|p| p.is_live())
@@ -86,27 +82,13 @@ const TREE: &str = "sleep 1000 & sleep 1000";
 /// window ends; every tree is gone within window + grace + margin.
 #[test]
 fn s01_minitower_sigkill_every_tree_dies_after_window_not_before() {
-    let guard = LeakGuard::new("s01_minitower");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_dir(&tmp, "scope");
+    let (guard, _tmp, scope) = scene("s01_minitower");
     let (window, grace) = (Duration::from_millis(2000), Duration::from_millis(500));
-    let mut m = Mini::start(
+    let mut m = Mini::run(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "500ms",
-            "--window",
-            "2s",
-            "--kill-grace",
-            "500ms",
-            "--spawn",
-            "3",
-            "--",
-            "sh",
-            "-c",
-            TREE,
-        ],
+        "--ttl 500ms --window 2s --kill-grace 500ms --spawn 3",
+        &["sh", "-c", TREE],
     );
     let ready = m.event("ready", Duration::from_secs(10));
     assert_eq!(ready["held"], 3);
@@ -149,7 +131,7 @@ fn s01_minitower_sigkill_every_tree_dies_after_window_not_before() {
     assert_eq!(next.event("ready", Duration::from_secs(5))["held"], 0);
     assert_eq!(next.count("pruned"), 3);
     next.signal(libc::SIGTERM);
-    assert!(next.wait_exit(Duration::from_secs(5)).success());
+    next.expect_exit(Duration::from_secs(5), 0);
     assert!(
         Registry::load(&scope.join("registry.json"))
             .unwrap()
@@ -164,27 +146,13 @@ fn s01_minitower_sigkill_every_tree_dies_after_window_not_before() {
 /// PTY output lost while nobody held it.
 #[test]
 fn s02_minitower_restart_within_window_adopts_all_none_killed_old_epoch_rejected() {
-    let guard = LeakGuard::new("s02_minitower");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_dir(&tmp, "scope");
+    let (guard, _tmp, scope) = scene("s02_minitower");
     let counter = "i=0; while :; do echo n=$i; i=$((i+1)); sleep 0.05; done";
-    let mut a = Mini::start(
+    let mut a = Mini::run(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "500ms",
-            "--window",
-            "3s",
-            "--kill-grace",
-            "300ms",
-            "--spawn",
-            "3",
-            "--",
-            "sh",
-            "-c",
-            counter,
-        ],
+        "--ttl 500ms --window 3s --kill-grace 300ms --spawn 3",
+        &["sh", "-c", counter],
     );
     a.event("ready", Duration::from_secs(10));
     let sh = a.shellpers();
@@ -256,7 +224,7 @@ fn s02_minitower_restart_within_window_adopts_all_none_killed_old_epoch_rejected
         b.seen
     );
     b.signal(libc::SIGTERM);
-    assert!(b.wait_exit(Duration::from_secs(8)).success());
+    b.expect_exit(Duration::from_secs(8), 0);
     assert_eq!(b.count("terminated"), 3, "{:#?}", b.seen);
     guard.with_settle(Duration::from_millis(300)).finish();
 }
@@ -264,28 +232,12 @@ fn s02_minitower_restart_within_window_adopts_all_none_killed_old_epoch_rejected
 /// Scenario 3a: minitower stopped for less than the TTL: nothing happens.
 #[test]
 fn s03_minitower_sigstop_shorter_than_ttl_is_harmless() {
-    let guard = LeakGuard::new("s03a_minitower");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_dir(&tmp, "scope");
-    let mut m = Mini::start(
+    let (guard, _tmp, scope) = scene("s03a_minitower");
+    let mut m = Mini::run(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "600ms",
-            "--window",
-            "2s",
-            "--kill-grace",
-            "300ms",
-            "--spawn",
-            "2",
-            "--on-exit",
-            "terminate",
-            "--",
-            "sh",
-            "-c",
-            TREE,
-        ],
+        "--ttl 600ms --window 2s --kill-grace 300ms --spawn 2 --on-exit terminate",
+        &["sh", "-c", TREE],
     );
     m.event("ready", Duration::from_secs(10));
     let sh = m.shellpers();
@@ -301,7 +253,7 @@ fn s03_minitower_sigstop_shorter_than_ttl_is_harmless() {
         assert_eq!(st.counters.lapses, 0);
     }
     m.signal(libc::SIGTERM);
-    assert!(m.wait_exit(Duration::from_secs(8)).success());
+    m.expect_exit(Duration::from_secs(8), 0);
     guard.with_settle(Duration::from_millis(300)).finish();
 }
 
@@ -310,28 +262,12 @@ fn s03_minitower_sigstop_shorter_than_ttl_is_harmless() {
 /// epoch); nothing is killed.
 #[test]
 fn s03_minitower_sigstop_past_ttl_within_window_is_safe() {
-    let guard = LeakGuard::new("s03b_minitower");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_dir(&tmp, "scope");
-    let mut m = Mini::start(
+    let (guard, _tmp, scope) = scene("s03b_minitower");
+    let mut m = Mini::run(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "400ms",
-            "--window",
-            "3s",
-            "--kill-grace",
-            "300ms",
-            "--spawn",
-            "2",
-            "--on-exit",
-            "terminate",
-            "--",
-            "sh",
-            "-c",
-            TREE,
-        ],
+        "--ttl 400ms --window 3s --kill-grace 300ms --spawn 2 --on-exit terminate",
+        &["sh", "-c", TREE],
     );
     m.event("ready", Duration::from_secs(10));
     let sh = m.shellpers();
@@ -366,7 +302,7 @@ fn s03_minitower_sigstop_past_ttl_within_window_is_safe() {
         assert!(st.counters.lapses >= 1);
     }
     m.signal(libc::SIGTERM);
-    assert!(m.wait_exit(Duration::from_secs(8)).success());
+    m.expect_exit(Duration::from_secs(8), 0);
     guard.with_settle(Duration::from_millis(300)).finish();
 }
 
@@ -374,26 +310,12 @@ fn s03_minitower_sigstop_past_ttl_within_window_is_safe() {
 /// TTL + window); on SIGCONT minitower reports the loss and keeps running.
 #[test]
 fn s03_minitower_sigstop_past_window_reports_loss_and_keeps_running() {
-    let guard = LeakGuard::new("s03c_minitower");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_dir(&tmp, "scope");
-    let mut m = Mini::start(
+    let (guard, _tmp, scope) = scene("s03c_minitower");
+    let mut m = Mini::run(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "400ms",
-            "--window",
-            "1s",
-            "--kill-grace",
-            "300ms",
-            "--spawn",
-            "2",
-            "--",
-            "sh",
-            "-c",
-            TREE,
-        ],
+        "--ttl 400ms --window 1s --kill-grace 300ms --spawn 2",
+        &["sh", "-c", TREE],
     );
     m.event("ready", Duration::from_secs(10));
     let sh = m.shellpers();
@@ -440,33 +362,19 @@ fn s03_minitower_sigstop_past_window_reports_loss_and_keeps_running() {
 /// for the next Tower.
 #[test]
 fn s06_minitower_detach_keeps_trees_and_terminate_confirms_death() {
-    let guard = LeakGuard::new("s06_minitower");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_dir(&tmp, "scope");
+    let (guard, _tmp, scope) = scene("s06_minitower");
     let escape =
         "sleep 1000 & setsid sleep 1000 & sh -c 'trap \"\" TERM HUP; sleep 1000' & sleep 1000";
-    let mut a = Mini::start(
+    let mut a = Mini::run(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "500ms",
-            "--window",
-            "5s",
-            "--kill-grace",
-            "300ms",
-            "--spawn",
-            "2",
-            "--",
-            "sh",
-            "-c",
-            escape,
-        ],
+        "--ttl 500ms --window 5s --kill-grace 300ms --spawn 2",
+        &["sh", "-c", escape],
     );
     a.event("ready", Duration::from_secs(10));
     let sh = a.shellpers();
     a.signal(libc::SIGTERM);
-    assert!(a.wait_exit(Duration::from_secs(5)).success());
+    a.expect_exit(Duration::from_secs(5), 0);
     assert_eq!(a.count("detached"), 2, "{:#?}", a.seen);
     std::thread::sleep(Duration::from_millis(700)); // > TTL: detached, not killed
     assert!(all_alive(&sh));
@@ -490,33 +398,16 @@ fn s06_minitower_detach_keeps_trees_and_terminate_confirms_death() {
 /// deadline, claimed ones at their window: nothing survives.
 #[test]
 fn s07_minitower_killed_mid_spawn_leaves_nothing() {
-    let guard = LeakGuard::new("s07_minitower_mid_spawn");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_dir(&tmp, "scope");
-    let mut m = Mini::start(
+    let (guard, _tmp, scope) = scene("s07_minitower_mid_spawn");
+    let mut m = Mini::run(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "400ms",
-            "--window",
-            "1s",
-            "--claim",
-            "1s",
-            "--kill-grace",
-            "300ms",
-            "--spawn",
-            "12",
-            "--",
-            "sh",
-            "-c",
-            TREE,
-        ],
+        "--ttl 400ms --window 1s --claim 1s --kill-grace 300ms --spawn 12",
+        &["sh", "-c", TREE],
     );
     m.event("spawned", Duration::from_secs(10));
     m.kill9();
-    let left = guard.wait_gone(Duration::from_secs(6));
-    assert!(left.is_empty(), "{left:?}");
+    guard.assert_gone_within(Duration::from_secs(6));
     guard.finish();
 }
 
@@ -526,20 +417,12 @@ fn s07_minitower_killed_mid_spawn_leaves_nothing() {
 /// missing shellper binary is a clear error at start.
 #[test]
 fn s07_minitower_failed_spawn_reported_nothing_left() {
-    let guard = LeakGuard::new("s07_minitower_failed");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_dir(&tmp, "scope");
-    let mut m = Mini::start(
+    let (guard, _tmp, scope) = scene("s07_minitower_failed");
+    let mut m = Mini::run(
         &guard,
         &scope,
-        &[
-            "--spawn",
-            "1",
-            "--on-exit",
-            "terminate",
-            "--",
-            "/no/such/command",
-        ],
+        "--spawn 1 --on-exit terminate",
+        &["/no/such/command"],
     );
     // No `if`: a missing command must be reported, and with nothing to
     // run minitower says so with its exit code.
@@ -572,22 +455,12 @@ fn s07_minitower_failed_spawn_reported_nothing_left() {
 /// naming the holder's pid) and touches nothing.
 #[test]
 fn s09_second_minitower_on_same_scope_is_refused_naming_pid() {
-    let guard = LeakGuard::new("s09_minitower_same");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_dir(&tmp, "scope");
-    let mut a = Mini::start(
+    let (guard, _tmp, scope) = scene("s09_minitower_same");
+    let mut a = Mini::run(
         &guard,
         &scope,
-        &[
-            "--spawn",
-            "1",
-            "--on-exit",
-            "terminate",
-            "--",
-            "sh",
-            "-c",
-            TREE,
-        ],
+        "--spawn 1 --on-exit terminate",
+        &["sh", "-c", TREE],
     );
     a.event("ready", Duration::from_secs(10));
     let mut b = Mini::start(&guard, &scope, &["--spawn", "1"]);
@@ -604,7 +477,7 @@ fn s09_second_minitower_on_same_scope_is_refused_naming_pid() {
     let st = status(&socket_of(&scope, &sh[0].0));
     assert_eq!(st.counters.acquires, 1);
     a.signal(libc::SIGTERM);
-    assert!(a.wait_exit(Duration::from_secs(8)).success());
+    a.expect_exit(Duration::from_secs(8), 0);
     guard.with_settle(Duration::from_millis(300)).finish();
 }
 
@@ -613,7 +486,7 @@ fn s09_second_minitower_on_same_scope_is_refused_naming_pid() {
 fn s09_two_scopes_never_touch_each_other() {
     let guard = LeakGuard::new("s09_minitower_two");
     let tmp = tempfile::tempdir().unwrap();
-    let (s1, s2) = (scope_dir(&tmp, "one"), scope_dir(&tmp, "two"));
+    let (s1, s2) = (tmp.path().join("one"), tmp.path().join("two"));
     let args = [
         "--ttl",
         "500ms",
@@ -635,7 +508,7 @@ fn s09_two_scopes_never_touch_each_other() {
     let (sa, sb) = (a.shellpers(), b.shellpers());
     // A terminates everything it holds; B's are untouched.
     a.signal(libc::SIGTERM);
-    assert!(a.wait_exit(Duration::from_secs(8)).success());
+    a.expect_exit(Duration::from_secs(8), 0);
     assert!(sa.iter().all(|(_, p)| !alive(*p)));
     b.collect_for(Duration::from_millis(800));
     assert!(all_alive(&sb));
@@ -649,9 +522,9 @@ fn s09_two_scopes_never_touch_each_other() {
     let mut a2 = Mini::start(&guard, &s1, &[]);
     assert_eq!(a2.event("ready", Duration::from_secs(5))["held"], 0);
     a2.signal(libc::SIGTERM);
-    assert!(a2.wait_exit(Duration::from_secs(5)).success());
+    a2.expect_exit(Duration::from_secs(5), 0);
     b.signal(libc::SIGTERM);
-    assert!(b.wait_exit(Duration::from_secs(8)).success());
+    b.expect_exit(Duration::from_secs(8), 0);
     guard.with_settle(Duration::from_millis(300)).finish();
 }
 
@@ -659,25 +532,12 @@ fn s09_two_scopes_never_touch_each_other() {
 /// without a lapse, and a restart adopts them all quickly.
 #[test]
 fn s12_minitower_holds_fifty_and_readopts_them_fast() {
-    let guard = LeakGuard::new("s12_minitower");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_dir(&tmp, "scope");
-    let mut a = Mini::start(
+    let (guard, _tmp, scope) = scene("s12_minitower");
+    let mut a = Mini::run(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "1s",
-            "--window",
-            "5s",
-            "--kill-grace",
-            "300ms",
-            "--spawn",
-            "50",
-            "--",
-            "sleep",
-            "1000",
-        ],
+        "--ttl 1s --window 5s --kill-grace 300ms --spawn 50",
+        &["sleep", "1000"],
     );
     assert_eq!(a.event("ready", Duration::from_secs(30))["held"], 50);
     a.collect_for(Duration::from_millis(2000));
@@ -696,7 +556,7 @@ fn s12_minitower_holds_fifty_and_readopts_them_fast() {
     b.collect_for(Duration::from_millis(1500));
     assert_eq!(b.count("lapsed") + b.count("lost"), 0, "{:#?}", b.seen);
     b.signal(libc::SIGTERM);
-    assert!(b.wait_exit(Duration::from_secs(15)).success());
+    b.expect_exit(Duration::from_secs(15), 0);
     assert_eq!(b.count("terminated"), 50);
     guard.with_settle(Duration::from_millis(500)).finish();
 }

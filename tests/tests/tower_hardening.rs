@@ -6,7 +6,7 @@
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use shellper_protocol::msg::WirePhase;
 use shellper_testkit::LeakGuard;
 use tower_client::Registry;
 
-use shellper_testkit::minitower::MiniTower as Mini;
+use shellper_testkit::minitower::{MiniTower as Mini, scene};
 
 fn command(guard: &LeakGuard, scope: &Path, args: &[&str], nofile: Option<u64>) -> Command {
     let mut cmd = Mini::command(guard, scope, args);
@@ -44,21 +44,13 @@ fn registry(scope: &Path) -> Registry {
     Registry::load(&scope.join("registry.json")).unwrap()
 }
 
-fn scope_in(tmp: &tempfile::TempDir) -> PathBuf {
-    tmp.path().join("s")
-}
-
 /// Terminates whatever the scope's registry lists, through a Tower of its
 /// own (cleanup for tests that leave shellpers held by nobody).
 fn terminate_scope(guard: &LeakGuard, scope: &Path) {
     let mut m = Mini::start(guard, scope, &["--on-exit", "terminate"]);
     m.event("ready", Duration::from_secs(10));
     m.signal(libc::SIGTERM);
-    assert!(
-        m.wait_exit(Duration::from_secs(20)).success(),
-        "{}",
-        m.stderr()
-    );
+    m.expect_exit(Duration::from_secs(20), 0);
 }
 
 /// Item 1: a Tower restarted with too few descriptors to open a pidfd or a
@@ -66,25 +58,12 @@ fn terminate_scope(guard: &LeakGuard, scope: &Path) {
 /// keeps every entry and every socket, and a later Tower adopts them all.
 #[test]
 fn adoption_out_of_descriptors_keeps_live_shellpers_and_their_sockets() {
-    let guard = LeakGuard::new("adopt_emfile");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_in(&tmp);
-    let mut m = Mini::start(
+    let (guard, _tmp, scope) = scene("adopt_emfile");
+    let mut m = Mini::run(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "600ms",
-            "--window",
-            "30s",
-            "--kill-grace",
-            "300ms",
-            "--spawn",
-            "6",
-            "--",
-            "sleep",
-            "1000",
-        ],
+        "--ttl 600ms --window 30s --kill-grace 300ms --spawn 6",
+        &["sleep", "1000"],
     );
     assert_eq!(m.event("ready", Duration::from_secs(20))["held"], 6);
     m.kill9();
@@ -115,7 +94,7 @@ fn adoption_out_of_descriptors_keeps_live_shellpers_and_their_sockets() {
     assert_eq!(next.event("ready", Duration::from_secs(20))["held"], 6);
     assert_eq!(next.of("adopted").len(), 6);
     next.signal(libc::SIGTERM);
-    assert!(next.wait_exit(Duration::from_secs(20)).success());
+    next.expect_exit(Duration::from_secs(20), 0);
     guard.finish();
 }
 
@@ -123,9 +102,7 @@ fn adoption_out_of_descriptors_keeps_live_shellpers_and_their_sockets() {
 /// stop a single renewal: events are queued and dropped, never waited for.
 #[test]
 fn stuck_stdout_never_stalls_the_lease_loop() {
-    let guard = LeakGuard::new("stuck_stdout");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_in(&tmp);
+    let (guard, _tmp, scope) = scene("stuck_stdout");
     // A pipe of one page that nobody reads: full after a few dozen lines.
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two descriptors we then own.
@@ -187,11 +164,7 @@ fn stuck_stdout_never_stalls_the_lease_loop() {
     }
     // And it still stops promptly with its stdout stuck.
     m.signal(libc::SIGTERM);
-    assert!(
-        m.wait_exit(Duration::from_secs(10)).success(),
-        "{}",
-        m.stderr()
-    );
+    m.expect_exit(Duration::from_secs(10), 0);
     // What did get out is valid JSON lines, with a count of the dropped.
     drop(rd);
     terminate_scope(&guard, &scope);
@@ -205,9 +178,8 @@ fn scope_path_too_long_for_sockets_is_refused_up_front() {
     let guard = LeakGuard::new("long_scope");
     let tmp = tempfile::tempdir().unwrap();
     let scope = tmp.path().join("x".repeat(100));
-    let mut m = Mini::start(&guard, &scope, &["--spawn", "1", "--", "sleep", "1000"]);
-    let st = m.wait_exit(Duration::from_secs(10));
-    assert_eq!(st.code(), Some(4), "{}", m.stderr());
+    let mut m = Mini::run(&guard, &scope, "--spawn 1", &["sleep", "1000"]);
+    m.expect_exit(Duration::from_secs(10), 4);
     assert!(m.stderr().contains("107"), "{}", m.stderr());
     assert!(m.of("spawned").is_empty() && m.of("spawn_failed").is_empty());
     guard.finish();
@@ -217,24 +189,14 @@ fn scope_path_too_long_for_sockets_is_refused_up_front() {
 /// instead of running on holding nothing.
 #[test]
 fn every_spawn_failing_exits_non_zero() {
-    let guard = LeakGuard::new("all_spawns_fail");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_in(&tmp);
-    let mut m = Mini::start(
+    let (guard, _tmp, scope) = scene("all_spawns_fail");
+    let mut m = Mini::run(
         &guard,
         &scope,
-        &[
-            "--shellper",
-            "/bin/false",
-            "--spawn",
-            "2",
-            "--",
-            "sleep",
-            "1000",
-        ],
+        "--shellper /bin/false --spawn 2",
+        &["sleep", "1000"],
     );
-    let st = m.wait_exit(Duration::from_secs(20));
-    assert_eq!(st.code(), Some(1), "{}", m.stderr());
+    m.expect_exit(Duration::from_secs(20), 1);
     assert_eq!(m.of("spawn_failed").len(), 2);
     assert!(m.of("ready").is_empty(), "{:?}", m.seen);
     assert!(m.stderr().contains("none of the 2"), "{}", m.stderr());
@@ -246,9 +208,7 @@ fn every_spawn_failing_exits_non_zero() {
 /// did take stays held.
 #[test]
 fn descriptor_limit_caps_spawns_with_a_clear_error() {
-    let guard = LeakGuard::new("fd_capacity");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_in(&tmp);
+    let (guard, _tmp, scope) = scene("fd_capacity");
     let cmd = command(
         &guard,
         &scope,
@@ -290,11 +250,7 @@ fn descriptor_limit_caps_spawns_with_a_clear_error() {
     assert_eq!(reg.shellpers.len(), spawned);
     assert!(reg.shellpers.iter().all(|e| alive(e.pid)));
     m.signal(libc::SIGTERM);
-    assert!(
-        m.wait_exit(Duration::from_secs(20)).success(),
-        "{}",
-        m.stderr()
-    );
+    m.expect_exit(Duration::from_secs(20), 0);
     guard.finish();
 }
 
@@ -302,19 +258,12 @@ fn descriptor_limit_caps_spawns_with_a_clear_error() {
 /// the scope unusable (exit 4), never "empty".
 #[test]
 fn unusable_registry_exits_4() {
-    let guard = LeakGuard::new("bad_registry");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_in(&tmp);
+    let (guard, _tmp, scope) = scene("bad_registry");
     std::fs::create_dir_all(&scope).unwrap();
     std::fs::set_permissions(&scope, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
     std::fs::create_dir(scope.join("registry.json")).unwrap();
     let mut m = Mini::start(&guard, &scope, &[]);
-    assert_eq!(
-        m.wait_exit(Duration::from_secs(10)).code(),
-        Some(4),
-        "{}",
-        m.stderr()
-    );
+    m.expect_exit(Duration::from_secs(10), 4);
     assert!(m.stderr().contains("directory"), "{}", m.stderr());
     std::fs::remove_dir(scope.join("registry.json")).unwrap();
     std::fs::write(
@@ -323,12 +272,7 @@ fn unusable_registry_exits_4() {
     )
     .unwrap();
     let mut m = Mini::start(&guard, &scope, &[]);
-    assert_eq!(
-        m.wait_exit(Duration::from_secs(10)).code(),
-        Some(4),
-        "{}",
-        m.stderr()
-    );
+    m.expect_exit(Duration::from_secs(10), 4);
     assert!(m.stderr().contains("schema_version 2"), "{}", m.stderr());
     guard.finish();
 }
@@ -339,63 +283,31 @@ fn unusable_registry_exits_4() {
 /// registry stays intact.
 #[test]
 fn scope_replaced_under_a_running_tower_stops_it_without_writing() {
-    let guard = LeakGuard::new("scope_replaced");
-    let tmp = tempfile::tempdir().unwrap();
-    let scope = scope_in(&tmp);
-    let mut a = Mini::start(
+    let (guard, _tmp, scope) = scene("scope_replaced");
+    let mut a = Mini::run(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "500ms",
-            "--window",
-            "2s",
-            "--kill-grace",
-            "300ms",
-            "--spawn",
-            "1",
-            "--",
-            "sleep",
-            "1000",
-        ],
+        "--ttl 500ms --window 2s --kill-grace 300ms --spawn 1",
+        &["sleep", "1000"],
     );
     a.event("ready", Duration::from_secs(20));
     std::fs::remove_dir_all(&scope).unwrap();
-    let mut b = Mini::start(
+    let mut b = Mini::run(
         &guard,
         &scope,
-        &[
-            "--ttl",
-            "500ms",
-            "--window",
-            "2s",
-            "--kill-grace",
-            "300ms",
-            "--spawn",
-            "1",
-            "--on-exit",
-            "terminate",
-            "--",
-            "sleep",
-            "1000",
-        ],
+        "--ttl 500ms --window 2s --kill-grace 300ms --spawn 1 --on-exit terminate",
+        &["sleep", "1000"],
     );
     b.event("ready", Duration::from_secs(20));
     let b_id = b.of("spawned")[0]["id"].as_str().unwrap().to_string();
-    let st = a.wait_exit(Duration::from_secs(10));
-    assert_eq!(st.code(), Some(4), "{}", a.stderr());
+    a.expect_exit(Duration::from_secs(10), 4);
     assert!(a.stderr().contains("stopping"), "{}", a.stderr());
     let reg = registry(&scope);
     assert_eq!(reg.shellpers.len(), 1, "{reg:?}");
     assert_eq!(reg.shellpers[0].id, b_id);
     b.signal(libc::SIGTERM);
-    assert!(
-        b.wait_exit(Duration::from_secs(20)).success(),
-        "{}",
-        b.stderr()
-    );
+    b.expect_exit(Duration::from_secs(20), 0);
     // A's detached shellper ends with its window.
-    let left = guard.wait_gone(Duration::from_secs(10));
-    assert!(left.is_empty(), "{left:?}");
+    guard.assert_gone_within(Duration::from_secs(10));
     guard.finish();
 }

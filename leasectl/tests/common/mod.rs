@@ -57,14 +57,14 @@ pub fn scope() -> (tempfile::TempDir, PathBuf) {
     (t, s)
 }
 
-/// Starts `minitower --scope SCOPE ARGS -- CMD…` tagged by `guard` and waits
-/// for `ready`.
-pub fn start_tower(guard: &LeakGuard, scope: &Path, args: &[&str], cmd: &[&str]) -> Tower {
+/// Starts `minitower --scope SCOPE FLAGS -- CMD…` (testkit's
+/// `minitower::args`: the flags on one line) tagged by `guard` and waits for
+/// `ready`.
+pub fn start_tower(guard: &LeakGuard, scope: &Path, flags: &str, cmd: &[&str]) -> Tower {
     let mut c = Command::new(cargo_bin("minitower"));
-    c.arg("--scope").arg(scope).args(args);
-    if !cmd.is_empty() {
-        c.arg("--").args(cmd);
-    }
+    c.arg("--scope")
+        .arg(scope)
+        .args(shellper_testkit::minitower::args(flags, cmd));
     guard.apply(&mut c);
     let mut child = c
         .stdin(Stdio::null())
