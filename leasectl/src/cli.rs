@@ -34,6 +34,7 @@ Exit codes:
        found, and the warning once
   3    `prune --yes`: a Tower holds the scope; nothing removed (the Tower
        tidies it itself)
+  4    `new`: no Tower runs in the scope; nothing started (see `new --help`)
   130  interrupted by Ctrl-C (`demo` and `reap` clean up first; `watch` exits 0
        on Ctrl-C, SIGTERM or SIGHUP, with the cursor restored)
   `attach` returns the command's exit status: see `leasectl attach --help`;
@@ -50,6 +51,8 @@ Examples:
   leasectl reap --orphans --dry-run      what would be killed, and how
   leasectl reap sh-0123abcd --force      terminate even though it is held
   leasectl reap --pid 4242               a socketless or codev Node shellper, by pid
+  leasectl new --attach -- bash          a session held by the running Tower
+  leasectl kill sh-0123abcd              end it (whole tree, confirmed)
   leasectl attach sh-0123abcd            a terminal on it (ctrl-] d detaches)
   leasectl logs -f sh-0123abcd           its log, followed across rotations
   leasectl metrics -o /var/lib/node_exporter/textfile/shellper.prom
@@ -299,6 +302,23 @@ pub enum Command {
         /// or one printable character
         #[arg(long, value_name = "KEYS", default_value = crate::attach::DEFAULT_DETACH_KEYS)]
         detach_keys: crate::attach::DetachKeys,
+    },
+    /// Ask the scope's running Tower for a new session: prints its id, or
+    /// attaches with --attach (never starts one without a Tower)
+    #[command(after_long_help = crate::new::NEW_HELP)]
+    New(crate::new::NewArgs),
+    /// Ask the scope's running Tower to end a session (whole tree, death
+    /// confirmed); without one, terminate it with its token as `reap` does
+    #[command(after_long_help = crate::new::KILL_HELP)]
+    Kill {
+        /// Session id (sh-XXXXXXXX)
+        id: String,
+        /// Print JSON instead of a sentence
+        #[arg(long)]
+        json: bool,
+        /// Fallback (reap): how long each step may take before the next
+        #[arg(long, value_name = "DUR", default_value = "3s", value_parser = parse_duration)]
+        grace: Duration,
     },
     /// A shellper's log (the live file; --all puts the rotated part first); -f follows it
     #[command(after_long_help = LOGS_HELP, after_help = LOGS_HELP)]

@@ -81,6 +81,24 @@ pub async fn run(cli: Cli) -> Result<i32> {
             };
             crate::attach::run(&scope, timeout, o).await
         }
+        Command::New(a) => crate::new::new(&scope, timeout, a).await,
+        Command::Kill { id, json, grace } => {
+            let opts = ReapOpts {
+                ids: vec![id.clone()],
+                pids: Vec::new(),
+                orphans: false,
+                tracked: None,
+                scope_only: false,
+                dry_run: false,
+                grace,
+                force: false,
+                json,
+            };
+            crate::new::kill(&scope, timeout, &id, json, || {
+                reap_cmd(&scope, timeout, opts, &palette)
+            })
+            .await
+        }
         Command::Logs {
             id,
             follow,

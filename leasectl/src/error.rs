@@ -70,6 +70,10 @@ pub enum Error {
     #[error("codev: {0}")]
     Codev(String),
 
+    /// `new` or `kill`: no Tower answers on the scope's control socket.
+    #[error("no Tower runs in scope {} ({detail}): start one (`systemctl --user start minitower`, or `minitower --scope {}`); leasectl never starts a session nobody holds", scope.display(), scope.display())]
+    NoTower { scope: PathBuf, detail: String },
+
     /// Writing to stdout failed (a closed pipe is handled separately).
     #[error("writing output: {0}")]
     Output(#[source] std::io::Error),

@@ -20,6 +20,7 @@
 //! * [`orphans`], [`reap`], [`demo`]: the subcommands with logic of their
 //!   own (`orphans` and `reap` build reports that [`render`] prints).
 //! * [`attach`]: the interactive terminal client (raw mode, detach keys).
+//! * [`new`]: `new` and `kill`, clients of the Tower's control socket.
 //! * [`logs`]: a shellper's log, and following it across rotations.
 //! * [`metrics`]: the Prometheus text exposition; [`prune`]: removing what
 //!   gone shellpers left (tower-client's tidy rules).
@@ -36,6 +37,7 @@ pub mod error;
 pub mod logs;
 pub mod metrics;
 pub mod model;
+pub mod new;
 pub mod orphans;
 pub mod procs;
 pub mod prune;
