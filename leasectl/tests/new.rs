@@ -70,7 +70,7 @@ fn new_env_json_and_kill_through_a_running_minitower() {
     let mut tower = start_tower(
         &guard,
         &scope,
-        &["--ttl", "1s", "--window", "20s", "--kill-grace", "300ms"],
+        "--ttl 1s --window 20s --kill-grace 300ms",
         &[],
     );
     let cwd = tempfile::tempdir().unwrap();
@@ -200,7 +200,7 @@ fn new_attach_in_a_real_terminal() {
     }
     let guard = LeakGuard::new("new_attach");
     let (t, scope) = scope();
-    let tower = start_tower(&guard, &scope, &["--ttl", "1s", "--window", "20s"], &[]);
+    let tower = start_tower(&guard, &scope, "--ttl 1s --window 20s", &[]);
     let sock = t.path().join("tmux.sock");
     let tmux = |args: &[&str]| {
         let out = Command::new("tmux")
