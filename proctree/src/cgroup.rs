@@ -909,42 +909,65 @@ fn is_cgroup2(dir: &Path) -> io::Result<bool> {
 ///   root Tower could write there but systemd would fight it, so a
 ///   `.service`/`.scope` cgroup without systemd's delegation mark
 ///   (`user.delegate` or `trusted.delegate` extended attribute) is refused.
+///   If our own cgroup is already the leaf `<unit>/<tower_leaf>` (systemd
+///   254+ with `DelegateSubgroup=<tower_leaf>`), the base is its parent.
 ///
 /// When the Tower's own cgroup *is* the base, the Tower moves itself into
-/// the leaf `base/<tower_leaf>` first (a cgroup holding processes cannot
-/// hand controllers to its children). Then each controller of
-/// [`SESSION_CONTROLLERS`] the base offers is enabled for the sessions.
-pub fn prepare_base(choice: &CgroupChoice, tower_leaf: &str) -> Result<SessionBase, Error> {
+/// the leaf `base/<tower_leaf>` first (processes only in leaves).
+///
+/// Controllers for the sessions: every one of [`SESSION_CONTROLLERS`] the
+/// base offers, except when the base is a cgroup whose manager puts
+/// processes into it (the Tower's own, e.g. a systemd unit without
+/// `DelegateSubgroup=`): there a controller enabled in its
+/// `cgroup.subtree_control` would make the next start of the service fail
+/// (a cgroup with domain controllers enabled for its children cannot take
+/// processes: `EBUSY`), so only the controllers in `needed` (those the
+/// limits asked for) are enabled.
+pub fn prepare_base(
+    choice: &CgroupChoice,
+    tower_leaf: &str,
+    needed: &[&str],
+) -> Result<SessionBase, Error> {
     let not_usable = |path: &Path, why: String| Error::CgroupNotUsable {
         path: path.to_path_buf(),
         why,
     };
     let own = own_cgroup().ok();
+    let mut tower_leaf_dir = None;
     let base = match choice {
         CgroupChoice::Dir(p) => Cgroup::at(p),
         CgroupChoice::Auto => {
             let own = own_cgroup()?;
             let mount = find_v2_mount().ok().flatten();
-            if mount.as_ref().is_some_and(|m| m.mount_point == own.dir) {
+            let is_root = |c: &Path| mount.as_ref().is_some_and(|m| m.mount_point == c);
+            let name_of = |c: &Path| {
+                c.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            };
+            let (dir, leaf) = match own.dir().parent() {
+                Some(parent) if name_of(own.dir()) == tower_leaf && !is_root(own.dir()) => {
+                    (parent.to_path_buf(), Some(own.dir().to_path_buf()))
+                }
+                _ => (own.dir().to_path_buf(), None),
+            };
+            if is_root(&dir) {
                 return Err(not_usable(
-                    own.dir(),
+                    &dir,
                     "this process is in the root cgroup (not a delegated service): \
                      pass --cgroup DIR"
                         .into(),
                 ));
             }
-            let name = own
-                .dir()
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            if (name.ends_with(".service") || name.ends_with(".scope")) && !delegated(own.dir()) {
+            let name = name_of(&dir);
+            if (name.ends_with(".service") || name.ends_with(".scope")) && !delegated(&dir) {
                 return Err(not_usable(
-                    own.dir(),
+                    &dir,
                     "systemd did not delegate it (set Delegate=yes in the unit)".into(),
                 ));
             }
-            own
+            tower_leaf_dir = leaf;
+            Cgroup::at(dir)
         }
     };
     let dir = base.dir().to_path_buf();
@@ -967,8 +990,8 @@ pub fn prepare_base(choice: &CgroupChoice, tower_leaf: &str) -> Result<SessionBa
             return Err(not_usable(&dir, format!("cannot create cgroups here: {e}")));
         }
     }
-    let mut tower_leaf_dir = None;
-    if own.as_ref().is_some_and(|o| o.dir == dir) {
+    let ours = own.as_ref().is_some_and(|o| o.dir == dir);
+    if ours {
         let leaf = base.create_child(tower_leaf).or_else(|e| {
             // Our own leaf from an earlier run holds our predecessor's
             // shellpers: populated, and ours to join.
@@ -982,7 +1005,11 @@ pub fn prepare_base(choice: &CgroupChoice, tower_leaf: &str) -> Result<SessionBa
         leaf.move_self()?;
         tower_leaf_dir = Some(leaf.dir().to_path_buf());
     }
-    let controllers = base.enable_controllers(SESSION_CONTROLLERS);
+    let controllers = if ours {
+        base.enable_controllers(needed)
+    } else {
+        base.enable_controllers(SESSION_CONTROLLERS)
+    };
     Ok(SessionBase {
         base,
         controllers,

@@ -84,7 +84,7 @@ pub(crate) fn choose(cfg: &TowerConfig) -> Result<(Containment, Option<SessionBa
             None,
         ));
     };
-    match shellper_proctree::prepare_base(choice, TOWER_LEAF) {
+    match shellper_proctree::prepare_base(choice, TOWER_LEAF, &cfg.limits.controllers()) {
         Ok(base) => {
             base.check_limits(&cfg.limits)
                 .map_err(|e| Error::Containment(e.to_string()))?;

@@ -132,6 +132,12 @@ fn unit_keeps_sessions_on_stop_and_its_execstart_works() {
     assert_eq!(keys["KillMode"], "process", "sessions would die on stop");
     assert!(keys["ExecStart"].contains("--on-exit detach"));
     assert_eq!(keys["KillSignal"], "SIGTERM");
+    // Sessions get a cgroup each under the unit's (issue 21).
+    assert_eq!(
+        keys["Delegate"], "yes",
+        "minitower needs its cgroup delegated"
+    );
+    assert!(keys["ExecStart"].contains("--cgroup auto"));
 
     // systemd's own checker, on copies whose binaries exist here.
     if Command::new("systemd-analyze")
