@@ -537,13 +537,8 @@ pub async fn execute(
                                     "{} signalled, {} killed by {}, {} survivor(s){}",
                                     r.report.signalled,
                                     r.report.sigkilled,
-                                    match r.method {
-                                        Some(shellper_proctree::KillMethod::FreezeKill) =>
-                                            "freeze/kill/thaw",
-                                        Some(shellper_proctree::KillMethod::CgroupKill) =>
-                                            "cgroup.kill",
-                                        None => "nothing (all left on SIGTERM)",
-                                    },
+                                    r.method
+                                        .map_or("nothing (all left on SIGTERM)", |m| m.describe()),
                                     r.report.survivors.len(),
                                     if r.removed {
                                         ", cgroup removed".to_string()

@@ -229,6 +229,16 @@ pub enum KillMethod {
     FreezeKill,
 }
 
+impl KillMethod {
+    /// How reports name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            KillMethod::CgroupKill => "cgroup.kill",
+            KillMethod::FreezeKill => "freeze/kill/thaw",
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // A cgroup directory
 // ---------------------------------------------------------------------------
