@@ -9,15 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// Exit code: success; nothing found; every target confirmed gone.
-pub const EXIT_OK: i32 = 0;
-/// Exit code: the answer is "not clean": orphans found, a reap target
-/// refused or surviving, a demo verdict that failed.
-pub const EXIT_FOUND: i32 = 1;
-/// Exit code: an error prevented an answer (usage, scope, registry, input).
-pub const EXIT_ERROR: i32 = 2;
-/// Exit code: interrupted by Ctrl-C (after cleaning up).
-pub const EXIT_INTERRUPTED: i32 = 130;
+pub use crate::exit::{EXIT_ERROR, EXIT_FOUND, EXIT_INTERRUPTED, EXIT_OK};
 
 /// Exit codes as printed by `--help` (and copied into the README).
 pub const EXIT_CODES_HELP: &str = "\

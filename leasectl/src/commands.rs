@@ -1,7 +1,7 @@
 //! The subcommands, each returning its exit code (see [`crate::cli`]).
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use tower_client::Scope;
 use crate::cli::{Cli, Command, EXIT_ERROR, EXIT_FOUND, EXIT_OK};
 use crate::error::{Error, Result};
 use crate::model::{ListDoc, Phase, SCHEMA_VERSION, ShellperView, ShowDoc};
+use crate::output::{json_out, out};
 use crate::reap::{self, ReapReport, Target};
 use crate::render::{self, Palette};
 use crate::scan::{Scan, now_ms, scan_scope};
@@ -127,27 +128,20 @@ pub async fn run(cli: Cli) -> Result<i32> {
                 scope_log_cap: log_cap_mib.saturating_mul(1 << 20),
                 ..tower_client::TidyPolicy::default()
             };
-            let opts = crate::prune::PruneOpts { yes, json, policy };
-            crate::prune::run(&scope, timeout, opts, &palette).await
+            let opts = crate::prune::PruneOpts { yes, policy };
+            let Some(report) = crate::prune::run(&scope, timeout, opts).await? else {
+                return Ok(EXIT_ERROR);
+            };
+            if json {
+                json_out(&report)?;
+            } else {
+                out(&render::prune_text(&report))?;
+            }
+            Ok(report.exit_code())
         }
         Command::Codev(c) => crate::codev::run(c).await,
         Command::Completions { .. } | Command::Man { .. } => Ok(EXIT_OK),
     }
-}
-
-/// Writes `s` to stdout (a closed pipe ends the process quietly: SIGPIPE is
-/// left at its default in `main`).
-pub fn out(s: &str) -> Result<()> {
-    let mut o = std::io::stdout().lock();
-    o.write_all(s.as_bytes()).map_err(Error::Output)?;
-    o.flush().map_err(Error::Output)
-}
-
-/// Pretty JSON plus a newline.
-pub fn json_out<T: Serialize>(v: &T) -> Result<()> {
-    // Invariant: our documents are plain structs of strings and numbers.
-    let s = serde_json::to_string_pretty(v).map_err(|e| Error::Output(e.into()))?;
-    out(&(s + "\n"))
 }
 
 /// Prints the registry problem once (stderr). The commands that report on

@@ -20,8 +20,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cli::EXIT_OK;
 use crate::error::{Error, Result};
+use crate::exit::EXIT_OK;
 
 /// Most bytes read from the end of one log file when printing it: a
 /// shellper's files are about 1 MiB (CONVENTIONS.md), this only bounds a

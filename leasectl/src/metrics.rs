@@ -418,9 +418,9 @@ pub async fn run(scope: &Path, timeout: std::time::Duration, output: Option<&Pat
     let text = render(&scan, &extras);
     match output {
         Some(path) => write_atomic(path, &text)?,
-        None => crate::commands::out(&text)?,
+        None => crate::output::out(&text)?,
     }
-    Ok(crate::cli::EXIT_OK)
+    Ok(crate::exit::EXIT_OK)
 }
 
 /// Writes `text` to `path` atomically ([`tower_client::write_atomic`]: a

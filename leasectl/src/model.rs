@@ -232,13 +232,22 @@ impl ShellperView {
     }
 }
 
+/// The scope's Tower as seen from outside.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TowerView {
+    /// pid holding the instance lock, `null` when no Tower runs.
+    pub pid: Option<u32>,
+    /// The pid written in `tower.lock` when nobody holds it: the last Tower.
+    pub last_pid: Option<u32>,
+}
+
 /// `list --json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ListDoc<'a> {
     pub schema_version: u32,
     pub scope: String,
     /// The scope's Tower (instance lock holder).
-    pub tower: &'a crate::scan::TowerView,
+    pub tower: &'a TowerView,
     pub shellpers: &'a [ShellperView],
 }
 

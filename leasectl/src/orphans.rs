@@ -20,8 +20,7 @@ use shellper_proctree::{ProcInfo, Session, SocketOwners, members, start_time_uni
 
 use crate::model::{Phase, SCHEMA_VERSION, ShellperView};
 use crate::procs::{self, Flavor};
-use crate::render::short_duration;
-use crate::scan::{Scan, now_ms};
+use crate::scan::{Scan, now_ms, short_duration};
 
 /// A process this young is not yet expected to have a socket.
 pub const STARTUP_GRACE: Duration = Duration::from_secs(2);

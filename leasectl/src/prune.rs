@@ -23,11 +23,10 @@ use serde::Serialize;
 use tower_client::tidy::{self, Action, TidyPlan, TidyPolicy, What};
 use tower_client::{Registry, Scope};
 
-use crate::cli::{EXIT_ERROR, EXIT_FOUND, EXIT_OK};
 use crate::error::{Error, Result};
+use crate::exit::{EXIT_FOUND, EXIT_OK};
 use crate::model::SCHEMA_VERSION;
 use crate::orphans::{self, Reason};
-use crate::render::Palette;
 use crate::scan::{Scan, scan_scope};
 
 /// Exit code of `prune --yes` when a Tower holds the scope: nothing was
@@ -39,7 +38,6 @@ pub const EXIT_DEFERRED: i32 = 3;
 pub struct PruneOpts {
     /// Remove (else: dry run).
     pub yes: bool,
-    pub json: bool,
     pub policy: TidyPolicy,
 }
 
@@ -118,8 +116,10 @@ pub async fn plan_scope(scan: &Scan, policy: &TidyPolicy) -> Result<Option<TidyP
     )))
 }
 
-/// `leasectl prune [--yes] [--json]`; returns the exit code.
-pub async fn run(scope: &Path, timeout: Duration, o: PruneOpts, p: &Palette) -> Result<i32> {
+/// `leasectl prune [--yes]`: the report for the command to print (as
+/// JSON or through `render::prune_text`), or `None` when the registry
+/// cannot be read (said on stderr; nothing done).
+pub async fn run(scope: &Path, timeout: Duration, o: PruneOpts) -> Result<Option<PruneReport>> {
     if !scope.exists() {
         let report = PruneReport {
             schema_version: SCHEMA_VERSION,
@@ -131,8 +131,7 @@ pub async fn run(scope: &Path, timeout: Duration, o: PruneOpts, p: &Palette) -> 
             removed: Vec::new(),
             failed: Vec::new(),
         };
-        print(&report, o.json, p)?;
-        return Ok(EXIT_OK);
+        return Ok(Some(report));
     }
     let handle = Scope::open_existing(scope).map_err(|e| Error::Scope(Box::new(e)))?;
     // With --yes, the lock first: the sweep and the plan then see a scope
@@ -153,7 +152,7 @@ pub async fn run(scope: &Path, timeout: Duration, o: PruneOpts, p: &Palette) -> 
     let scan = scan_scope(scope, timeout, None).await?;
     if let Some(e) = &scan.registry_error {
         eprintln!("leasectl: prune needs a readable registry, nothing done: {e}");
-        return Ok(EXIT_ERROR);
+        return Ok(None);
     }
     let plan = plan_scope(&scan, &o.policy).await?.unwrap_or_default();
     let mut report = PruneReport {
@@ -170,14 +169,21 @@ pub async fn run(scope: &Path, timeout: Duration, o: PruneOpts, p: &Palette) -> 
         execute(&handle, &mut report);
     }
     drop(lock);
-    print(&report, o.json, p)?;
-    Ok(if deferred {
-        EXIT_DEFERRED
-    } else if !report.failed.is_empty() || (report.dry_run && !report.plan.actions.is_empty()) {
-        EXIT_FOUND
-    } else {
-        EXIT_OK
-    })
+    Ok(Some(report))
+}
+
+impl PruneReport {
+    /// `prune`'s exit code for this report: deferred to a running Tower,
+    /// something failed or a dry run found work, or nothing to do.
+    pub fn exit_code(&self) -> i32 {
+        if self.deferred {
+            EXIT_DEFERRED
+        } else if !self.failed.is_empty() || (self.dry_run && !self.plan.actions.is_empty()) {
+            EXIT_FOUND
+        } else {
+            EXIT_OK
+        }
+    }
 }
 
 /// Carries the plan out (the caller holds the instance lock).
@@ -212,12 +218,4 @@ fn execute(scope: &Scope, report: &mut PruneReport) {
             .into_iter()
             .map(|(action, error)| Failure { action, error }),
     );
-}
-
-fn print(r: &PruneReport, json: bool, _p: &Palette) -> Result<()> {
-    if json {
-        crate::commands::json_out(r)
-    } else {
-        crate::commands::out(&crate::render::prune_text(r))
-    }
 }

@@ -21,6 +21,8 @@ use tokio::sync::Semaphore;
 use tower_client::{Registry, RegistryEntry, Scope};
 
 use crate::error::{Error, Result};
+/// Where it was first defined; it is a JSON shape, so it lives in `model`.
+pub use crate::model::TowerView;
 use crate::model::{HolderView, Phase, PidSource, ShellperView, Timings, proc_state_name};
 use crate::procs;
 
@@ -55,15 +57,6 @@ pub struct Scan {
     pub tower: TowerView,
 }
 
-/// The scope's Tower as seen from outside.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct TowerView {
-    /// pid holding the instance lock, `null` when no Tower runs.
-    pub pid: Option<u32>,
-    /// The pid written in `tower.lock` when nobody holds it: the last Tower.
-    pub last_pid: Option<u32>,
-}
-
 impl Scan {
     /// The registry entry of `id`, if any.
     pub fn entry(&self, id: &str) -> Option<&RegistryEntry> {
@@ -82,6 +75,22 @@ pub fn now_ms() -> u64 {
 /// RFC 3339 (UTC, milliseconds) of a Unix-epoch millisecond time.
 pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// A short human duration: `850ms`, `2.9s`, `4m05s`, `3h12m`, `2d04h`.
+pub fn short_duration(d: Duration) -> String {
+    let ms = d.as_millis() as u64;
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{}.{}s", ms / 1000, (ms % 1000) / 100)
+    } else if ms < 3_600_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    } else if ms < 86_400_000 {
+        format!("{}h{:02}m", ms / 3_600_000, (ms % 3_600_000) / 60_000)
+    } else {
+        format!("{}d{:02}h", ms / 86_400_000, (ms % 86_400_000) / 3_600_000)
+    }
 }
 
 /// What a sweep knows about one candidate before asking it.

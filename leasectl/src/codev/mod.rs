@@ -25,9 +25,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use crate::cli::{EXIT_FOUND, EXIT_OK};
-use crate::commands::{json_out, out};
 use crate::error::{Error, Result};
+use crate::exit::{EXIT_FOUND, EXIT_OK};
+use crate::output::{json_out, out};
 
 /// The shim, as installed (`integrations/codev/shellper-main.js`).
 pub const SHIM: &str = include_str!("shellper-main.js");

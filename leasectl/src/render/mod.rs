@@ -4,7 +4,7 @@
 //! reports); this module alone turns them into text, one submodule per
 //! report: [`list`] (the table, also `watch`'s screen), [`show`],
 //! [`watch`], [`orphans`], [`reap`]. JSON is the same data serialized
-//! (`commands::json_out`). Helpers shared by the reports (tables, styles,
+//! (`output::json_out`). Helpers shared by the reports (tables, styles,
 //! durations) are here.
 //!
 //! Colour is decided once ([`Palette`]): only when stdout is a terminal and
@@ -166,21 +166,8 @@ pub fn table(p: &Palette, headers: &[&str], rows: &[Vec<Cell>]) -> String {
     out
 }
 
-/// A short human duration: `850ms`, `2.9s`, `4m05s`, `3h12m`, `2d04h`.
-pub fn short_duration(d: Duration) -> String {
-    let ms = d.as_millis() as u64;
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{}.{}s", ms / 1000, (ms % 1000) / 100)
-    } else if ms < 3_600_000 {
-        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
-    } else if ms < 86_400_000 {
-        format!("{}h{:02}m", ms / 3_600_000, (ms % 3_600_000) / 60_000)
-    } else {
-        format!("{}d{:02}h", ms / 86_400_000, (ms % 86_400_000) / 3_600_000)
-    }
-}
+/// Where the reports find it (`orphans` builds its details with it too).
+pub use crate::scan::short_duration;
 
 /// `-` or a [`short_duration`] of milliseconds.
 fn opt_ms(v: Option<u64>) -> String {
