@@ -16,8 +16,8 @@ use tower_client::Scope;
 use tower_client::control::{self, ErrorCode, LeaseRequest, Request, SpawnRequest};
 
 use crate::cli::{EXIT_ERROR, EXIT_FOUND, EXIT_OK, parse_duration};
-use crate::commands::{json_out, out};
 use crate::error::{Error, Result};
+use crate::output::{json_out, out};
 
 /// Exit code of `new` and `kill`: no Tower runs in the scope (nothing was
 /// started; `kill` exits with reap's codes instead, as it falls back to it).
