@@ -55,15 +55,19 @@
 //!   and the process stays, a husk, until the lease ends (SPEC.md §8.2: the
 //!   Tower that wants it gone terminates it; unheld, its deadlines apply).
 //!
-//! The lease driver ([`driver`]), the exit codes ([`exit`]) and the socket
-//! plumbing ([`sock`]) live here and the PTY shellper (crate `shellper`)
-//! uses them, so both enforce the lease with one implementation of the
-//! "re-check before killing" rules and answer on their sockets alike.
+//! The lease driver ([`driver`]), the exit codes ([`exit`]), the socket
+//! plumbing ([`sock`]) and the connection server ([`server`], with its
+//! per-connection [`outbox`]) live here and the PTY shellper (crate
+//! `shellper`) uses them, so both enforce the lease with one implementation
+//! of the "re-check before killing" rules and answer on their sockets with
+//! one server.
 
 pub mod driver;
+mod embedded;
 pub mod exit;
 pub mod invocation;
-mod server;
+pub mod outbox;
+pub mod server;
 pub mod sock;
 
 use std::path::{Path, PathBuf};
@@ -167,7 +171,7 @@ impl Options {
             mode: Mode::Leased(token),
             config: LeaseConfig::default(),
             handshake_timeout: Duration::from_secs(5),
-            write_stall: Duration::from_secs(30),
+            write_stall: server::DEFAULT_WRITE_STALL,
             describe: Describe::default(),
             handle_signals: true,
         }
@@ -201,6 +205,10 @@ pub struct Leased {
     ended: oneshot::Receiver<Ended>,
 }
 
+/// How long the exit path waits for final frames (TERMINATED) to be
+/// written: the writers' own flush bound plus a little.
+const FLUSH_ON_CLOSE: Duration = Duration::from_millis(2200);
+
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
@@ -230,21 +238,23 @@ impl Leased {
             pid: None,
             state: ChildState::Running,
         }));
-        let me = std::process::id();
-        let shared = Arc::new(server::Shared::new(
+        let session = embedded::Embedded {
+            worker: worker.clone(),
+            describe: opts.describe,
+            started_at_ms: now_wall_ms(),
+        };
+        let me = server::Identity::current(session.started_at_ms);
+        let shared = Arc::new(server::Server::new(
+            session,
             lease.clone(),
-            worker.clone(),
-            server::Identity {
-                pid: me,
-                start_ticks: shellper_proctree::read_stat(me as i32).map_or(0, |p| p.start_ticks),
-                started_at_ms: now_wall_ms(),
-                describe: opts.describe,
+            me,
+            server::Timeouts {
+                handshake: opts.handshake_timeout,
+                write_stall: opts.write_stall,
             },
-            opts.handshake_timeout,
-            opts.write_stall,
         ));
         let stop = CancellationToken::new();
-        tokio::spawn(server::accept_loop(listener, shared.clone(), stop.clone()));
+        tokio::spawn(shared.clone().accept_loop(listener, stop.clone()));
         if opts.handle_signals {
             spawn_signal_watch(lease.clone())?;
         }
@@ -376,7 +386,7 @@ fn run_ladder(grace: Duration) -> KillReport {
 async fn finish(
     t: Termination,
     grace: Duration,
-    shared: &Arc<server::Shared>,
+    shared: &Arc<server::Server<embedded::Embedded>>,
     lease: &LeaseHandle,
     stop: &CancellationToken,
     socket: &Path,
@@ -407,7 +417,7 @@ async fn finish(
     }
     lease.exited();
     stop.cancel();
-    shared.close_all().await;
+    shared.close_all(FLUSH_ON_CLOSE).await;
     if let Err(e) = std::fs::remove_file(socket) {
         tracing::debug!(error = %e, "removing the socket file");
     }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shellper_protocol::lease::{LeaseMachine, Mode};
-use shellper_protocol::msg::{Status, TerminateReason, Terminated};
+use shellper_protocol::msg::{TerminateReason, Terminated};
 use shellper_protocol::{Frame, Token};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ use crate::child::{ChildActor, SpawnSpec, spawn_pty};
 use crate::config::{self, Config, Parsed};
 use crate::hub::Hub;
 use crate::lease::{LeaseDriver, LeaseHandle, Termination};
-use crate::server::{self, Shared};
+use crate::server::{self, Identity, Pty, Server, Timeouts};
 use crate::{exit, kill, startup};
 
 /// Longest wait for the token line on stdin.
@@ -33,61 +33,8 @@ const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connections get to flush TERMINATED and other last frames.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
-/// The parts of STATUS that never change, plus the assembly of the rest.
-#[derive(Debug, Clone)]
-pub struct StatusSource {
-    pub shellper_pid: u32,
-    pub shellper_start_ticks: u64,
-    pub started_at_ms: u64,
-}
-
 fn ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
-}
-
-impl StatusSource {
-    /// Reads this process's start time from /proc (recycle-proof identity).
-    pub fn current(started_at_ms: u64) -> Self {
-        let pid = std::process::id();
-        StatusSource {
-            shellper_pid: pid,
-            shellper_start_ticks: shellper_proctree::read_stat(pid as i32)
-                .map_or(0, |p| p.start_ticks),
-            started_at_ms,
-        }
-    }
-
-    /// A full STATUS; `None` once the lease driver is gone.
-    pub async fn status(&self, hub: &Hub, lease: &LeaseHandle) -> Option<Status> {
-        let snap = lease.snapshot().await?;
-        let child = hub.child();
-        let cfg = lease.config();
-        Some(Status {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            shellper_pid: self.shellper_pid,
-            shellper_start_ticks: self.shellper_start_ticks,
-            started_at_ms: self.started_at_ms,
-            child_pid: child.pid,
-            child: child.state,
-            command: child.command,
-            args: child.args,
-            cwd: child.cwd,
-            phase: snap.phase,
-            leased: snap.leased,
-            epoch: snap.epoch,
-            holder: snap.holder_info.clone(),
-            holder_peer_pid: snap.holder.and_then(|h| hub.peer_pid(h)),
-            expires_in_ms: snap.expires_in.map(ms),
-            kill_in_ms: snap.kill_in.map(ms),
-            claim_in_ms: snap.claim_in.map(ms),
-            ttl_ms: ms(cfg.ttl),
-            window_ms: ms(cfg.window),
-            claim_ms: ms(cfg.claim),
-            kill_grace_ms: ms(cfg.kill_grace),
-            clients: hub.clients(snap.holder),
-            counters: snap.counters,
-        })
-    }
 }
 
 /// The whole binary: parses `args` (without the program name), starts, runs
@@ -253,7 +200,6 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
         child_pid.map(|p| p as u32),
         cfg.replay_lines,
         cfg.replay_bytes,
-        leased,
     ));
     if let Err(e) = &first {
         hub.start_failed(0, &spec, &e.to_string());
@@ -269,19 +215,22 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
     }
     let (actor, child) = ChildActor::new(hub.clone(), lease.clone(), first.ok());
     tokio::spawn(actor.run());
-    let status = StatusSource::current(hub.start_time_ms);
-    let shared = Arc::new(
-        Shared::new(
-            hub.clone(),
-            lease.clone(),
-            child,
-            cfg.handshake_timeout,
-            status,
-        )
-        .with_write_stall(cfg.write_stall),
-    );
+    let session = Pty {
+        hub: hub.clone(),
+        child,
+        lease: lease.clone(),
+    };
+    let server = Arc::new(Server::new(
+        session,
+        lease.clone(),
+        Identity::current(hub.start_time_ms),
+        Timeouts {
+            handshake: cfg.handshake_timeout,
+            write_stall: cfg.write_stall,
+        },
+    ));
     let stop = CancellationToken::new();
-    tokio::spawn(server::accept_loop(listener, shared.clone(), stop.clone()));
+    tokio::spawn(server.clone().accept_loop(listener, stop.clone()));
     watch_signals(lease.clone());
 
     if let Err(e) = startup::write_info_line(std::process::id(), hub.start_time_ms) {
@@ -331,7 +280,7 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
     };
     let survivors = report.survivors.len() as u32;
     if let Some(holder) = t.holder {
-        let sent = hub.send(
+        let sent = server.send(
             holder,
             Frame::Terminated(Terminated {
                 reason: t.reason,
@@ -344,9 +293,7 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
         tracing::info!(holder, sent, "TERMINATED report to the holder");
     }
     stop.cancel();
-    hub.close_all();
-    shared.tracker.close();
-    let _ = tokio::time::timeout(FINAL_FLUSH, shared.tracker.wait()).await;
+    server.close_all(FINAL_FLUSH).await;
     lease.exited();
     remove_socket(&cfg.socket_path);
     remove_rotated_log(&log_path);

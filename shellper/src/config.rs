@@ -424,8 +424,11 @@ pub fn parse_json(json: &str, cwd: &Path) -> Result<Config> {
         leased,
         handshake_timeout: ms(j.handshake_timeout_ms, DEFAULT_HANDSHAKE_TIMEOUT)
             .clamp(Duration::from_millis(10), Duration::from_secs(600)),
-        write_stall: ms(j.write_stall_ms, crate::server::DEFAULT_WRITE_STALL)
-            .clamp(Duration::from_millis(10), Duration::from_secs(600)),
+        write_stall: ms(
+            j.write_stall_ms,
+            shellper_leased::server::DEFAULT_WRITE_STALL,
+        )
+        .clamp(Duration::from_millis(10), Duration::from_secs(600)),
     })
 }
 
@@ -518,7 +521,7 @@ fn from_cli(cli: Cli, cwd: &Path) -> Result<Config> {
             .handshake_timeout
             .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT)
             .clamp(Duration::from_millis(10), Duration::from_secs(600)),
-        write_stall: crate::server::DEFAULT_WRITE_STALL,
+        write_stall: shellper_leased::server::DEFAULT_WRITE_STALL,
     })
 }
 

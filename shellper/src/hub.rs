@@ -10,35 +10,23 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use shellper_leased::outbox::{Outbox, Pushed};
+use shellper_leased::server::WorkerView as ChildView;
 use shellper_protocol::Frame;
 use shellper_protocol::lease::ConnId;
-use shellper_protocol::msg::{
-    ChildState, ClientInfo, ClientType, ExitMsg, Hello, Welcome, WelcomeLease,
-};
-use tokio_util::sync::CancellationToken;
+use shellper_protocol::msg::{ChildState, ClientType, ExitMsg, Hello, Welcome, WelcomeLease};
 
 use crate::child::SpawnSpec;
-use crate::outbox::{Outbox, Pushed};
 use crate::replay::ReplayBuffer;
 
-/// A connected client that completed HELLO.
+/// A connected client that completed HELLO, as the PTY streams to it (the
+/// connection itself is the server's: control frames, STATUS, closing).
 #[derive(Debug)]
 struct Client {
     kind: ClientType,
     peer_pid: u32,
     outbox: Arc<Outbox>,
     data: bool,
-    cancel: CancellationToken,
-}
-
-/// The PTY child as clients see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChildView {
-    pub pid: Option<u32>,
-    pub state: ChildState,
-    pub command: String,
-    pub args: Vec<String>,
-    pub cwd: String,
 }
 
 #[derive(Debug)]
@@ -62,8 +50,6 @@ pub struct Hub {
     inner: Mutex<Inner>,
     /// Wall-clock ms at which the session started (WELCOME `startTime`).
     pub start_time_ms: u64,
-    pub shellper_pid: u32,
-    pub leased: bool,
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
@@ -82,7 +68,6 @@ impl Hub {
         child_pid: Option<u32>,
         replay_lines: usize,
         replay_bytes: usize,
-        leased: bool,
     ) -> Self {
         let now = wall_ms();
         Hub {
@@ -104,8 +89,6 @@ impl Hub {
                 sessions: child_pid.map(|p| p as i32).into_iter().collect(),
             }),
             start_time_ms: now,
-            shellper_pid: std::process::id(),
-            leased,
         }
     }
 
@@ -117,7 +100,8 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers a client after HELLO and queues WELCOME, then REPLAY
+    /// Registers a client after HELLO and queues WELCOME (with `lease` as
+    /// its lease part), then REPLAY
     /// (unless a status client or `replay:false`), then EXIT if the child
     /// already exited (codev #905: late clients must learn of the exit).
     ///
@@ -132,7 +116,7 @@ impl Hub {
         hello: &Hello,
         peer_pid: u32,
         outbox: Arc<Outbox>,
-        cancel: CancellationToken,
+        lease: Option<WelcomeLease>,
     ) {
         let mut g = self.lock();
         let welcome = Welcome {
@@ -143,11 +127,7 @@ impl Hub {
             start_time: self.start_time_ms,
             last_data_at: Some(g.last_data_at),
             always_sends_replay: true,
-            lease: hello.lease.map(|_| WelcomeLease {
-                version: shellper_protocol::LEASE_PROTOCOL_VERSION,
-                leased: self.leased,
-                shellper_pid: self.shellper_pid,
-            }),
+            lease,
         };
         outbox.control(Frame::Welcome(welcome));
         if hello.wants_replay() {
@@ -166,7 +146,6 @@ impl Hub {
                 peer_pid,
                 outbox,
                 data: hello.wants_data(),
-                cancel,
             },
         );
     }
@@ -272,80 +251,12 @@ impl Hub {
     pub fn child(&self) -> ChildView {
         self.lock().child.clone()
     }
-
-    /// Queues a control frame for one client; `false` if it is gone or its
-    /// control lane overflowed (it is then disconnected).
-    pub fn send(&self, conn: ConnId, frame: Frame) -> bool {
-        let g = self.lock();
-        let Some(c) = g.clients.get(&conn) else {
-            return false;
-        };
-        match c.outbox.control(frame) {
-            Pushed::Queued => true,
-            _ => {
-                c.cancel.cancel();
-                false
-            }
-        }
-    }
-
-    /// Sends a last control frame and disconnects the client (a replaced
-    /// legacy tower).
-    pub fn kick(&self, conn: ConnId, frame: Option<Frame>) {
-        let g = self.lock();
-        if let Some(c) = g.clients.get(&conn) {
-            if let Some(f) = frame {
-                c.outbox.control(f);
-            }
-            c.cancel.cancel();
-        }
-    }
-
-    /// The outbox of a client, if connected.
-    pub fn outbox(&self, conn: ConnId) -> Option<Arc<Outbox>> {
-        self.lock().clients.get(&conn).map(|c| c.outbox.clone())
-    }
-
-    /// Connected clients for STATUS.
-    pub fn clients(&self, holder: Option<ConnId>) -> Vec<ClientInfo> {
-        let g = self.lock();
-        let mut v: Vec<(ConnId, ClientInfo)> = g
-            .clients
-            .iter()
-            .map(|(id, c)| {
-                (
-                    *id,
-                    ClientInfo {
-                        kind: c.kind,
-                        pid: c.peer_pid,
-                        holder: holder == Some(*id),
-                    },
-                )
-            })
-            .collect();
-        v.sort_by_key(|(id, _)| *id);
-        v.into_iter().map(|(_, c)| c).collect()
-    }
-
-    /// Peer pid of a connection.
-    pub fn peer_pid(&self, conn: ConnId) -> Option<u32> {
-        self.lock().clients.get(&conn).map(|c| c.peer_pid)
-    }
-
-    /// Disconnects everyone (queued frames are still written).
-    pub fn close_all(&self) {
-        let g = self.lock();
-        for c in g.clients.values() {
-            c.outbox.close();
-            c.cancel.cancel();
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::Out;
+    use shellper_leased::outbox::Out;
 
     fn spec() -> SpawnSpec {
         SpawnSpec {
@@ -380,7 +291,7 @@ mod tests {
 
     #[tokio::test]
     async fn late_client_gets_welcome_replay_then_exit() {
-        let hub = Hub::new(&spec(), Some(42), 100, 1000, false);
+        let hub = Hub::new(&spec(), Some(42), 100, 1000);
         hub.output(0, Bytes::from_static(b"hello"));
         hub.output(7, Bytes::from_static(b"stale generation"));
         hub.child_exited(
@@ -392,13 +303,7 @@ mod tests {
             },
         );
         let o = Arc::new(Outbox::new());
-        hub.register(
-            1,
-            &Hello::v1(ClientType::Terminal),
-            9,
-            o.clone(),
-            CancellationToken::new(),
-        );
+        hub.register(1, &Hello::v1(ClientType::Terminal), 9, o.clone(), None);
         let out = drain_out(&o).await;
         assert!(
             matches!(&out[0], Out::Frame(Frame::Welcome(w)) if w.pid == 42 && w.always_sends_replay)
@@ -415,11 +320,16 @@ mod tests {
 
     #[tokio::test]
     async fn status_clients_get_no_replay_data_or_exit() {
-        let hub = Hub::new(&spec(), Some(42), 100, 1000, true);
+        let hub = Hub::new(&spec(), Some(42), 100, 1000);
         let o = Arc::new(Outbox::new());
         let mut hello = Hello::v1(ClientType::Status);
         hello.lease = Some(1);
-        hub.register(1, &hello, 9, o.clone(), CancellationToken::new());
+        let lease = WelcomeLease {
+            version: shellper_protocol::LEASE_PROTOCOL_VERSION,
+            leased: true,
+            shellper_pid: 7,
+        };
+        hub.register(1, &hello, 9, o.clone(), Some(lease));
         hub.output(0, Bytes::from_static(b"x"));
         let frames = drain(&o).await;
         assert_eq!(frames.len(), 1);

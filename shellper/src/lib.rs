@@ -12,11 +12,10 @@
 //!   protocol's lease machine on tokio time with a termination hook; usable
 //!   by any shellper.
 //! * [`replay`]: the bounded replay buffer (pure).
-//! * [`outbox`]: per-connection priority queue drained by one writer task.
 //! * [`exit`] (from `shellper-leased`): exit codes.
 //! * [`child`]: the PTY child, its single reaper and its IO tasks.
 //! * [`hub`]: state shared by the PTY tasks and the connections.
-//! * [`server`]: socket binding and connections.
+//! * [`server`]: the PTY session of the lease crate's connection server.
 //! * [`startup`]: process-level start-up (session, subreaper, stdio, log).
 //! * [`kill`]: the kill ladder over the shellper's tree.
 //! * [`app`]: wires it all together ([`app::run`]).
@@ -27,7 +26,6 @@ pub mod config;
 pub mod error;
 pub mod hub;
 pub mod kill;
-pub mod outbox;
 pub mod replay;
 pub mod server;
 pub mod startup;

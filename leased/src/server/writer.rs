@@ -1,0 +1,170 @@
+//! The writer task of a connection: the only code that writes to its socket.
+//!
+//! It drains the connection's [`Outbox`] (control lane first) and owns the
+//! write half. A write that fails, or makes no progress for the write stall
+//! limit, ends the connection whole (SPEC.md §7): the outbox is closed, the
+//! reader is cancelled (so the slot is freed and the client unregistered)
+//! and the socket is shut down both ways, so nothing follows a half-written
+//! frame and the peer sees the end at once.
+//!
+//! Memory: what a connection can make this task hold is bounded by its
+//! outbox (see [`crate::outbox`]) plus one encoded frame in `buf`.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shellper_protocol::Frame;
+use tokio::io::AsyncWriteExt as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::outbox::{Out, Outbox};
+use crate::sock::{Half, Stream};
+
+/// How long the writer keeps flushing queued frames after a close.
+pub(super) const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
+/// Longest wait at a barrier for the peer to read what was written before
+/// it (a peer that reads nothing for this long gets the rest anyway).
+const PEER_READ_WAIT: Duration = Duration::from_secs(1);
+/// How often the writer looks at the socket's unread byte count there.
+const PEER_READ_POLL: Duration = Duration::from_millis(2);
+
+/// Writes frames from the outbox, in priority order, until it is closed
+/// and drained, the connection is cancelled, or a write fails or stalls.
+/// Queued frames are written before a cancellation is noticed (biased
+/// select), so a last ERROR/TERMINATED/REVOKED pushed just before the
+/// cancel still reaches the peer.
+pub(super) async fn writer(
+    outbox: Arc<Outbox>,
+    mut w: Half,
+    cancel: CancellationToken,
+    stall: Duration,
+) {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            f = outbox.next() => f,
+            () = cancel.cancelled() => break,
+        };
+        let Some(out) = next else {
+            break;
+        };
+        if let Err(why) = write_out(&mut w, &mut buf, &out, stall).await {
+            tracing::info!(error = %why, "write failed; closing the connection");
+            abort_connection(&outbox, &w, &cancel);
+            return;
+        }
+    }
+    // Cancelled or closed: flush what is still queued for a bounded time,
+    // then end the connection.
+    outbox.close();
+    let flushed = tokio::time::timeout(FLUSH_ON_CLOSE, async {
+        while let Some(out) = outbox.next().await {
+            write_out(&mut w, &mut buf, &out, stall).await?;
+        }
+        Ok::<(), io::Error>(())
+    })
+    .await;
+    match flushed {
+        Ok(Ok(())) => w.shutdown(rustix::net::Shutdown::Write),
+        _ => abort_connection(&outbox, &w, &cancel),
+    }
+}
+
+/// Ends a connection whose writer cannot go on.
+fn abort_connection(outbox: &Outbox, w: &Half, cancel: &CancellationToken) {
+    outbox.close();
+    cancel.cancel();
+    w.shutdown(rustix::net::Shutdown::Both);
+}
+
+/// Writes a frame, or waits at a barrier.
+async fn write_out(
+    w: &mut Half,
+    buf: &mut bytes::BytesMut,
+    out: &Out,
+    stall: Duration,
+) -> io::Result<()> {
+    match out {
+        Out::Frame(f) => write_frame(w, buf, f, stall).await,
+        Out::AwaitPeerRead => {
+            await_peer_read(w).await;
+            Ok(())
+        }
+    }
+}
+
+/// Waits until the peer has read every byte written so far (the socket's
+/// send queue, `SIOCOUTQ`, is empty), at most [`PEER_READ_WAIT`]. What is
+/// written next then reaches the peer in a read of its own.
+async fn await_peer_read(w: &Half) {
+    use std::os::fd::AsFd;
+    let deadline = tokio::time::Instant::now() + PEER_READ_WAIT;
+    loop {
+        let unread = match &*w.0 {
+            Stream::UdSocket(s) => unread_bytes(s.as_fd()),
+        };
+        match unread {
+            Ok(0) => return,
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(PEER_READ_POLL).await;
+            }
+            Ok(left) => {
+                tracing::debug!(left, "peer did not read within the barrier wait");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "SIOCOUTQ");
+                return;
+            }
+        }
+    }
+}
+
+/// Bytes written to a Unix stream socket that its peer has not read yet.
+fn unread_bytes(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: `fd` is a valid open socket for the duration of the call;
+    // SIOCOUTQ (= TIOCOUTQ) writes one c_int through the pointer, which
+    // points at a live local.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Encodes and writes one frame. Each write call must make progress
+/// within `stall`, else the frame fails with `TimedOut`: a slow reader
+/// that keeps taking bytes gets a large REPLAY however long it takes.
+async fn write_frame(
+    w: &mut Half,
+    buf: &mut bytes::BytesMut,
+    frame: &Frame,
+    stall: Duration,
+) -> io::Result<()> {
+    buf.clear();
+    if let Err(e) = frame.encode_into(buf) {
+        // Our own frame, over its limit: a bug, not the peer's fault.
+        tracing::warn!(error = %e, "dropping unencodable frame");
+        return Ok(());
+    }
+    let mut rest: &[u8] = buf;
+    while !rest.is_empty() {
+        match tokio::time::timeout(stall, w.write(rest)).await {
+            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => rest = &rest[n..],
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("peer accepted no bytes for {stall:?}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
