@@ -1,8 +1,8 @@
 //! contrib/systemd/minitower.service: the unit keeps the sessions on stop
 //! and restart, and its ExecStart command line really works.
 //!
-//! No systemd user manager runs in CI containers, so `systemctl --user` is
-//! not exercised here. What is: the unit's settings (KillMode=process,
+//! `systemctl --user` against a real user manager is
+//! `leasectl/tests/service.rs`. What is here: the unit's settings (KillMode=process,
 //! --on-exit detach), `systemd-analyze verify` when the tool exists, and
 //! the ExecStart command line run as systemd would (its Environment=, the
 //! default scope under $XDG_RUNTIME_DIR, stdin from /dev/null, stdout JSON
