@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -342,6 +343,96 @@ fn s10_hostile_control_requests_get_clear_errors_and_change_nothing() {
     assert_eq!(t.count("spawned"), 1, "{:#?}", t.seen);
 
     let r = c.ask(&json!({"v":1,"op":"terminate","id":id}));
+    assert_eq!(r["ok"], true, "{r}");
+    t.signal(libc::SIGTERM);
+    assert!(t.wait_exit(EVENT_WAIT).success(), "{}", t.stderr());
+    guard.finish();
+}
+
+/// A peer of another uid is refused by its credentials, whatever the
+/// file permissions let through (here: a client with CAP_DAC_OVERRIDE,
+/// which the scope's 0700 and the socket's 0600 do not stop).
+#[test]
+fn control_refuses_a_peer_of_another_uid() {
+    if rustix::process::geteuid().as_raw() != 0 {
+        eprintln!("skipped: needs root to run a client as another uid");
+        return;
+    }
+    let guard = LeakGuard::new("control_uid");
+    let dir = tempfile::tempdir().unwrap();
+    let scope = dir.path().join("scope");
+    let mut t = start(&guard, &scope);
+    let script = format!(
+        "import os, socket\n\
+         assert os.getuid() == 65534\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.connect({:?})\n\
+         print(s.makefile().readline(), end='')\n",
+        ctl(&scope).display().to_string()
+    );
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--inh-caps=+dac_override", "--ambient-caps=+dac_override"])
+        .args(["python3", "-c", &script]);
+    guard.apply(&mut c);
+    let out = c.output().expect("setpriv (util-linux) and python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(error_code(&r), "forbidden");
+    t.wait_for(EVENT_WAIT, |v| {
+        v["event"] == "control_refused" && v["code"] == "forbidden"
+    });
+    t.signal(libc::SIGTERM);
+    assert!(t.wait_exit(EVENT_WAIT).success(), "{}", t.stderr());
+    guard.finish();
+}
+
+/// The README's Python example, run as printed (plus the leak guard's tag
+/// in its environment): a second implementation in a dozen lines.
+#[test]
+fn the_readme_python_client_spawns_a_session() {
+    let guard = LeakGuard::new("control_python");
+    let dir = tempfile::tempdir().unwrap();
+    let xdg = dir.path().join("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    let scope = xdg.join("shellper");
+    let mut t = start(&guard, &scope);
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let start_at = readme
+        .find("```python\n")
+        .expect("README has a Python example")
+        + 10;
+    let snippet = &readme[start_at..start_at + readme[start_at..].find("```").unwrap()];
+    let env = r#"{"PATH": "/usr/bin:/bin"}"#;
+    assert!(snippet.contains(env), "{snippet}");
+    let tagged = snippet.replace(
+        env,
+        &format!(
+            r#"{{"PATH": "/usr/bin:/bin", "{LEAK_TAG_VAR}": "{}"}}"#,
+            guard.tag()
+        ),
+    );
+    let mut c = Command::new("python3");
+    c.args(["-c", &tagged]).env("XDG_RUNTIME_DIR", &xdg);
+    guard.apply(&mut c);
+    let out = c.output().expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(id.starts_with("sh-"), "{id:?}");
+    t.wait_for(EVENT_WAIT, |v| {
+        v["event"] == "spawned" && v["id"] == id.as_str()
+    });
+    let mut c2 = Client::connect(&ctl(&scope));
+    let r = c2.ask(&json!({"v":1,"op":"terminate","id":id}));
     assert_eq!(r["ok"], true, "{r}");
     t.signal(libc::SIGTERM);
     assert!(t.wait_exit(EVENT_WAIT).success(), "{}", t.stderr());
