@@ -18,7 +18,6 @@
 //! to a temporary file renamed into place, the shim last, so codev never
 //! starts a session on a shim without its binary.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -475,24 +474,11 @@ async fn version_of(bin: &Path) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// Writes `bytes` to `dest` through a temporary file in the same directory
-/// renamed over it: a reader (codev starting a session) sees the old or the
-/// new file, never half of one.
+/// Writes `bytes` to `dest` atomically (tower-client's one atomic write):
+/// codev starting a session reads the old file or the new one, never half
+/// of one.
 fn write_atomic(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".leasectl-")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io("creating a temporary file in", dir, e))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| Error::io("writing", tmp.path().to_path_buf(), e))?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
-        .map_err(|e| Error::io("setting the mode of", tmp.path().to_path_buf(), e))?;
-    tmp.persist(dest)
-        .map_err(|e| Error::io("replacing", dest, e.error))?;
-    Ok(())
+    tower_client::write_atomic(dest, bytes, mode).map_err(|e| Error::io("writing", dest, e))
 }
 
 fn mode_of(p: &Path) -> u32 {
