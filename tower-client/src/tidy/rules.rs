@@ -1,30 +1,6 @@
-//! Tidying a scope: registry entries, socket files and logs of shellpers
-//! that are gone, and a cap on the scope's logs.
-//!
-//! A scope used for months collects what dead shellpers leave: a registry
-//! entry whose process was SIGKILLed while no Tower held it, a socket file
-//! nobody listens on, a `<id>.log` (kept on purpose for post-mortems) and,
-//! after a SIGKILL, its rotated `<id>.log.1`. This module decides what may
-//! go ([`plan`], pure: files, registry and the facts gathered by the caller
-//! in, actions out) and gathers those facts ([`gather`]); a Tower runs it at
-//! start and periodically ([`crate::Tower::tidy`]), `leasectl prune` on
-//! request.
-//!
-//! What is *proven* gone is the only thing removed:
-//! * a registry entry only when the kernel says its process is gone
-//!   (`pidfd_for`: no such pid, or another start time); "unknown" (out of
-//!   descriptors, /proc unreadable) keeps it;
-//! * a socket file only when connecting to it is refused (nothing listens),
-//!   it is older than [`TidyPolicy::min_age`] (a starting shellper binds
-//!   before it listens) and no live registry entry names it;
-//! * a log only when its shellper is gone by those rules (no held lease, no
-//!   live or unknown registry entry, no socket that answers or is young),
-//!   and it was last written more than [`TidyPolicy::keep_gone_logs`] ago,
-//!   or the scope is over its log cap.
-//!
-//! The log cap removes, oldest first, the logs of gone shellpers, then the
-//! rotated logs (`<id>.log.N`) of live ones; never a live shellper's
-//! current log (its stderr points there, and unlinking would free nothing).
+//! The rules (pure): what a tidy may remove, from the scope's files, the
+//! registry and the facts gathered by the caller; nothing here reads the
+//! file system or asks the kernel.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -33,13 +9,6 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::registry::Registry;
-
-/// At most this many directory entries are looked at in one tidy: a scope
-/// with more (someone dumped files into it) is tidied in several rounds.
-pub const MAX_ENTRIES: usize = 20_000;
-
-/// How long a connection probe of a socket file may take.
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// What a tidy may remove, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,11 +64,11 @@ pub struct ScopeFile {
     pub modified: SystemTime,
 }
 
-/// The scope's shellper files (bounded by [`MAX_ENTRIES`]).
+/// The scope's shellper files (bounded by [`MAX_ENTRIES`](super::MAX_ENTRIES)).
 #[derive(Debug, Clone, Default)]
 pub struct ScopeFiles {
     pub files: Vec<ScopeFile>,
-    /// True when the listing stopped at [`MAX_ENTRIES`].
+    /// True when the listing stopped at [`MAX_ENTRIES`](super::MAX_ENTRIES).
     pub truncated: bool,
 }
 
@@ -127,45 +96,6 @@ pub fn classify(name: &str) -> Option<(String, FileKind)> {
         (id, FileKind::RotatedLog)
     };
     valid_id(id).then(|| (id.to_string(), kind))
-}
-
-/// Lists the scope's shellper files (bounded; symlinks and other file
-/// types than sockets and regular files are skipped).
-pub fn list_scope(dir: &Path) -> std::io::Result<ScopeFiles> {
-    use std::os::unix::fs::FileTypeExt;
-    let mut out = ScopeFiles::default();
-    for (n, e) in std::fs::read_dir(dir)?.enumerate() {
-        if n >= MAX_ENTRIES {
-            out.truncated = true;
-            break;
-        }
-        let Ok(e) = e else { continue };
-        let name = e.file_name();
-        let Some((id, kind)) = classify(&name.to_string_lossy()) else {
-            continue;
-        };
-        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
-            continue;
-        };
-        let ft = meta.file_type();
-        let ok = match kind {
-            FileKind::Socket => ft.is_socket(),
-            FileKind::Log | FileKind::RotatedLog => ft.is_file(),
-        };
-        if !ok {
-            continue;
-        }
-        out.files.push(ScopeFile {
-            id,
-            kind,
-            path: e.path(),
-            bytes: meta.len(),
-            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-        });
-    }
-    out.files
-        .sort_by(|a, b| (&a.id, a.kind).cmp(&(&b.id, b.kind)));
-    Ok(out)
 }
 
 /// Whether a registry entry's process is alive (the kernel's word).
@@ -226,7 +156,7 @@ pub struct TidyPlan {
     /// current logs left).
     pub log_cap: u64,
     pub over_cap: bool,
-    /// The listing stopped at [`MAX_ENTRIES`]: run again for the rest.
+    /// The listing stopped at [`MAX_ENTRIES`](super::MAX_ENTRIES): run again for the rest.
     pub truncated: bool,
 }
 
@@ -393,96 +323,6 @@ pub fn plan(
     }
     out.log_bytes_after = total;
     out.over_cap = total > policy.scope_log_cap;
-    out
-}
-
-/// Gathers [`Facts`] for the registry entries and socket files that are
-/// not `held`: the kernel's word on each entry's process (pidfd and start
-/// time, on the blocking pool), and a connect probe of each socket file
-/// that no live entry explains (bounded by [`PROBE_TIMEOUT`] each, at most
-/// 64 at once).
-pub async fn gather(files: &ScopeFiles, registry: &Registry, held: HashSet<String>) -> Facts {
-    let todo: Vec<(String, u32, u64)> = registry
-        .shellpers
-        .iter()
-        .filter(|e| !held.contains(&e.id))
-        .map(|e| (e.id.clone(), e.pid, e.start_ticks))
-        .collect();
-    let entries: HashMap<String, Liveness> = tokio::task::spawn_blocking(move || {
-        todo.into_iter()
-            .map(|(id, pid, ticks)| {
-                let l = match shellper_proctree::pidfd_for(pid as i32, ticks) {
-                    shellper_proctree::PidfdLookup::Alive(_) => Liveness::Alive,
-                    shellper_proctree::PidfdLookup::Gone => Liveness::Gone,
-                    shellper_proctree::PidfdLookup::Unknown(_) => Liveness::Unknown,
-                };
-                (id, l)
-            })
-            .collect()
-    })
-    .await
-    .unwrap_or_default();
-    let probe: Vec<(String, PathBuf)> = files
-        .files
-        .iter()
-        .filter(|f| f.kind == FileKind::Socket && !held.contains(&f.id))
-        .filter(|f| match entries.get(&f.id) {
-            None => true,
-            Some(l) => *l == Liveness::Gone,
-        })
-        .map(|f| (f.id.clone(), f.path.clone()))
-        .collect();
-    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
-    let mut set = tokio::task::JoinSet::new();
-    for (id, path) in probe {
-        let sem = sem.clone();
-        set.spawn(async move {
-            let _permit = sem.acquire_owned().await.ok();
-            let r =
-                tokio::time::timeout(PROBE_TIMEOUT, tokio::net::UnixStream::connect(&path)).await;
-            let refused =
-                matches!(r, Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused);
-            (id, refused)
-        });
-    }
-    let mut refused = HashSet::new();
-    while let Some(j) = set.join_next().await {
-        if let Ok((id, true)) = j {
-            refused.insert(id);
-        }
-    }
-    Facts {
-        held,
-        entries,
-        refused,
-        keep: HashSet::new(),
-    }
-}
-
-/// What executing a plan did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct TidyDone {
-    /// Actions carried out.
-    pub done: Vec<Action>,
-    /// Actions that failed, with the error.
-    pub failed: Vec<(Action, String)>,
-}
-
-/// Removes the plan's files (sockets and logs; a file already gone counts
-/// as removed). Registry entries are the caller's: a Tower commits through
-/// its registry store, `leasectl` writes under the instance lock.
-pub fn remove_files(plan: &TidyPlan) -> TidyDone {
-    let mut out = TidyDone::default();
-    for a in &plan.actions {
-        if a.what == What::RegistryEntry {
-            continue;
-        }
-        match std::fs::remove_file(&a.path) {
-            Ok(()) => out.done.push(a.clone()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.done.push(a.clone()),
-            Err(e) => out.failed.push((a.clone(), e.to_string())),
-        }
-    }
     out
 }
 
@@ -771,18 +611,5 @@ mod tests {
         );
         assert!(p.actions.is_empty());
         assert!(p.over_cap);
-    }
-
-    #[test]
-    fn listing_skips_strangers_and_symlinks() {
-        let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("sh-0000000a.log"), "x").unwrap();
-        std::fs::write(d.path().join("notes.txt"), "x").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", d.path().join("sh-0000000b.log")).unwrap();
-        // A regular file named like a socket is not a socket.
-        std::fs::write(d.path().join("sh-0000000c.sock"), "").unwrap();
-        let l = list_scope(d.path()).unwrap();
-        let names: Vec<_> = l.files.iter().map(|f| (f.id.as_str(), f.kind)).collect();
-        assert_eq!(names, [("sh-0000000a", FileKind::Log)]);
     }
 }
