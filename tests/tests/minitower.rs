@@ -115,7 +115,15 @@ fn s01_minitower_sigkill_every_tree_dies_after_window_not_before() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(first_loss, None, "a process died before the window");
-    assert!(all_alive(&sh));
+    // The shellpers themselves: a check counts only if it ended before the
+    // window did (the scans above can overrun their slot on a loaded machine,
+    // and at the window's end the shellpers go, as they should).
+    let shellpers_alive = all_alive(&sh);
+    assert!(
+        shellpers_alive || t0.elapsed() >= window,
+        "a shellper died before the window ({:?} after the SIGKILL)",
+        t0.elapsed()
+    );
     let left = guard.wait_gone(window + grace + Duration::from_secs(3) - t0.elapsed());
     let gone_at = t0.elapsed();
     assert!(left.is_empty(), "survivors: {left:?}");
