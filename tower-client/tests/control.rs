@@ -319,7 +319,10 @@ fn s10_hostile_control_requests_get_clear_errors_and_change_nothing() {
     let r = idle[0].recv().unwrap();
     assert_eq!(error_code(&r), "timeout");
     let waited = idle_since.elapsed();
-    assert!(waited <= Duration::from_secs(25), "timeout took {waited:?}");
+    assert!(
+        waited >= Duration::from_secs(8) && waited <= Duration::from_secs(25),
+        "timeout after {waited:?}, not about 10 s"
+    );
     assert!(idle[0].closed());
     idle.clear();
 
