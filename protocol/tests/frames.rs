@@ -477,3 +477,126 @@ proptest! {
         prop_assert!(res.is_err(), "{:?} with {} trailing bytes decoded", t, extra.len());
     }
 }
+
+/// Merges consecutive DATA (and consecutive REPLAY) frames: what a
+/// streaming decoder delivers in pieces compares equal to the whole frames.
+fn merge_bulk(frames: Vec<Frame>) -> Vec<Frame> {
+    let mut out: Vec<Frame> = Vec::new();
+    for f in frames {
+        match (out.last_mut(), f) {
+            (Some(Frame::Data(a)), Frame::Data(b)) => {
+                let mut m = BytesMut::from(&a[..]);
+                m.extend_from_slice(&b);
+                *a = m.freeze();
+            }
+            (Some(Frame::Replay(a)), Frame::Replay(b)) => {
+                let mut m = BytesMut::from(&a[..]);
+                m.extend_from_slice(&b);
+                *a = m.freeze();
+            }
+            (_, f) => out.push(f),
+        }
+    }
+    out
+}
+
+/// A 16 MiB DATA frame arriving in 64 KiB reads: the streaming decoder
+/// hands it out as it comes, never holding more than what was read, and
+/// says it wants nothing buffered ahead for it; the plain decoder waits
+/// for all of it.
+#[test]
+fn streaming_delivers_a_large_data_frame_as_it_arrives() {
+    use shellper_protocol::codec::STREAM_PIECE;
+    let payload: Vec<u8> = (0..(16u32 << 20)).map(|i| i as u8).collect();
+    let wire = raw(0x01, &payload);
+    let mut codec = FrameCodec::streaming();
+    let mut buf = BytesMut::new();
+    let mut got = Vec::with_capacity(payload.len());
+    let mut most_buffered = 0;
+    for chunk in wire.chunks(64 * 1024) {
+        buf.extend_from_slice(chunk);
+        most_buffered = most_buffered.max(buf.len());
+        while let Some(f) = codec.decode(&mut buf).unwrap() {
+            let Frame::Data(b) = f else { panic!("{f:?}") };
+            assert!(b.len() <= STREAM_PIECE);
+            got.extend_from_slice(&b);
+        }
+        assert!(buf.is_empty(), "every byte read was handed out");
+        assert!(!codec.mid_frame() || codec.wanted(&buf) == 1);
+    }
+    assert_eq!(got, payload);
+    assert!(most_buffered <= 64 * 1024 + 5);
+    assert!(!codec.mid_frame());
+    assert!(codec.decode_eof(&mut buf).unwrap().is_none());
+
+    // An empty DATA frame is one empty piece.
+    let mut buf = BytesMut::from(&raw(0x01, b"")[..]);
+    assert_eq!(
+        codec.decode(&mut buf).unwrap(),
+        Some(Frame::Data(Default::default()))
+    );
+}
+
+#[test]
+fn streaming_checks_limits_and_reports_truncation() {
+    let mut codec = FrameCodec::streaming();
+    // Over the wire limit: refused from the header.
+    let mut buf = BytesMut::from(&[0x01, 0x01, 0x00, 0x00, 0x01][..]);
+    assert!(matches!(
+        codec.decode(&mut buf),
+        Err(CodecError::Frame(FrameError::Oversized { .. }))
+    ));
+    // Cut short: an error at EOF, not a silent end.
+    let mut codec = FrameCodec::streaming();
+    let wire = raw(0x01, &[7u8; 100]);
+    let mut buf = BytesMut::from(&wire[..50]);
+    assert!(matches!(codec.decode(&mut buf).unwrap(), Some(Frame::Data(b)) if b.len() == 45));
+    assert!(codec.mid_frame());
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert!(matches!(
+        codec.decode_eof(&mut buf),
+        Err(CodecError::Frame(FrameError::Truncated {
+            buffered: 0,
+            needed: 55
+        }))
+    ));
+    // `wanted` for a frame decoded whole: the rest of its bytes.
+    let codec = FrameCodec::streaming();
+    let spawn = raw(0x0A, &[b' '; 1000]);
+    assert_eq!(codec.wanted(&spawn[..3]), 2);
+    assert_eq!(codec.wanted(&spawn[..10]), 1005 - 10);
+    assert_eq!(codec.wanted(&spawn), 0);
+    assert_eq!(codec.wanted(&raw(0x01, &[0; 1000])[..5]), 0, "DATA streams");
+    assert_eq!(FrameCodec::new().wanted(&raw(0x01, &[0; 1000])[..5]), 1000);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Streaming changes only how DATA and REPLAY are cut: merged back,
+    /// the frames are the same as the plain decoder's, split anywhere.
+    #[test]
+    fn streaming_decodes_the_same_frames_split_anywhere(frames in proptest::collection::vec(frame(), 1..6), cuts in proptest::collection::vec(1usize..64, 1..20)) {
+        let mut wire = BytesMut::new();
+        let mut codec = FrameCodec::streaming();
+        for f in &frames {
+            codec.encode(f.clone(), &mut wire).unwrap();
+        }
+        let wire = wire.freeze();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        let mut i = 0;
+        while pos < wire.len() {
+            let n = cuts[i % cuts.len()].min(wire.len() - pos);
+            buf.put_slice(&wire[pos..pos + n]);
+            pos += n;
+            i += 1;
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+        }
+        prop_assert!(codec.decode_eof(&mut buf).unwrap().is_none());
+        prop_assert_eq!(merge_bulk(out), merge_bulk(frames));
+    }
+}
