@@ -66,6 +66,7 @@ pub mod driver;
 mod embedded;
 pub mod exit;
 pub mod invocation;
+pub mod mem;
 pub mod outbox;
 pub mod server;
 pub mod sock;

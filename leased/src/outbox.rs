@@ -7,8 +7,9 @@
 //!
 //! * the **control** lane (WELCOME, lease replies, STATUS, ERROR, PONG) always
 //!   goes first, so renewals are answered even while terminal output is
-//!   queued; it is bounded in frames, and a client that lets it overflow is
-//!   not reading at all: it is disconnected;
+//!   queued; it is bounded in bytes ([`CONTROL_QUEUE_BYTES`]: each frame
+//!   counts its encoded size plus [`CONTROL_FRAME_COST`]), and a client that
+//!   lets it overflow is not reading at all: it is disconnected;
 //! * the **ordered** lane carries REPLAY, DATA and EXIT in PTY order (EXIT
 //!   must not overtake the last output). DATA past [`DATA_QUEUE_BYTES`] is
 //!   dropped for that client only (terminal output is ephemeral, as in
@@ -19,21 +20,39 @@
 //!   peer has read everything written before it, so what follows lands in
 //!   a later read (SPEC §7: the retained EXIT after WELCOME and REPLAY).
 //!
+//! **DATA is coalesced.** Output pushed while the previous DATA is still
+//! queued is appended to it (up to [`DATA_FRAME_MAX`] per frame), copied
+//! into one growing buffer: a client that falls behind a program writing
+//! a million tiny lines holds its 1 MiB budget in a few dozen buffers, not
+//! in a million small allocations and queue entries (each costing far more
+//! than its bytes). It also means fewer, larger writes for a slow reader.
+//! DATA is a byte stream: how it is cut into frames carries no meaning.
+//!
 //! The queue logic ([`Lanes`]) is pure and unit-tested; [`Outbox`] adds the
 //! lock and the wake-up.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use shellper_protocol::Frame;
 use tokio::sync::Notify;
 
 /// Most REPLAY and DATA bytes queued for one client before new DATA is
 /// dropped.
 pub const DATA_QUEUE_BYTES: usize = 1024 * 1024;
-/// Most control frames queued for one client before it is disconnected.
-pub const CONTROL_QUEUE_FRAMES: usize = 1024;
+/// Largest DATA frame the coalescing builds (a single PTY read may be
+/// larger; it is never split).
+pub const DATA_FRAME_MAX: usize = 64 * 1024;
+/// Most control bytes queued for one client before it is disconnected:
+/// room for four STATUS replies of the largest size (256 KiB each), or
+/// thousands of ordinary ones.
+pub const CONTROL_QUEUE_BYTES: usize = 1024 * 1024;
+/// What a queued control frame costs beyond its encoded payload: the
+/// queue entry and the decoded message's own allocations, so a flood of
+/// empty frames (PONG) is bounded too: at most
+/// `CONTROL_QUEUE_BYTES / CONTROL_FRAME_COST` = 4,096 of them.
+pub const CONTROL_FRAME_COST: usize = 256;
 
 /// What pushing a frame did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,11 +73,28 @@ pub enum Out {
     AwaitPeerRead,
 }
 
+/// An entry of the ordered lane.
+#[derive(Debug)]
+enum Ordered {
+    /// DATA still open for appending.
+    Data(BytesMut),
+    Frame(Frame),
+    Barrier,
+}
+
+/// The byte cost of a control frame: its encoded payload plus the fixed
+/// [`CONTROL_FRAME_COST`]. A frame that does not encode is written as
+/// nothing (the writer drops it), so it costs only the fixed part.
+fn control_cost(f: &Frame) -> usize {
+    CONTROL_FRAME_COST + f.encode_payload().map_or(0, |p| p.len())
+}
+
 /// The two lanes, without synchronisation.
 #[derive(Debug, Default)]
 pub struct Lanes {
-    control: VecDeque<Frame>,
-    ordered: VecDeque<Out>,
+    control: VecDeque<(Frame, usize)>,
+    control_bytes: usize,
+    ordered: VecDeque<Ordered>,
     data_bytes: usize,
     closed: bool,
     /// DATA frames dropped for this client since it connected.
@@ -67,14 +103,19 @@ pub struct Lanes {
 
 impl Lanes {
     pub fn push_control(&mut self, f: Frame) -> Pushed {
-        if self.closed || self.control.len() >= CONTROL_QUEUE_FRAMES {
+        let cost = control_cost(&f);
+        if self.closed || self.control_bytes + cost > CONTROL_QUEUE_BYTES {
             return Pushed::Overflow;
         }
-        self.control.push_back(f);
+        self.control_bytes += cost;
+        self.control.push_back((f, cost));
         Pushed::Queued
     }
 
-    pub fn push_data(&mut self, b: Bytes) -> Pushed {
+    /// Queues a copy of `b` as DATA, appended to the DATA queued last when
+    /// nothing was queued after it and the frame stays within
+    /// [`DATA_FRAME_MAX`].
+    pub fn push_data(&mut self, b: &[u8]) -> Pushed {
         if self.closed {
             return Pushed::Overflow;
         }
@@ -83,7 +124,12 @@ impl Lanes {
             return Pushed::Dropped;
         }
         self.data_bytes += b.len();
-        self.ordered.push_back(Out::Frame(Frame::Data(b)));
+        match self.ordered.back_mut() {
+            Some(Ordered::Data(d)) if d.len() + b.len() <= DATA_FRAME_MAX => {
+                d.extend_from_slice(b);
+            }
+            _ => self.ordered.push_back(Ordered::Data(BytesMut::from(b))),
+        }
         Pushed::Queued
     }
 
@@ -97,7 +143,7 @@ impl Lanes {
         if let Frame::Replay(b) = &f {
             self.data_bytes += b.len();
         }
-        self.ordered.push_back(Out::Frame(f));
+        self.ordered.push_back(Ordered::Frame(f));
         Pushed::Queued
     }
 
@@ -107,20 +153,42 @@ impl Lanes {
         if self.closed {
             return Pushed::Overflow;
         }
-        self.ordered.push_back(Out::AwaitPeerRead);
+        self.ordered.push_back(Ordered::Barrier);
         Pushed::Queued
     }
 
     /// Next thing for the writer: control frames first.
     pub fn pop(&mut self) -> Option<Out> {
-        if let Some(f) = self.control.pop_front() {
+        if let Some((f, cost)) = self.control.pop_front() {
+            self.control_bytes -= cost;
             return Some(Out::Frame(f));
         }
-        let o = self.ordered.pop_front()?;
-        if let Out::Frame(Frame::Data(b) | Frame::Replay(b)) = &o {
-            self.data_bytes -= b.len();
-        }
-        Some(o)
+        Some(match self.ordered.pop_front()? {
+            Ordered::Data(d) => {
+                self.data_bytes -= d.len();
+                // Freed once written: count it towards the next trim.
+                crate::mem::released(d.len());
+                Out::Frame(Frame::Data(d.freeze()))
+            }
+            Ordered::Frame(f) => {
+                if let Frame::Replay(b) = &f {
+                    self.data_bytes -= b.len();
+                    crate::mem::released(b.len());
+                }
+                Out::Frame(f)
+            }
+            Ordered::Barrier => Out::AwaitPeerRead,
+        })
+    }
+
+    /// Control bytes queued (encoded payloads plus the per-frame cost).
+    pub fn control_bytes(&self) -> usize {
+        self.control_bytes
+    }
+
+    /// REPLAY and DATA bytes queued.
+    pub fn data_bytes(&self) -> usize {
+        self.data_bytes
     }
 
     /// Stop accepting frames; what is queued is still written.
@@ -130,6 +198,13 @@ impl Lanes {
 
     pub fn is_closed(&self) -> bool {
         self.closed
+    }
+}
+
+impl Drop for Lanes {
+    fn drop(&mut self) {
+        // A client that left with output queued: that memory is freed now.
+        crate::mem::released(self.data_bytes + self.control_bytes);
     }
 }
 
@@ -164,7 +239,7 @@ impl Outbox {
         self.with(|l| l.push_control(f))
     }
 
-    pub fn data(&self, b: Bytes) -> Pushed {
+    pub fn data(&self, b: &[u8]) -> Pushed {
         self.with(|l| l.push_data(b))
     }
 
@@ -212,6 +287,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use shellper_protocol::msg::{ErrorCode, ErrorMsg, ExitMsg};
 
     fn err() -> Frame {
@@ -225,7 +301,7 @@ mod tests {
     fn control_overtakes_bulk_but_exit_keeps_order() {
         let mut l = Lanes::default();
         l.push_ordered(Frame::Replay(Bytes::from_static(b"r")));
-        l.push_data(Bytes::from_static(b"d"));
+        l.push_data(b"d");
         l.push_ordered(Frame::Exit(ExitMsg::exited(0)));
         l.push_control(err());
         assert!(matches!(l.pop(), Some(Out::Frame(Frame::Error(_)))));
@@ -238,10 +314,10 @@ mod tests {
     #[test]
     fn data_is_dropped_past_the_bound_and_control_overflow_is_reported() {
         let mut l = Lanes::default();
-        let chunk = Bytes::from(vec![0u8; 64 * 1024]);
+        let chunk = vec![0u8; 64 * 1024];
         let mut queued = 0;
         for _ in 0..100 {
-            if l.push_data(chunk.clone()) == Pushed::Queued {
+            if l.push_data(&chunk) == Pushed::Queued {
                 queued += 1;
             }
         }
@@ -249,15 +325,82 @@ mod tests {
         assert_eq!(l.dropped, 100 - queued as u64);
         // Draining frees room again.
         assert!(l.pop().is_some());
-        assert_eq!(l.push_data(chunk), Pushed::Queued);
+        assert_eq!(l.push_data(&chunk), Pushed::Queued);
 
-        for _ in 0..CONTROL_QUEUE_FRAMES {
+        let most = CONTROL_QUEUE_BYTES / CONTROL_FRAME_COST;
+        for _ in 0..most {
             assert_eq!(l.push_control(Frame::Pong), Pushed::Queued);
         }
         assert_eq!(l.push_control(Frame::Pong), Pushed::Overflow);
         l.close();
         assert_eq!(l.push_ordered(Frame::Pong), Pushed::Overflow);
         assert!(l.pop().is_some(), "queued frames survive close");
+    }
+
+    /// A STATUS of the largest size: the control lane is bounded in bytes,
+    /// so a client that requests STATUS and never reads is disconnected
+    /// after a few MiB at most, not after 1,024 replies (256 MiB).
+    #[test]
+    fn control_lane_is_bounded_in_bytes() {
+        use shellper_protocol::msg::{ErrorCode, ErrorMsg};
+        let big = || {
+            Frame::Error(ErrorMsg {
+                code: ErrorCode::Protocol,
+                message: "e".repeat(3000),
+            })
+        };
+        let mut l = Lanes::default();
+        let mut n = 0;
+        while l.push_control(big()) == Pushed::Queued {
+            n += 1;
+            assert!(n < 1024, "never overflowed");
+        }
+        let cost = control_cost(&big());
+        assert!(cost > 3000);
+        assert_eq!(n, CONTROL_QUEUE_BYTES / cost);
+        assert!(l.control_bytes() <= CONTROL_QUEUE_BYTES);
+        // Writing one makes room for one.
+        assert!(matches!(l.pop(), Some(Out::Frame(Frame::Error(_)))));
+        assert_eq!(l.push_control(big()), Pushed::Queued);
+        while l.pop().is_some() {}
+        assert_eq!(l.control_bytes(), 0);
+    }
+
+    /// Tiny output to a client that is not reading: coalesced into frames
+    /// of up to DATA_FRAME_MAX, in order, the budget counted in bytes.
+    #[test]
+    fn tiny_data_is_coalesced_in_order() {
+        let mut l = Lanes::default();
+        let mut sent = Vec::new();
+        for i in 0..100_000u32 {
+            let line = format!("{i}\n");
+            if l.push_data(line.as_bytes()) == Pushed::Queued {
+                sent.extend_from_slice(line.as_bytes());
+            }
+        }
+        assert_eq!(l.data_bytes(), sent.len());
+        l.push_ordered(Frame::Exit(ExitMsg::exited(0)));
+        l.push_data(b"after");
+        let mut got = Vec::new();
+        let mut frames = 0;
+        loop {
+            match l.pop() {
+                Some(Out::Frame(Frame::Data(b))) => {
+                    assert!(b.len() <= DATA_FRAME_MAX);
+                    got.extend_from_slice(&b);
+                    frames += 1;
+                }
+                Some(Out::Frame(Frame::Exit(_))) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got, sent);
+        assert!(frames <= sent.len() / DATA_FRAME_MAX + 1, "{frames} frames");
+        assert_eq!(
+            l.pop(),
+            Some(Out::Frame(Frame::Data(Bytes::from_static(b"after"))))
+        );
+        assert_eq!(l.data_bytes(), 0);
     }
 
     #[test]
@@ -281,10 +424,10 @@ mod tests {
         let replay = Bytes::from(vec![0u8; DATA_QUEUE_BYTES]);
         assert_eq!(l.push_ordered(Frame::Replay(replay)), Pushed::Queued);
         // The budget is used up by the REPLAY: DATA is dropped...
-        assert_eq!(l.push_data(Bytes::from_static(b"x")), Pushed::Dropped);
+        assert_eq!(l.push_data(b"x"), Pushed::Dropped);
         // ...until the REPLAY has been written.
         assert!(matches!(l.pop(), Some(Out::Frame(Frame::Replay(_)))));
-        assert_eq!(l.push_data(Bytes::from_static(b"x")), Pushed::Queued);
+        assert_eq!(l.push_data(b"x"), Pushed::Queued);
     }
 
     #[tokio::test]
@@ -300,7 +443,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         o.control(Frame::Pong);
-        o.data(Bytes::from_static(b"x"));
+        o.data(b"x");
         o.close();
         assert_eq!(h.await.expect("join"), 2);
     }

@@ -20,7 +20,7 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use shellper_proctree::ChildExit;
 use shellper_protocol::msg::{ChildState, ExitMsg, Spawn};
 use std::future::Future;
@@ -45,7 +45,7 @@ pub const INPUT_QUEUE_TOTAL: usize = 1024 * 1024;
 /// Input reaches the PTY writer in pieces of at most this size, each a copy,
 /// so a queued piece never pins the (up to 16 MiB) frame it came from.
 const INPUT_PIECE: usize = 16 * 1024;
-/// PTY read size.
+/// PTY read size: the reader's one buffer (the hub copies each read).
 const READ_CHUNK: usize = 64 * 1024;
 
 /// What to run on the PTY.
@@ -384,12 +384,13 @@ impl ChildActor {
         let hub = self.hub.clone();
         let done = self.done_tx.clone();
         let reader = tokio::spawn(async move {
-            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            // One buffer for the reader's life: the hub copies what it
+            // keeps, so a small read never pins a large allocation.
+            let mut buf = vec![0u8; READ_CHUNK];
             loop {
-                buf.reserve(READ_CHUNK);
-                match reader.read_buf(&mut buf).await {
+                match reader.read(&mut buf).await {
                     Ok(0) => break,
-                    Ok(_) => hub.output(generation, buf.split().freeze()),
+                    Ok(n) => hub.output(generation, &buf[..n]),
                     // EIO: the slave side is closed (Linux PTY EOF).
                     Err(e) if e.raw_os_error() == Some(libc::EIO) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -408,6 +409,7 @@ impl ChildActor {
                 if writer.write_all(&input.bytes).await.is_err() {
                     break;
                 }
+                shellper_leased::mem::released(input.bytes.len());
             }
         });
         *self
@@ -468,7 +470,12 @@ impl ChildActor {
                         None => std::future::pending().await,
                     }
                 } => self.reap(),
-                _ = poll.tick() => self.reap(),
+                _ = poll.tick() => {
+                    self.reap();
+                    // The same once-a-second tick gives memory freed after
+                    // a burst back to the system (only after one).
+                    shellper_leased::mem::trim_if_due();
+                }
                 Some(generation) = self.done_rx.recv() => {
                     if let Some(c) = self.current.as_mut().filter(|c| c.generation == generation) {
                         c.reader_done = true;

@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bytes::Bytes;
 use shellper_leased::outbox::{Outbox, Pushed};
 use shellper_leased::server::WorkerView as ChildView;
 use shellper_protocol::Frame;
@@ -157,15 +156,20 @@ impl Hub {
     /// PTY output of child generation `generation`: into the replay buffer and to
     /// every client that streams data. Output of a replaced child is
     /// dropped.
-    pub fn output(&self, generation: u64, data: Bytes) {
+    ///
+    /// Each copies what it keeps (the replay into its block ring, each
+    /// outbox into its coalescing DATA buffer), so nothing here holds on to
+    /// the reader's buffer: memory follows the bytes held, not the number
+    /// or size of the reads (issue 18).
+    pub fn output(&self, generation: u64, data: &[u8]) {
         let mut g = self.lock();
         if g.generation != generation {
             return;
         }
-        g.replay.push(data.clone());
+        g.replay.push(data);
         g.last_data_at = wall_ms();
         for c in g.clients.values().filter(|c| c.data) {
-            if c.outbox.data(data.clone()) == Pushed::Dropped && c.outbox.dropped() == 1 {
+            if c.outbox.data(data) == Pushed::Dropped && c.outbox.dropped() == 1 {
                 tracing::info!(peer_pid = c.peer_pid, "client too slow: dropping DATA");
             }
         }
@@ -207,7 +211,7 @@ impl Hub {
     /// session's output and the child counts as exited with code 1, so
     /// every client, now or later, gets `{"code":1,"signal":"0"}`.
     pub fn start_failed(&self, generation: u64, spec: &SpawnSpec, reason: &str) {
-        let line = Bytes::from(format!("shellper: {reason}\r\n"));
+        let line = format!("shellper: {reason}\r\n").into_bytes();
         {
             let mut g = self.lock();
             g.generation = generation;
@@ -221,7 +225,7 @@ impl Hub {
                 cwd: spec.cwd.clone(),
             };
         }
-        self.output(generation, line);
+        self.output(generation, &line);
         self.child_exited(
             generation,
             ExitMsg::exited(1),
@@ -256,6 +260,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use shellper_leased::outbox::Out;
 
     fn spec() -> SpawnSpec {
@@ -292,8 +297,8 @@ mod tests {
     #[tokio::test]
     async fn late_client_gets_welcome_replay_then_exit() {
         let hub = Hub::new(&spec(), Some(42), 100, 1000);
-        hub.output(0, Bytes::from_static(b"hello"));
-        hub.output(7, Bytes::from_static(b"stale generation"));
+        hub.output(0, b"hello");
+        hub.output(7, b"stale generation");
         hub.child_exited(
             0,
             ExitMsg::exited(3),
@@ -330,7 +335,7 @@ mod tests {
             shellper_pid: 7,
         };
         hub.register(1, &hello, 9, o.clone(), Some(lease));
-        hub.output(0, Bytes::from_static(b"x"));
+        hub.output(0, b"x");
         let frames = drain(&o).await;
         assert_eq!(frames.len(), 1);
         assert!(

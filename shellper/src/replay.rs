@@ -4,23 +4,42 @@
 //!
 //! Bounded by both lines and bytes, as codev's buffer is (10,000 lines or
 //! 8 MiB): a chatty line-oriented program is bounded by lines, a TUI that
-//! never prints a newline is bounded by bytes. Output is stored as the chunks
-//! the PTY produced (no copy on append); trimming drops whole chunks and
-//! splits at most one.
+//! never prints a newline is bounded by bytes.
+//!
+//! **Stored compactly, whatever the read sizes.** The bytes live in a ring
+//! of fixed-size blocks ([`BLOCK`]): output is copied into the last block,
+//! trimming advances an offset into the first and frees it once consumed.
+//! So what the buffer pins is the bytes it holds plus less than two blocks,
+//! however the program's writes were split into reads: a million 10-byte
+//! reads take 10 MB of blocks, not a million allocations (storing the PTY
+//! reader's chunks as they came pinned tens of MiB for a few MiB held:
+//! each small chunk kept its whole 64 KiB read buffer alive). Blocks are
+//! all the same size, so the allocator reuses the ones trimming frees for
+//! the ones appending needs, and the heap does not fragment.
 
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
+/// Size of one block of the ring. Below glibc's mmap threshold (the heap
+/// recycles them), large enough that a block is rarely allocated.
+pub const BLOCK: usize = 32 * 1024;
+
 /// Output history bounded by `max_lines` newlines (complete lines; a
 /// trailing partial line is kept on top) and `max_bytes` bytes.
 #[derive(Debug, Clone)]
 pub struct ReplayBuffer {
-    chunks: VecDeque<Bytes>,
+    /// Every block but the last is full (`BLOCK` bytes written); the first
+    /// is read from `head` on.
+    blocks: VecDeque<Vec<u8>>,
+    head: usize,
     bytes: usize,
     lines: usize,
     max_lines: usize,
     max_bytes: usize,
+    /// The last snapshot, while nothing changed since: clients attaching
+    /// to a quiet session share one REPLAY payload instead of a copy each.
+    cached: Option<Bytes>,
 }
 
 fn count_newlines(b: &[u8]) -> usize {
@@ -30,11 +49,13 @@ fn count_newlines(b: &[u8]) -> usize {
 impl ReplayBuffer {
     pub fn new(max_lines: usize, max_bytes: usize) -> Self {
         ReplayBuffer {
-            chunks: VecDeque::new(),
+            blocks: VecDeque::new(),
+            head: 0,
             bytes: 0,
             lines: 0,
             max_lines,
             max_bytes,
+            cached: None,
         }
     }
 
@@ -52,83 +73,107 @@ impl ReplayBuffer {
         self.lines
     }
 
-    /// Appends output and trims the front to the bounds.
-    pub fn push(&mut self, mut data: Bytes) {
+    /// Bytes of memory the buffer holds (its blocks' capacity), for the
+    /// footprint tests and STATUS-style diagnostics.
+    pub fn allocated(&self) -> usize {
+        self.blocks.iter().map(Vec::capacity).sum()
+    }
+
+    /// Appends a copy of `data` and trims the front to the bounds.
+    pub fn push(&mut self, mut data: &[u8]) {
         if data.is_empty() {
             return;
         }
+        self.cached = None;
         if data.len() > self.max_bytes {
-            data = data.slice(data.len() - self.max_bytes..);
+            data = &data[data.len() - self.max_bytes..];
         }
         self.bytes += data.len();
-        self.lines += count_newlines(&data);
-        self.chunks.push_back(data);
+        self.lines += count_newlines(data);
+        while !data.is_empty() {
+            let room = match self.blocks.back() {
+                Some(b) if b.len() < BLOCK => BLOCK - b.len(),
+                _ => {
+                    self.blocks.push_back(Vec::with_capacity(BLOCK));
+                    BLOCK
+                }
+            };
+            let (now, rest) = data.split_at(room.min(data.len()));
+            // Invariant: a block was just ensured at the back.
+            if let Some(b) = self.blocks.back_mut() {
+                b.extend_from_slice(now);
+            }
+            data = rest;
+        }
         self.trim();
+    }
+
+    /// The bytes of the first block still held.
+    fn front(&self) -> &[u8] {
+        self.blocks.front().map_or(&[], |b| &b[self.head..])
+    }
+
+    /// Drops `n` bytes (at most the first block's) from the front.
+    fn advance(&mut self, n: usize) {
+        let lines = count_newlines(&self.front()[..n]);
+        self.head += n;
+        self.bytes -= n;
+        self.lines -= lines;
+        if self.head == self.blocks.front().map_or(0, Vec::len) {
+            // Consumed: free it (the last block too, so an emptied buffer
+            // holds nothing).
+            self.blocks.pop_front();
+            self.head = 0;
+        }
     }
 
     fn trim(&mut self) {
         while self.bytes > self.max_bytes {
             let excess = self.bytes - self.max_bytes;
-            let Some(front) = self.chunks.front_mut() else {
-                break;
-            };
-            if front.len() <= excess {
-                self.bytes -= front.len();
-                self.lines -= count_newlines(front);
-                self.chunks.pop_front();
-            } else {
-                let cut = front.split_to(excess);
-                self.bytes -= cut.len();
-                self.lines -= count_newlines(&cut);
-            }
+            let n = self.front().len().min(excess);
+            self.advance(n);
         }
         while self.lines > self.max_lines {
-            let Some(front) = self.chunks.front_mut() else {
-                break;
+            let n = match self.front().iter().position(|&c| c == b'\n') {
+                Some(i) => i + 1,
+                None => self.front().len(),
             };
-            match front.iter().position(|&c| c == b'\n') {
-                Some(i) => {
-                    let cut = front.split_to(i + 1);
-                    self.bytes -= cut.len();
-                    self.lines -= 1;
-                    if front.is_empty() {
-                        self.chunks.pop_front();
-                    }
-                }
-                None => {
-                    self.bytes -= front.len();
-                    self.chunks.pop_front();
-                }
-            }
+            self.advance(n);
         }
     }
 
     /// The whole history as one buffer (the REPLAY payload).
-    pub fn snapshot(&self) -> Bytes {
-        if self.chunks.len() == 1 {
-            return self.chunks[0].clone();
+    pub fn snapshot(&mut self) -> Bytes {
+        if let Some(c) = &self.cached {
+            return c.clone();
         }
         let mut out = BytesMut::with_capacity(self.bytes);
-        for c in &self.chunks {
-            out.extend_from_slice(c);
+        for (i, b) in self.blocks.iter().enumerate() {
+            out.extend_from_slice(if i == 0 { &b[self.head..] } else { b });
         }
-        out.freeze()
+        let out = out.freeze();
+        self.cached = Some(out.clone());
+        out
     }
 
     /// Forgets everything (SPAWN starts a fresh session, as in codev).
     pub fn clear(&mut self) {
-        self.chunks.clear();
+        shellper_leased::mem::released(self.allocated());
+        self.blocks.clear();
+        self.head = 0;
         self.bytes = 0;
         self.lines = 0;
+        self.cached = None;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn push(r: &mut ReplayBuffer, s: &str) {
-        r.push(Bytes::copy_from_slice(s.as_bytes()));
+        r.push(s.as_bytes());
     }
 
     #[test]
@@ -168,6 +213,7 @@ mod tests {
         r.clear();
         assert!(r.is_empty());
         assert_eq!(&r.snapshot()[..], b"");
+        assert_eq!(r.allocated(), 0);
     }
 
     #[test]
@@ -175,5 +221,91 @@ mod tests {
         let mut r = ReplayBuffer::new(0, 100);
         push(&mut r, "a\nb");
         assert_eq!(&r.snapshot()[..], b"b");
+    }
+
+    /// The chatty program: a million tiny reads. What is allocated
+    /// stays within the bytes held plus two blocks, at the line bound and
+    /// at the byte bound.
+    #[test]
+    fn tiny_reads_are_stored_compactly() {
+        let mut r = ReplayBuffer::new(10_000, 8 << 20);
+        for i in 0..200_000u32 {
+            r.push(format!("line {i}\n").as_bytes());
+        }
+        assert_eq!(r.lines(), 10_000);
+        assert!(
+            r.allocated() <= r.len() + 2 * BLOCK,
+            "{} for {}",
+            r.allocated(),
+            r.len()
+        );
+        let mut r = ReplayBuffer::new(10_000, 1 << 20);
+        for _ in 0..300_000 {
+            r.push(b"abcdefg");
+        }
+        assert_eq!(r.len(), 1 << 20);
+        assert!(r.allocated() <= r.len() + 2 * BLOCK);
+    }
+
+    #[test]
+    fn a_quiet_buffer_shares_its_snapshot_until_it_changes() {
+        let mut r = ReplayBuffer::new(10, 100);
+        push(&mut r, "abc");
+        let a = r.snapshot();
+        let b = r.snapshot();
+        assert_eq!(a.as_ptr(), b.as_ptr(), "one payload for both");
+        push(&mut r, "d");
+        assert_eq!(&r.snapshot()[..], b"abcd");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Against a model (the whole output, trimmed on demand): the same
+        /// bytes, whatever the read sizes and bounds.
+        #[test]
+        fn matches_a_model(
+            reads in proptest::collection::vec((0..(BLOCK + 1000), any::<u64>()), 0..6),
+            max_lines in 0usize..50,
+            max_bytes in 1usize..(3 * BLOCK),
+        ) {
+            // Each read: `len` bytes, about one in four a newline (cheap to
+            // generate, unlike a strategy per byte).
+            let reads: Vec<Vec<u8>> = reads
+                .into_iter()
+                .map(|(len, mut x)| {
+                    (0..len)
+                        .map(|_| {
+                            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                            if (x >> 62) == 0 { b'\n' } else { b'x' }
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut r = ReplayBuffer::new(max_lines, max_bytes);
+            let mut model: Vec<u8> = Vec::new();
+            for read in &reads {
+                r.push(read);
+                model.extend_from_slice(read);
+                if model.len() > max_bytes {
+                    model.drain(..model.len() - max_bytes);
+                }
+                let excess = count_newlines(&model).saturating_sub(max_lines);
+                if excess > 0 {
+                    // Through the excess-th newline.
+                    let i = model
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| **c == b'\n')
+                        .nth(excess - 1)
+                        .map_or(0, |(i, _)| i);
+                    model.drain(..=i);
+                }
+                prop_assert_eq!(&r.snapshot()[..], &model[..]);
+                prop_assert_eq!(r.len(), model.len());
+                prop_assert_eq!(r.lines(), count_newlines(&model));
+                prop_assert!(r.allocated() <= r.len() + 2 * BLOCK);
+            }
+        }
     }
 }
