@@ -37,9 +37,6 @@ pub struct ReplayBuffer {
     lines: usize,
     max_lines: usize,
     max_bytes: usize,
-    /// The last snapshot, while nothing changed since: clients attaching
-    /// to a quiet session share one REPLAY payload instead of a copy each.
-    cached: Option<Bytes>,
 }
 
 fn count_newlines(b: &[u8]) -> usize {
@@ -55,7 +52,6 @@ impl ReplayBuffer {
             lines: 0,
             max_lines,
             max_bytes,
-            cached: None,
         }
     }
 
@@ -84,7 +80,6 @@ impl ReplayBuffer {
         if data.is_empty() {
             return;
         }
-        self.cached = None;
         if data.len() > self.max_bytes {
             data = &data[data.len() - self.max_bytes..];
         }
@@ -142,18 +137,15 @@ impl ReplayBuffer {
         }
     }
 
-    /// The whole history as one buffer (the REPLAY payload).
-    pub fn snapshot(&mut self) -> Bytes {
-        if let Some(c) = &self.cached {
-            return c.clone();
-        }
+    /// The whole history as one buffer (the REPLAY payload): a copy, freed
+    /// once written. (Not kept for the next client: a quiet session would
+    /// then hold its history twice.)
+    pub fn snapshot(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(self.bytes);
         for (i, b) in self.blocks.iter().enumerate() {
             out.extend_from_slice(if i == 0 { &b[self.head..] } else { b });
         }
-        let out = out.freeze();
-        self.cached = Some(out.clone());
-        out
+        out.freeze()
     }
 
     /// Forgets everything (SPAWN starts a fresh session, as in codev).
@@ -163,7 +155,6 @@ impl ReplayBuffer {
         self.head = 0;
         self.bytes = 0;
         self.lines = 0;
-        self.cached = None;
     }
 }
 
@@ -245,17 +236,6 @@ mod tests {
         }
         assert_eq!(r.len(), 1 << 20);
         assert!(r.allocated() <= r.len() + 2 * BLOCK);
-    }
-
-    #[test]
-    fn a_quiet_buffer_shares_its_snapshot_until_it_changes() {
-        let mut r = ReplayBuffer::new(10, 100);
-        push(&mut r, "abc");
-        let a = r.snapshot();
-        let b = r.snapshot();
-        assert_eq!(a.as_ptr(), b.as_ptr(), "one payload for both");
-        push(&mut r, "d");
-        assert_eq!(&r.snapshot()[..], b"abcd");
     }
 
     proptest! {

@@ -14,6 +14,13 @@ Rows (BENCHMARKS.md says what each means and what limits it):
              descendant gone
   scale      tower-client's hold_bench at several counts (Tower CPU, RSS,
              adoption), and one long hold at the largest count
+  terminal   sessions under real terminal use (issue 18): RSS after a
+             chatty program (a million small flushed writes), nobody
+             attached and one client reading; RSS holding a full replay
+             (10,000 lines; 8 MiB without a newline); output throughput to
+             one client reading as fast as it can and CPU seconds per
+             100 MB, against reading the PTY directly; ours alone: the echo
+             flood and the partial-frame attack, peak and after
 
 Every process started here carries SHELLPER_LEAK_TAG=<run tag> in its
 environment; whatever happens, everything tagged is SIGKILLed at exit.
@@ -671,6 +678,175 @@ class Bench:
         if self.a.long_count:
             self.results["long"] = self.hold_bench(self.a.long_count, self.a.long_hold)
 
+    # terminal use (issue 18) -----------------------------------------
+    def terminal(self):
+        out = {}
+        n = self.a.chatty_lines
+        chatty = f"perl -e '$|=1; print \"chatty line $_ of the program\\n\" for 1..{n}'"
+        ks = self.kinds()
+        out["chatty_idle"] = {k: self.run_program(k, chatty, attach=False) for k in ks}
+        out["chatty_attached"] = {k: self.run_program(k, chatty, attach=True) for k in ks}
+        lines = "perl -e 'print \"x\" x 80, \"\\n\" for 1..12000'"
+        out["replay_lines"] = {k: self.run_program(k, lines, attach=False) for k in ks}
+        mib8 = f"head -c {9 << 20} /dev/zero | tr '\\0' x"
+        out["replay_bytes"] = {k: self.run_program(k, mib8, attach=False) for k in ks}
+        bulk = f"head -c {self.a.bulk_bytes} /dev/zero | tr '\\0' x"
+        out["throughput"] = {"direct": self.direct_pty(bulk)}
+        for k in ks:
+            out["throughput"][k] = self.run_program(k, bulk, attach=True, count=True)
+        out["echo_flood"] = self.echo_flood()
+        out["partial_frames"] = self.partial_frames()
+        self.results["terminal"] = out
+
+    def session_cmd(self, program, d):
+        """sh: wait for GO, run the program, mark DONE, then stay (so every
+        peer keeps the session and its history)."""
+        return ["sh", "-c", f"while [ ! -e {d}/go ]; do sleep 0.02; done; {program}; "
+                            f"touch {d}/done; exec sleep 100000"]
+
+    def run_program(self, kind, program, attach, count=False):
+        tag = self.tag()
+        d = tempfile.mkdtemp(dir=self.dir)
+        cmd = self.session_cmd(program, d)
+        if kind == "tmux":
+            s = start_tmux(self.dir, 5000 + self.seq, tag, ["sh", "-c", shquote(cmd[2])])
+        else:
+            s = self.start(kind, 5000 + self.seq, tag, cmd)
+        holder = hold(s.sock)[0] if kind == "ours" else None
+        reader = Drain(kind, s) if attach else None
+        time.sleep(0.3)
+        cpu0 = cpu_secs(s.pid)
+        t0 = now()
+        open(f"{d}/go", "w").close()
+        deadline = t0 + self.a.program_timeout
+        while not os.path.exists(f"{d}/done") and now() < deadline:
+            time.sleep(0.01)
+        produced = now()
+        res = {}
+        if count and reader:
+            # Relayed: until the reader has the bytes (frame headers and
+            # the terminal's own bytes make the count a little high).
+            reader.wait_for(self.a.bulk_bytes, deadline)
+            t1 = now()
+            res["secs"] = t1 - t0
+            res["mb_s"] = self.a.bulk_bytes / 1e6 / (t1 - t0)
+            res["cpu_per_100mb"] = (cpu_secs(s.pid) - cpu0) * 1e8 / self.a.bulk_bytes
+            res["received"] = reader.bytes
+        res["timed_out"] = produced >= deadline
+        time.sleep(self.a.settle_after)
+        res["rss"] = proc_kib(s.pid, "VmRSS:")
+        res["hwm"] = proc_kib(s.pid, "VmHWM:")
+        if reader:
+            reader.stop()
+        if holder:
+            holder.close()
+        stop_tagged(tag)
+        if "popen" in s.extra:
+            s.extra["popen"].wait()
+        return res
+
+    def direct_pty(self, program):
+        """The physical limit: the same program on a PTY, its master read
+        directly as fast as possible (no session program in between)."""
+        import pty
+        m, sl = pty.openpty()
+        t0 = now()
+        p = subprocess.Popen(["sh", "-c", program], stdout=sl, stderr=sl, stdin=sl,
+                             env=tag_env(self.tag()), start_new_session=True)
+        os.close(sl)
+        got = 0
+        while True:
+            try:
+                b = os.read(m, 65536)
+            except OSError:
+                break
+            if not b:
+                break
+            got += len(b)
+        t1 = now()
+        p.wait()
+        os.close(m)
+        return {"secs": t1 - t0, "mb_s": got / 1e6 / (t1 - t0), "received": got}
+
+    def echo_flood(self):
+        """Ours: 20 × 1 MiB DATA of typed lines to `cat >/dev/null` (the tty
+        echoes every keystroke; cat takes the lines, so input keeps
+        flowing), a holder and a terminal attached and reading; RSS at the
+        peak and after the terminal left."""
+        tag = self.tag()
+        s = start_ours(self.a.bins, self.dir, 6000, tag, ["sh", "-c", "exec cat >/dev/null"])
+        holder = hold(s.sock)[0]
+        time.sleep(0.3)
+        idle = proc_kib(s.pid, "VmRSS:")
+        term = Conn(s.sock)
+        term.hello("terminal")
+        reader = Drain("raw", None, term.s)
+        payload = bytes([T_DATA]) + struct.pack(">I", 1 << 20) + (b"a" * 63 + b"\n") * (1 << 14)
+        sent = [0]
+
+        # Its own socket object: the reader's short timeout is per object.
+        out_sock = term.s.dup()
+        out_sock.settimeout(60)
+
+        def send():
+            try:
+                for _ in range(self.a.flood_mib):
+                    out_sock.sendall(payload)
+                    sent[0] += 1
+            except OSError:
+                pass
+
+        import threading
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        peak = 0
+        end = now() + self.a.flood_secs
+        while now() < end and (sender.is_alive() or not cpu_idle(s.pid)):
+            peak = max(peak, proc_kib(s.pid, "VmRSS:"))
+            time.sleep(0.05)
+        peak = max(peak, proc_kib(s.pid, "VmRSS:"))
+        reader.stop()
+        term.close()
+        out_sock.close()
+        sender.join(2)
+        time.sleep(self.a.settle_after)
+        after = proc_kib(s.pid, "VmRSS:")
+        holder.close()
+        stop_tagged(tag)
+        s.extra["popen"].wait()
+        return {"idle": idle, "peak": peak, "after": after, "sent_mib": sent[0]}
+
+    def partial_frames(self):
+        """Ours: 12 connections each say HELLO, then send 15 MiB of a
+        16 MiB DATA frame and stop. RSS with them connected, and after."""
+        tag = self.tag()
+        s = start_ours(self.a.bins, self.dir, 6001, tag, ["sleep", "100000"])
+        holder = hold(s.sock)[0]
+        time.sleep(0.3)
+        idle = proc_kib(s.pid, "VmRSS:")
+        conns = []
+        chunk = b"a" * (1 << 20)
+        for _ in range(self.a.partial_conns):
+            c = Conn(s.sock, timeout=2.0)
+            c.hello("terminal")
+            c.s.sendall(bytes([T_DATA]) + struct.pack(">I", 16 << 20))
+            for _ in range(15):
+                try:
+                    c.s.sendall(chunk)
+                except (socket.timeout, OSError):
+                    break  # the shellper stopped reading: what we want
+            conns.append(c)
+        time.sleep(0.5)
+        peak = proc_kib(s.pid, "VmRSS:")
+        for c in conns:
+            c.close()
+        time.sleep(self.a.settle_after)
+        after = proc_kib(s.pid, "VmRSS:")
+        holder.close()
+        stop_tagged(tag)
+        s.extra["popen"].wait()
+        return {"idle": idle, "peak": peak, "after": after, "conns": self.a.partial_conns}
+
     def hold_bench(self, n, secs):
         env = tag_env(self.tag(), {"BENCH_JSON": "1", "BENCH_IDLE_SECS": str(self.a.idle_baseline)})
         p = subprocess.run([self.a.hold_bench, str(n), str(secs)], env=env,
@@ -679,6 +855,92 @@ class Bench:
         if p.returncode != 0 or not line:
             return {"n": n, "error": (p.stdout + p.stderr)[-400:]}
         return json.loads(line[-1])
+
+
+def cpu_secs(pid):
+    """utime + stime of a process, in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
+_last_cpu = {}
+
+
+def cpu_idle(pid):
+    """True once the process used no CPU since the previous call."""
+    c = cpu_secs(pid)
+    idle = _last_cpu.get(pid) == c
+    _last_cpu[pid] = c
+    return idle
+
+
+class Drain:
+    """A client attached to a session, reading everything as fast as it
+    can on a thread: ours (HELLO terminal, then raw bytes), dtach (attach
+    packet), the Node floor (raw), tmux (a control-mode client), or an
+    already connected socket ("raw")."""
+
+    def __init__(self, kind, s, sock=None):
+        import threading
+        self.bytes, self.proc, self.done = 0, None, False
+        if kind == "raw":
+            self.sock = sock
+        elif kind == "ours":
+            c = Conn(s.sock)
+            c.hello("terminal")
+            self.sock = c.s
+        elif kind == "dtach":
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.connect(s.sock)
+            self.sock.sendall(dtach_packet(1))
+        elif kind == "node":
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.connect(s.sock)
+        else:  # tmux
+            self.sock = None
+            self.proc = subprocess.Popen(
+                ["tmux", "-S", s.sock, "-f", "/dev/null", "-C", "attach", "-t", s.extra["name"]],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.done:
+            try:
+                if self.sock is not None:
+                    self.sock.settimeout(0.2)
+                    b = self.sock.recv(1 << 16)
+                else:
+                    b = self.proc.stdout.read1(1 << 16)
+            except socket.timeout:
+                continue
+            except (OSError, ValueError):
+                return
+            if not b:
+                return
+            self.bytes += len(b)
+
+    def wait_for(self, n, deadline):
+        while self.bytes < n and now() < deadline and self.t.is_alive():
+            time.sleep(0.005)
+
+    def stop(self):
+        self.done = True
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+        elif self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.t.join(2)
+        if self.sock is not None:
+            self.sock.close()
 
 
 def shquote(s):
@@ -693,6 +955,7 @@ def main():
     ap.add_argument("--node-note", default="", help="why the Node row is missing")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default="", help="write the raw results here")
+    ap.add_argument("--only", default="", help="comma-separated steps to run (default: all)")
     a = ap.parse_args()
     q = a.quick
     a.sessions = 2 if q else 10
@@ -706,10 +969,19 @@ def main():
     a.idle_baseline = 1 if q else 5
     a.long_count = 0 if q else int(os.environ.get("BENCH_LONG_COUNT", "1000"))
     a.long_hold = 60
+    a.chatty_lines = 20000 if q else 1000000
+    a.bulk_bytes = (10 if q else 200) * 1000 * 1000
+    a.program_timeout = 120
+    a.settle_after = 1.5
+    a.flood_mib = 20
+    a.flood_secs = 15
+    a.partial_conns = 12
     atexit.register(kill_all_tagged)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     b = Bench(a)
-    steps = [b.memory, b.spawn, b.teardown, b.reaction, b.scale]
+    steps = [b.memory, b.spawn, b.teardown, b.reaction, b.scale, b.terminal]
+    if a.only:
+        steps = [st for st in steps if st.__name__ in a.only.split(",")]
     try:
         for step in steps:
             t = now()
@@ -742,59 +1014,107 @@ def print_table(r):
     names = {"ours": "shellper (ours)", "dtach": "dtach master", "tmux": "tmux server, one per session",
              "tmux-shared": "tmux server, all sessions in one (÷ count)", "node": "Node floor (node-pty + socket)",
              "sleep": "`sleep` (smallest dynamic program)"}
-    mem = r["memory"]
-    print("\n### Memory per idle session holding bash (MiB: median (min–max) over the sessions)\n")
-    print(f"| session | peak RSS (VmHWM) | steady RSS | PSS, {mem['ours']['sessions']} running "
-          "| peak vs ours |")
+    if "memory" in r:
+        mem = r["memory"]
+        print("\n### Memory per idle session holding bash (MiB: median (min–max) over the sessions)\n")
+        print(f"| session | peak RSS (VmHWM) | steady RSS | PSS, {mem['ours']['sessions']} running "
+              "| peak vs ours |")
+        print("|---|---|---|---|---|")
+        ours = mem["ours"]["hwm"]["median"]
+        for k in ["ours", "dtach", "tmux", "tmux-shared", "node", "sleep"]:
+            if k not in mem:
+                if k == "node":
+                    print(f"| {names[k]} | not measured: {r['node_note'] or 'node-pty missing'} | | | |")
+                continue
+            m = mem[k]
+            f = lambda v: mib(v)
+            print(f"| {names[k]} | {spread(m['hwm'], f)} | {spread(m['rss'], f)} | {spread(m['pss'], f)} "
+                  f"| ×{m['hwm']['median'] / ours:.2f} |")
+    if "spawn" in r:
+        sp = r["spawn"]
+        print("\n### Spawn to ready (ms: median (min–max))\n")
+        print("| session | socket accepting | first output readable | vs ours |")
+        print("|---|---|---|---|")
+        o = sp["ours"]["output"]["median"]
+        for k in ["ours", "dtach", "tmux", "node"]:
+            if k in sp:
+                print(f"| {names[k].split(',')[0]} | {spread(sp[k]['accept'])} | {spread(sp[k]['output'])} "
+                      f"| ×{sp[k]['output']['median'] / o:.2f} |")
+    if "teardown" in r:
+        td = r["teardown"]
+        print("\n### Tear-down of a 50-process escape tree (median (min–max))\n")
+        print("| how | tree size | until the last process died (ms) | survivors |")
+        print("|---|---|---|---|")
+        how = {"ours": "shellper: RELEASE Terminate (kill ladder)", "dtach": "`kill` of the dtach master",
+               "tmux": "`tmux kill-session`"}
+        for k in ["ours", "dtach", "tmux"]:
+            t = td[k]
+            print(f"| {how[k]} | {spread(t['tree'], lambda v: f'{v:.0f}')} | {spread(t['ms'])} "
+                  f"| {spread(t['survivors'], lambda v: f'{v:.0f}')} |")
+    if "reaction" in r:
+        rc = r["reaction"]
+        print(f"\n### Reaction (ms; {rc['eof']['n']} runs, window {rc['window_ms']} ms)\n")
+        print("| what | p50 | p99 | min | max |")
+        print("|---|---|---|---|---|")
+        for k, label in [("eof", "Tower SIGKILLed → shellper lapsed (EOF detection)"),
+                         ("precision", "deadline → last descendant gone (kill precision)")]:
+            s = rc[k]
+            print(f"| {label} | {s['p50']:.1f} | {s['p99']:.1f} | {s['min']:.1f} | {s['max']:.1f} |")
+    if "scale" in r:
+        print("\n### Scale (tower-client `hold_bench`: one Tower, N shellpers, default timings)\n")
+        print("| N | Tower CPU (% of a core) | Tower RSS (MiB) | RSS per lease (KiB) | adoption (ms) "
+              "| lapses | held for |")
+        print("|---|---|---|---|---|---|---|")
+        for row in r["scale"] + ([r["long"]] if r.get("long") else []):
+            if "error" in row:
+                print(f"| {row['n']} | failed: {row['error'][-120:]!r} | | | | | |")
+                continue
+            print(f"| {row['n']} | {row['cpu_pct']:.3f} | {row['tower_rss_kib'] / 1024:.1f} "
+                  f"| {row['rss_per_lease_kib']:.1f} | {row['adopt_ms']:.1f} | {row['bad_events']} "
+                  f"| {row['hold_secs']:.0f} s |")
+
+    if "terminal" in r:
+        print_terminal(r["terminal"])
+
+
+T_FLOOD = 15
+
+
+def print_terminal(t):
+    names = {"ours": "shellper (ours)", "dtach": "dtach master", "tmux": "tmux server",
+             "node": "Node floor (node-pty + socket)", "direct": "the PTY read directly (the limit)"}
+    print("\n### Under terminal use (issue 18; RSS in MiB of the process holding the session)\n")
+    print("| session | chatty, nobody attached | chatty, one client reading | 10,000 lines held "
+          "| 8 MiB without a newline held |")
     print("|---|---|---|---|---|")
-    ours = mem["ours"]["hwm"]["median"]
-    for k in ["ours", "dtach", "tmux", "tmux-shared", "node", "sleep"]:
-        if k not in mem:
-            if k == "node":
-                print(f"| {names[k]} | not measured: {r['node_note'] or 'node-pty missing'} | | | |")
-            continue
-        m = mem[k]
-        f = lambda v: mib(v)
-        print(f"| {names[k]} | {spread(m['hwm'], f)} | {spread(m['rss'], f)} | {spread(m['pss'], f)} "
-              f"| ×{m['hwm']['median'] / ours:.2f} |")
-    sp = r["spawn"]
-    print("\n### Spawn to ready (ms: median (min–max))\n")
-    print("| session | socket accepting | first output readable | vs ours |")
-    print("|---|---|---|---|")
-    o = sp["ours"]["output"]["median"]
     for k in ["ours", "dtach", "tmux", "node"]:
-        if k in sp:
-            print(f"| {names[k].split(',')[0]} | {spread(sp[k]['accept'])} | {spread(sp[k]['output'])} "
-                  f"| ×{sp[k]['output']['median'] / o:.2f} |")
-    td = r["teardown"]
-    print("\n### Tear-down of a 50-process escape tree (median (min–max))\n")
-    print("| how | tree size | until the last process died (ms) | survivors |")
-    print("|---|---|---|---|")
-    how = {"ours": "shellper: RELEASE Terminate (kill ladder)", "dtach": "`kill` of the dtach master",
-           "tmux": "`tmux kill-session`"}
-    for k in ["ours", "dtach", "tmux"]:
-        t = td[k]
-        print(f"| {how[k]} | {spread(t['tree'], lambda v: f'{v:.0f}')} | {spread(t['ms'])} "
-              f"| {spread(t['survivors'], lambda v: f'{v:.0f}')} |")
-    rc = r["reaction"]
-    print(f"\n### Reaction (ms; {rc['eof']['n']} runs, window {rc['window_ms']} ms)\n")
-    print("| what | p50 | p99 | min | max |")
-    print("|---|---|---|---|---|")
-    for k, label in [("eof", "Tower SIGKILLed → shellper lapsed (EOF detection)"),
-                     ("precision", "deadline → last descendant gone (kill precision)")]:
-        s = rc[k]
-        print(f"| {label} | {s['p50']:.1f} | {s['p99']:.1f} | {s['min']:.1f} | {s['max']:.1f} |")
-    print("\n### Scale (tower-client `hold_bench`: one Tower, N shellpers, default timings)\n")
-    print("| N | Tower CPU (% of a core) | Tower RSS (MiB) | RSS per lease (KiB) | adoption (ms) "
-          "| lapses | held for |")
-    print("|---|---|---|---|---|---|---|")
-    for row in r["scale"] + ([r["long"]] if r.get("long") else []):
-        if "error" in row:
-            print(f"| {row['n']} | failed: {row['error'][-120:]!r} | | | | | |")
+        if k not in t["chatty_idle"]:
             continue
-        print(f"| {row['n']} | {row['cpu_pct']:.3f} | {row['tower_rss_kib'] / 1024:.1f} "
-              f"| {row['rss_per_lease_kib']:.1f} | {row['adopt_ms']:.1f} | {row['bad_events']} "
-              f"| {row['hold_secs']:.0f} s |")
+        cells = []
+        for row in ["chatty_idle", "chatty_attached", "replay_lines", "replay_bytes"]:
+            m = t[row][k]
+            cells.append(f"{mib(m['rss'])} (peak {mib(m['hwm'])})" + (" timed out" if m["timed_out"] else ""))
+        print(f"| {names[k]} | " + " | ".join(cells) + " |")
+    tp = t["throughput"]
+    print("\n### Output relayed to one client reading as fast as it can\n")
+    print("| path | MB/s | vs the PTY read directly | CPU s per 100 MB (session process) |")
+    print("|---|---|---|---|")
+    d = tp["direct"]["mb_s"]
+    for k in ["direct", "ours", "dtach", "tmux", "node"]:
+        if k not in tp:
+            continue
+        m = tp[k]
+        cpu = f"{m['cpu_per_100mb']:.2f}" if "cpu_per_100mb" in m else "–"
+        print(f"| {names[k]} | {m['mb_s']:.1f} | ×{m['mb_s'] / d:.2f} | {cpu} |")
+    ef, pf = t["echo_flood"], t["partial_frames"]
+    print("\n### Ours under floods (VmRSS, MiB)\n")
+    print("| what | idle before | peak | after the clients left |")
+    print("|---|---|---|---|")
+    print(f"| echo flood: 20 × 1 MiB DATA of typed lines to `cat` (the tty echoes; {ef['sent_mib']} MiB taken in "
+          f"{T_FLOOD} s), a terminal reading "
+          f"| {mib(ef['idle'])} | {mib(ef['peak'])} | {mib(ef['after'])} |")
+    print(f"| partial frames: {pf['conns']} connections, HELLO then 15 MiB of a 16 MiB DATA frame "
+          f"| {mib(pf['idle'])} | {mib(pf['peak'])} | {mib(pf['after'])} |")
 
 
 if __name__ == "__main__":
