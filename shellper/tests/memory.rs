@@ -123,9 +123,10 @@ fn a_chatty_program_costs_the_replay_it_leaves_not_its_reads() {
 
 /// Typed lines to a child that takes them (`cat`): the tty echoes every
 /// keystroke, so input and output flow at once, with a terminal attached
-/// and reading. Peak: idle + 1.25 × what the queues and the replay may hold
-/// + 1 MiB. Before: 24 MiB for 20 MiB typed (the echo's reads pinned their
-/// buffers in the replay), kept after the terminal left.
+/// and reading. Peak: idle + 1.25 × what the queues and the replay may
+/// hold, plus 1 MiB. Before (release build): 24 MiB for 20 MiB typed (the
+/// echo's reads pinned their buffers in the replay), kept after the
+/// terminal left.
 #[test]
 fn an_echo_flood_is_bounded_by_the_queues() {
     let guard = LeakGuard::new("mem_echo");
