@@ -74,9 +74,79 @@ fn can_run() -> bool {
     }
 }
 
+/// The cgroups the manager runs in: a v2 one of the test's own (testkit's
+/// `TestCgroup`: whatever is left inside is killed and every directory
+/// removed on drop) and, on a hybrid host, its twin in systemd's v1
+/// `name=systemd` hierarchy, where that systemd tracks its units. Without
+/// them the manager would take the cgroup root for its own and leave its
+/// `app.slice` there.
+struct Cgroups {
+    v2: Option<shellper_testkit::cgroup::TestCgroup>,
+    v1: Option<PathBuf>,
+}
+
+impl Cgroups {
+    fn new() -> Cgroups {
+        let v2 = shellper_testkit::cgroup::TestCgroup::new("systemd-user")
+            .map_err(|e| eprintln!("no cgroup v2 of our own ({e}); the manager runs in ours"))
+            .ok();
+        let v1_root = Path::new("/sys/fs/cgroup/systemd");
+        let v1 = v2.as_ref().and_then(|v2| {
+            let name = v2.dir().file_name()?;
+            let named = std::fs::read_to_string("/proc/self/mountinfo")
+                .ok()?
+                .lines()
+                .any(|l| l.contains(" /sys/fs/cgroup/systemd ") && l.contains("name=systemd"));
+            let d = v1_root.join(name);
+            (named && std::fs::create_dir(&d).is_ok()).then_some(d)
+        });
+        Cgroups { v2, v1 }
+    }
+
+    /// `echo $$ > …/cgroup.procs` for each.
+    fn enter_script(&self) -> String {
+        let dirs = self
+            .v2
+            .iter()
+            .map(|c| c.dir().to_path_buf())
+            .chain(self.v1.clone());
+        dirs.map(|d| format!("echo $$ > {}/cgroup.procs && ", d.display()))
+            .collect()
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        drop(self.v2.take());
+        if let Some(v1) = &self.v1 {
+            // Deepest first; empty by now (the guard and cgroup.kill saw to it).
+            let end = Instant::now() + Duration::from_secs(5);
+            while v1.exists() && Instant::now() < end {
+                let mut dirs = vec![v1.clone()];
+                let mut i = 0;
+                while i < dirs.len() && dirs.len() < 1024 {
+                    if let Ok(rd) = std::fs::read_dir(&dirs[i]) {
+                        dirs.extend(
+                            rd.flatten()
+                                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                                .map(|e| e.path()),
+                        );
+                    }
+                    i += 1;
+                }
+                for d in dirs.iter().rev() {
+                    let _ = std::fs::remove_dir(d);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 /// A systemd user manager of the test's own, SIGKILLed on drop.
 struct Manager {
     child: Child,
+    cgroups: Option<Cgroups>,
     xdg: PathBuf,
     home: PathBuf,
     log: PathBuf,
@@ -107,10 +177,12 @@ impl Manager {
         std::fs::create_dir_all(&bin).unwrap();
         std::os::unix::fs::symlink(cargo_bin("minitower"), bin.join("minitower")).unwrap();
         let log = dir.path().join("manager.log");
+        let cgroups = Cgroups::new();
         let mut c = Command::new("unshare");
         c.args(["-m", "--propagation", "private", "sh", "-c"])
             .arg(format!(
-                "mount -t tmpfs tmpfs /run/systemd && mkdir -p /run/systemd/system && exec {SYSTEMD} --user"
+                "{}mount -t tmpfs tmpfs /run/systemd && mkdir -p /run/systemd/system && exec {SYSTEMD} --user",
+                cgroups.enter_script()
             ))
             .env("XDG_RUNTIME_DIR", &xdg)
             .env("HOME", &home)
@@ -123,6 +195,7 @@ impl Manager {
         let child = c.spawn().unwrap();
         let m = Manager {
             child,
+            cgroups: Some(cgroups),
             xdg,
             home,
             log,
@@ -268,6 +341,16 @@ impl Drop for Manager {
     }
 }
 
+impl Manager {
+    /// Ends the manager, then whatever its cgroups still hold, and removes
+    /// them (the guard checks afterwards that nothing tagged survived).
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        drop(self.cgroups.take());
+    }
+}
+
 /// The README's `--on-exit terminate` drop-in, as printed there.
 fn readme_drop_in() -> String {
     let readme =
@@ -387,6 +470,6 @@ fn the_shipped_unit_under_a_real_user_manager_keeps_sessions_across_restart_and_
             "pid {p} outlived `stop` with --on-exit terminate"
         );
     }
-    drop(m);
+    m.stop();
     guard.finish();
 }
