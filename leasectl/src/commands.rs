@@ -150,7 +150,7 @@ pub async fn run(cli: Cli) -> Result<i32> {
 /// entries), and a script must not take it for a clean one.
 fn warn_registry(scan: &Scan) {
     if let Some(e) = &scan.registry_error {
-        eprintln!("leasectl: warning: {e}");
+        eprintln!("leasectl: warning: {}", render::esc(e));
     }
 }
 
@@ -520,7 +520,8 @@ async fn reap_cmd(scope: &Path, timeout: Duration, o: ReapOpts, p: &Palette) -> 
 
 /// Maps an error to its exit code (always [`EXIT_ERROR`]) after printing it.
 pub fn report_error(e: &Error) -> i32 {
-    eprintln!("leasectl: {e}");
+    // An error may quote what a shellper or a file said: escaped.
+    eprintln!("leasectl: {}", render::esc(&e.to_string()));
     EXIT_ERROR
 }
 

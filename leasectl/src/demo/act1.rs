@@ -231,7 +231,9 @@ pub(super) async fn act1(
     for s in survivors {
         say.line(&format!(
             "  SURVIVOR pid {} ({}) state {}",
-            s.pid, s.comm, s.state
+            s.pid,
+            render::esc(&s.comm),
+            render::esc(&s.state.to_string())
         ));
     }
     Ok(a)

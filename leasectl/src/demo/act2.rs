@@ -11,7 +11,7 @@ use shellper_proctree::{LinuxTable, ProcessTable};
 use super::DEMO_TAG_VAR;
 use super::setup::{DemoGuard, Say, secs, start_tower, tower_args, wait_ready};
 use crate::error::Result;
-use crate::render::short_duration;
+use crate::render::{self, short_duration};
 use crate::scan::scan_scope;
 
 /// Results of act 2.
@@ -166,7 +166,9 @@ pub(super) async fn act2(
     for s in survivors {
         say.line(&format!(
             "  SURVIVOR pid {} ({}) state {}",
-            s.pid, s.comm, s.state
+            s.pid,
+            render::esc(&s.comm),
+            render::esc(&s.state.to_string())
         ));
     }
     Ok(a)

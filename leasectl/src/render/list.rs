@@ -90,7 +90,7 @@ pub fn list_table(
 /// The whole `list` output: the table, or a sentence when the scope is empty.
 pub fn list_text(p: &Palette, scope: &str, shellpers: &[ShellperView]) -> String {
     if shellpers.is_empty() {
-        return format!("no shellpers in scope {scope}\n");
+        return format!("no shellpers in scope {}\n", super::esc(scope));
     }
     let mut out = list_table(p, shellpers, &|_| false);
     let unreachable = shellpers
@@ -98,8 +98,9 @@ pub fn list_text(p: &Palette, scope: &str, shellpers: &[ShellperView]) -> String
         .filter(|s| s.phase == Phase::Unreachable)
         .count();
     out.push_str(&format!(
-        "{} shellper(s) in {scope}; {unreachable} unreachable\n",
-        shellpers.len()
+        "{} shellper(s) in {}; {unreachable} unreachable\n",
+        shellpers.len(),
+        super::esc(scope)
     ));
     out.push_str(&super::gone_summary(shellpers));
     out

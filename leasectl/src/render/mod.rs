@@ -7,6 +7,12 @@
 //! (`output::json_out`). Helpers shared by the reports (tables, styles,
 //! durations) are here.
 //!
+//! Anything a session or a client supplied is escaped ([`safe::esc`]) before
+//! it is measured or painted: [`table`] escapes every cell and
+//! [`Palette::paint`] the text it is given, and each report escapes the
+//! values it writes outside those two. Columns are measured in terminal
+//! cells ([`safe::width`]). JSON output is not touched: it is exact.
+//!
 //! Colour is decided once ([`Palette`]): only when stdout is a terminal and
 //! `NO_COLOR` is unset or empty (<https://no-color.org>), unless forced by
 //! `--color`. Escape codes are added *after* padding, so they never break
@@ -23,6 +29,7 @@ pub mod list;
 pub mod orphans;
 pub mod prune;
 pub mod reap;
+pub mod safe;
 pub mod show;
 pub mod watch;
 
@@ -30,6 +37,7 @@ pub use list::{LIST_HEADERS, holder_text, list_row, list_table, list_text, phase
 pub use orphans::{orphans_text, reason_name};
 pub use prune::{gone_summary, prune_text};
 pub use reap::{method_text, reap_text};
+pub use safe::{esc, truncate, width};
 pub use show::show_text;
 pub use watch::{Change, clock, watch_screen};
 
@@ -87,10 +95,12 @@ impl Palette {
         Palette { color }
     }
 
-    /// `text` in `style` (unchanged without colour).
+    /// `text`, escaped ([`esc`]), in `style` (no escape codes added
+    /// without colour).
     pub fn paint(&self, style: Style, text: &str) -> String {
+        let text = esc(text);
         if !self.color || style == Style::Plain {
-            text.to_string()
+            text.into_owned()
         } else {
             format!("{}{text}\x1b[0m", style.code())
         }
@@ -121,12 +131,22 @@ impl Cell {
 
 /// Renders an aligned table: columns separated by two spaces, the last
 /// column not padded (it holds the long command line), no trailing spaces.
+/// Every cell is escaped ([`esc`]) and measured in terminal cells.
 pub fn table(p: &Palette, headers: &[&str], rows: &[Vec<Cell>]) -> String {
     let ncol = headers.len();
-    let mut width: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate().take(ncol) {
-            width[i] = width[i].max(c.text.chars().count());
+    let rows: Vec<Vec<Cell>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .take(ncol)
+                .map(|c| Cell::styled(esc(&c.text).into_owned(), c.style))
+                .collect()
+        })
+        .collect();
+    let mut width: Vec<usize> = headers.iter().map(|h| safe::width(h)).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            width[i] = width[i].max(safe::width(&c.text));
         }
     }
     let mut out = String::new();
@@ -137,7 +157,7 @@ pub fn table(p: &Palette, headers: &[&str], rows: &[Vec<Cell>]) -> String {
                 s.push_str("  ");
             }
             let pad = if i + 1 < cells.len() {
-                width[i].saturating_sub(text.chars().count())
+                width[i].saturating_sub(safe::width(text))
             } else {
                 0
             };
@@ -154,12 +174,9 @@ pub fn table(p: &Palette, headers: &[&str], rows: &[Vec<Cell>]) -> String {
             .collect(),
         &mut out,
     );
-    for r in rows {
+    for r in &rows {
         line(
-            r.iter()
-                .take(ncol)
-                .map(|c| (c.text.clone(), c.style))
-                .collect(),
+            r.iter().map(|c| (c.text.clone(), c.style)).collect(),
             &mut out,
         );
     }
@@ -188,17 +205,6 @@ pub fn phase_style(phase: Phase) -> Style {
         Phase::Terminating => Style::Red,
         Phase::Unreachable => Style::Magenta,
         Phase::Exited | Phase::Dead | Phase::Gone => Style::Dim,
-    }
-}
-
-/// Shortens `s` to at most `max` characters, ending in `…`.
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
-        t.push('…');
-        t
     }
 }
 
@@ -273,5 +279,18 @@ mod tests {
     fn truncates_with_ellipsis() {
         assert_eq!(truncate("abcdef", 4), "abc…");
         assert_eq!(truncate("abc", 4), "abc");
+    }
+
+    #[test]
+    fn table_escapes_cells_and_counts_cells() {
+        let rows = vec![
+            vec![Cell::plain("中文"), Cell::plain("\x1b]0;T\x07")],
+            vec![Cell::plain("ab"), Cell::plain("y")],
+        ];
+        let t = table(&Palette { color: true }, &["H", "LAST"], &rows);
+        assert_eq!(
+            strip_ansi(&t),
+            "H     LAST\n中文  \\x1b]0;T\\x07\nab    y\n"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The `orphans` report.
 
-use super::{Cell, Palette, Style, table, truncate};
+use super::{Cell, Palette, Style, esc, table, truncate};
 use crate::orphans::{OrphanReport, Reason};
 use crate::procs::Flavor;
 
@@ -10,7 +10,7 @@ pub fn orphans_text(p: &Palette, r: &OrphanReport) -> String {
     if r.orphans.is_empty() {
         out.push_str(&format!(
             "no orphans (scope {}, {} shellper process(es) seen{})\n",
-            r.scope,
+            esc(&r.scope),
             r.shellper_processes,
             r.tracked
                 .map(|n| format!(", {n} tracked pid(s)"))
@@ -55,7 +55,8 @@ pub fn orphans_text(p: &Palette, r: &OrphanReport) -> String {
     for s in &r.stale_sockets {
         out.push_str(&format!(
             "stale socket (nothing alive): {} {}\n",
-            s.id, s.socket
+            esc(&s.id),
+            esc(&s.socket)
         ));
     }
     out

@@ -2,6 +2,7 @@
 
 use tower_client::tidy::What;
 
+use super::esc;
 use crate::model::{Phase, ShellperView};
 use crate::prune::PruneReport;
 
@@ -37,12 +38,12 @@ pub fn prune_text(r: &PruneReport) -> String {
             "prune: a Tower (pid {}) holds {}: it tidies the scope itself (at start and every \
              --tidy-every); nothing removed. What the rules select now:\n",
             r.tower_pid.map_or("?".into(), |p| p.to_string()),
-            r.scope
+            esc(&r.scope)
         ));
     } else if r.dry_run {
         out.push_str(&format!(
             "prune (dry run) in {}: {} to remove{}\n",
-            r.scope,
+            esc(&r.scope),
             r.plan.actions.len(),
             if r.plan.actions.is_empty() {
                 ""
@@ -55,7 +56,7 @@ pub fn prune_text(r: &PruneReport) -> String {
     } else {
         out.push_str(&format!(
             "prune in {}: {} removed\n",
-            r.scope,
+            esc(&r.scope),
             r.removed.len()
         ));
     }
@@ -68,17 +69,17 @@ pub fn prune_text(r: &PruneReport) -> String {
         out.push_str(&format!(
             "  {:<12} {}  {}{bytes}: {}\n",
             what_name(a.what),
-            a.id,
-            a.path.display(),
-            a.reason
+            esc(&a.id),
+            esc(&a.path.display().to_string()),
+            esc(&a.reason)
         ));
     }
     for f in &r.failed {
         out.push_str(&format!(
             "  FAILED {} {}: {}\n",
             what_name(f.action.what),
-            f.action.path.display(),
-            f.error
+            esc(&f.action.path.display().to_string()),
+            esc(&f.error)
         ));
     }
     out.push_str(&format!(

@@ -1,6 +1,6 @@
 //! The `reap` report.
 
-use super::{Palette, Style, truncate};
+use super::{Palette, Style, esc, truncate};
 use crate::reap::{Method, ReapReport};
 
 /// What a step does, in words.
@@ -33,11 +33,15 @@ pub fn reap_text(p: &Palette, r: &ReapReport) -> String {
         out.push_str(&p.paint(Style::Bold, &head));
         out.push('\n');
         if let Some(why) = &t.plan.refused {
-            out.push_str(&format!("  {} {why}\n", p.paint(Style::Yellow, "refused:")));
+            out.push_str(&format!(
+                "  {} {}\n",
+                p.paint(Style::Yellow, "refused:"),
+                esc(why)
+            ));
             continue;
         }
         if let Some(note) = &t.plan.note {
-            out.push_str(&format!("  {note}\n"));
+            out.push_str(&format!("  {}\n", esc(note)));
             continue;
         }
         if r.dry_run {
@@ -77,12 +81,12 @@ pub fn reap_text(p: &Palette, r: &ReapReport) -> String {
                 },
                 method_text(s.method),
                 s.elapsed_ms,
-                s.detail
+                esc(&s.detail)
             ));
         }
         out.push_str(&format!("  killed {} process(es):", t.killed.len()));
         for k in &t.killed {
-            out.push_str(&format!(" {}({})", k.pid, k.comm));
+            out.push_str(&format!(" {}({})", k.pid, esc(&k.comm)));
         }
         out.push('\n');
         if t.survivors.is_empty() {
@@ -96,7 +100,7 @@ pub fn reap_text(p: &Palette, r: &ReapReport) -> String {
                 p.paint(Style::Red, "SURVIVORS:"),
                 t.survivors
                     .iter()
-                    .map(|s| format!("{}({}) state {}", s.pid, s.comm, s.state))
+                    .map(|s| format!("{}({}) state {}", s.pid, esc(&s.comm), esc(&s.state)))
                     .collect::<Vec<_>>()
                     .join(", ")
             ));

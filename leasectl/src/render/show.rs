@@ -4,18 +4,21 @@ use std::time::Duration;
 
 use super::client_kind;
 use super::list::{holder_text, phase_text};
-use super::{Cell, Palette, Style, opt_ms, opt_num, phase_style, short_duration, table, truncate};
+use super::{
+    Cell, Palette, Style, esc, opt_ms, opt_num, phase_style, short_duration, table, truncate,
+};
 use crate::model::{ShellperView, TreeProc};
 use shellper_protocol::msg::ChildState;
 
-/// The `show` report.
+/// The `show` report. Values a shellper or its session supplied (socket
+/// path, error, command line, cwd, version, holder name) are escaped.
 pub fn show_text(p: &Palette, s: &ShellperView, tree: &[TreeProc]) -> String {
     let mut out = String::new();
     let mut kv = |k: &str, v: String| {
         out.push_str(&format!("{:<14}{v}\n", format!("{k}:")));
     };
     kv("id", p.paint(Style::Cyan, &s.id));
-    kv("socket", s.socket.clone());
+    kv("socket", esc(&s.socket).into_owned());
     kv(
         "phase",
         p.paint(phase_style(s.phase), &phase_text(s))
@@ -26,7 +29,7 @@ pub fn show_text(p: &Palette, s: &ShellperView, tree: &[TreeProc]) -> String {
             },
     );
     if let Some(e) = &s.error {
-        kv("error", e.clone());
+        kv("error", esc(e).into_owned());
     }
     kv(
         "pid",
@@ -45,8 +48,11 @@ pub fn show_text(p: &Palette, s: &ShellperView, tree: &[TreeProc]) -> String {
         ),
     };
     kv("child pid", format!("{}{child}", opt_num(s.child_pid)));
-    kv("command", s.command_line());
-    kv("cwd", s.cwd.clone().unwrap_or_else(|| "-".into()));
+    kv("command", esc(&s.command_line()).into_owned());
+    kv(
+        "cwd",
+        s.cwd.as_deref().map_or("-".into(), |c| esc(c).into_owned()),
+    );
     kv(
         "started",
         match (&s.started_at, s.age_ms) {
@@ -123,7 +129,7 @@ pub fn show_text(p: &Palette, s: &ShellperView, tree: &[TreeProc]) -> String {
         );
     }
     if let Some(v) = &s.version {
-        kv("version", v.clone());
+        kv("version", esc(v).into_owned());
     }
     out.push_str(&format!("\nprocess tree ({} process(es)):\n", tree.len()));
     let rows: Vec<Vec<Cell>> = tree

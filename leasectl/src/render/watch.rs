@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{Palette, Style, list_table, short_duration};
+use super::{Palette, Style, esc, list_table, short_duration};
 use crate::model::{Phase, ShellperView};
 
 /// How many recent changes the screen shows.
@@ -36,7 +36,7 @@ fn change_line(c: &Change) -> String {
     format!(
         "{} {} {from} → {}",
         clock(c.ts_ms),
-        c.id,
+        esc(&c.id),
         c.to.map_or("gone", Phase::as_str)
     )
 }
