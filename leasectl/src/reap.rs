@@ -97,7 +97,7 @@ impl Target {
                     }
                 )
             }),
-            token: scan.entry(&v.id).and_then(|e| e.token().ok()),
+            token: scan.entry(&v.id).map(|e| e.token.clone()),
             kill_grace: Duration::from_millis(v.timings.as_ref().map_or(3000, |t| t.kill_grace_ms)),
             cgroup: scan.entry(&v.id).and_then(|e| e.cgroup.clone()),
         }

@@ -4,16 +4,27 @@
 //! It travels once over the shellper's stdin at spawn, then inside ACQUIRE
 //! frames; it is never placed in argv or the environment (both are readable by
 //! every process of the user through /proc).
+//!
+//! In memory it never prints (`Debug` is redacted), compares in constant time
+//! ([`subtle`]) and is zeroed when dropped ([`zeroize`]); its hex form
+//! ([`Token::to_hex`]) is zeroed when dropped too. On the wire (postcard) it is
+//! 32 raw bytes; in a registry file it is 64 lowercase hex digits
+//! ([`serde_hex`]).
 
 use std::fmt;
+
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, Zeroizing};
 
 /// Length of a token in bytes.
 pub const TOKEN_LEN: usize = 32;
 
-/// A 256-bit lease token. `Debug` never prints the secret, and `==` is the
+/// A 256-bit lease token. `Debug` never prints the secret, `==` is the
 /// constant-time [`Token::ct_eq`] (a derived `PartialEq` would compare with
-/// `memcmp`, which stops at the first differing byte).
+/// `memcmp`, which stops at the first differing byte), and the bytes are
+/// zeroed when the token is dropped (every clone too).
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[repr(transparent)]
 pub struct Token(pub [u8; TOKEN_LEN]);
 
 impl PartialEq for Token {
@@ -23,6 +34,18 @@ impl PartialEq for Token {
 }
 
 impl Eq for Token {}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl Zeroize for Token {
+    fn zeroize(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 /// A token string that is not 64 hexadecimal digits.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -41,27 +64,17 @@ impl Token {
 
     /// Constant-time comparison: the time taken does not depend on where the
     /// first differing byte is, so a local attacker cannot probe the token
-    /// byte by byte through response timing.
-    ///
-    /// How: an OR-fold of the XOR of every byte pair, with no branch inside
-    /// the loop and no early exit; each accumulated value passes through
-    /// [`std::hint::black_box`], so the optimiser cannot see that a non-zero
-    /// accumulator decides the answer and turn the fold back into a
-    /// short-circuiting compare. The one branch is on the final result.
-    /// (The `subtle` crate does the same with volatile reads; it is not
-    /// needed for one 32-byte compare.)
+    /// byte by byte through response timing. [`subtle`]'s compare (an
+    /// OR-fold of the byte differences behind an optimisation barrier).
     pub fn ct_eq(&self, other: &Token) -> bool {
-        let mut diff = 0u8;
-        for (a, b) in self.0.iter().zip(other.0.iter()) {
-            diff = std::hint::black_box(diff | (a ^ b));
-        }
-        diff == 0
+        self.0.ct_eq(&other.0).into()
     }
 
-    /// Lowercase hex, 64 characters (the form used on stdin and in registries).
-    pub fn to_hex(&self) -> String {
+    /// Lowercase hex, 64 characters (the form used on stdin and in
+    /// registries), zeroed when dropped.
+    pub fn to_hex(&self) -> Zeroizing<String> {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(TOKEN_LEN * 2);
+        let mut s = Zeroizing::new(String::with_capacity(TOKEN_LEN * 2));
         for b in self.0 {
             s.push(HEX[(b >> 4) as usize] as char);
             s.push(HEX[(b & 0xf) as usize] as char);
@@ -112,6 +125,25 @@ impl fmt::Debug for Token {
     }
 }
 
+/// Serde as 64 lowercase hex digits (`#[serde(with = "serde_hex")]`): the
+/// registry's form. Deserializing accepts either case (as
+/// [`Token::from_hex`]); the text read is zeroed after parsing.
+pub mod serde_hex {
+    use super::Token;
+    use zeroize::Zeroizing;
+
+    /// Writes the token as hex.
+    pub fn serialize<S: serde::Serializer>(t: &Token, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_hex())
+    }
+
+    /// Reads a hex token.
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Token, D::Error> {
+        let text = Zeroizing::new(<String as serde::Deserialize>::deserialize(d)?);
+        Token::from_hex(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +152,7 @@ mod tests {
     fn hex_round_trip_and_rejects() {
         let t = Token([0xab; 32]);
         assert_eq!(Token::from_hex(&t.to_hex()), Ok(t.clone()));
+        assert_eq!(t.to_hex().as_str(), "ab".repeat(32));
         assert_eq!(
             Token::from_hex(&format!("  {}\n", t.to_hex().to_uppercase())),
             Ok(t)
@@ -151,6 +184,46 @@ mod tests {
                 assert!(a != b && !a.ct_eq(&b), "byte {i} bit {bit}");
             }
         }
+    }
+
+    /// A dropped token leaves zeros where its bytes were.
+    #[test]
+    fn drop_zeroes_the_bytes() {
+        let mut slot = std::mem::MaybeUninit::new(Token([0x5a; TOKEN_LEN]));
+        // SAFETY: `slot` holds an initialised token, dropped exactly once;
+        // its storage stays ours and a `[u8; 32]` (the transparent token's
+        // only field) is valid for any bytes.
+        let after = unsafe {
+            slot.assume_init_drop();
+            std::ptr::read(slot.as_ptr().cast::<[u8; TOKEN_LEN]>())
+        };
+        assert_eq!(after, [0; TOKEN_LEN]);
+        let mut t = Token([1; TOKEN_LEN]);
+        t.zeroize();
+        assert_eq!(t.0, [0; TOKEN_LEN]);
+    }
+
+    #[test]
+    fn serde_hex_is_the_registry_form() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct E {
+            #[serde(with = "serde_hex")]
+            token: Token,
+        }
+        let e = E {
+            token: Token(core::array::from_fn(|i| i as u8)),
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            json,
+            r#"{"token":"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"}"#
+        );
+        let back: E = serde_json::from_str(&json.to_uppercase().replace("TOKEN", "token")).unwrap();
+        assert!(back.token == e.token);
+        let err = serde_json::from_str::<E>(r#"{"token":"nothex"}"#)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("64 hexadecimal digits"), "{err}");
     }
 
     /// No derived comparison can creep back in: `PartialEq` for `Token` is

@@ -114,7 +114,7 @@ fn start(dir: &Path, cmd: &[&str]) -> (Child, PathBuf, Duration) {
     writeln!(
         child.stdin.take().expect("stdin"),
         "{}",
-        Token(TOKEN).to_hex()
+        Token(TOKEN).to_hex().as_str()
     )
     .expect("token");
     let mut line = String::new();

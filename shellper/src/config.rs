@@ -777,7 +777,7 @@ mod tests {
         let json = r#"{"command":"sh","socketPath":"/s.sock","env":{"K":"v"}}"#;
         let good = format!("{hex}\n{json}\n");
         let (t, c) = parse_stdin_config(good.as_bytes(), cwd).expect("parses");
-        assert_eq!(t.to_hex(), hex);
+        assert_eq!(t.to_hex().as_str(), hex);
         assert!(c.leased, "the stdin form is always leased");
         assert_eq!(
             c.env.as_ref().and_then(|e| e.get("K")).map(String::as_str),

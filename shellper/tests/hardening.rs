@@ -227,6 +227,7 @@ fn config_on_stdin_is_bounded_and_strict() {
         serde_json::json!({}),
     );
     let hex = token().to_hex();
+    let hex = hex.as_str();
     let oversized = format!("{hex}\n{json}{}\n", " ".repeat(4 * 1024 * 1024));
     let trailing = format!("{hex}\n{json}\n{{}}\n");
     for (input, needle) in [

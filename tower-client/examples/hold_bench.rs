@@ -104,7 +104,7 @@ fn raw_rtt(guard: &LeakGuard, dir: &Path, samples: usize) -> (Vec<Duration>, Vec
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    writeln!(child.stdin.take().unwrap(), "{}", token.to_hex()).unwrap();
+    writeln!(child.stdin.take().unwrap(), "{}", token.to_hex().as_str()).unwrap();
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)

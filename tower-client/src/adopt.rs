@@ -55,10 +55,7 @@ pub(crate) async fn adopt_one(ctx: &Arc<Ctx>, e: &RegistryEntry) -> Result<Optio
             ));
         }
     };
-    let token = e.token().map_err(|err| Error::RegistryCorrupt {
-        path: ctx.scope.registry_path(),
-        detail: format!("entry {}: {err}", e.id),
-    })?;
+    let token = e.token.clone();
     let timeout = ctx.cfg.connect_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut c = conn::connect(&e.socket, HelloOpts::LEASE, timeout, false).await?;

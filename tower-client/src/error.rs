@@ -41,6 +41,11 @@ pub enum Error {
     #[error("registry {} is corrupt ({detail}); refusing to treat it as empty. Inspect or move it aside by hand", path.display())]
     RegistryCorrupt { path: PathBuf, detail: String },
 
+    /// The registry could not be serialized (a path that is not UTF-8):
+    /// nothing was written, the file on disk is the previous registry.
+    #[error("registry {}: cannot serialize ({detail}); nothing written, the previous registry is kept", path.display())]
+    RegistrySerialize { path: PathBuf, detail: String },
+
     /// The lease timings break a rule of the protocol.
     #[error("invalid lease settings: {0}")]
     LeaseConfig(#[from] ConfigError),

@@ -12,7 +12,11 @@
 //! Writes are atomic (temporary file, fsync, rename, fsync of the
 //! directory): a crash mid-write leaves the previous registry intact. A
 //! registry that does not parse is an error, never "no shellpers": treating
-//! it as empty would silently orphan every shellper it lists.
+//! it as empty would silently orphan every shellper it lists. A registry that
+//! cannot be serialized is an error too, and nothing is written.
+//!
+//! Tokens are held as [`Token`] (redacted `Debug`, zeroed on drop), hex in
+//! the file; the bytes read and written are zeroed after use.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -20,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use shellper_protocol::Token;
+use shellper_protocol::token::serde_hex;
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 
@@ -35,9 +41,10 @@ const TMP_PREFIX: &str = ".registry.json.tmp.";
 pub struct RegistryEntry {
     /// `sh-` + 8 lowercase hex digits.
     pub id: String,
-    /// The lease token, 64 hex digits. Secret: the file is 0600 in a 0700
-    /// directory.
-    pub token: String,
+    /// The lease token; 64 lowercase hex digits in the file. Secret: the
+    /// file is 0600 in a 0700 directory, and `Debug` prints no token.
+    #[serde(with = "serde_hex")]
+    pub token: Token,
     /// pid of the shellper process.
     pub pid: u32,
     /// Start time of that process in clock ticks since boot (field 22 of
@@ -60,13 +67,6 @@ pub struct RegistryEntry {
     /// reap` kills after the shellper itself was SIGKILLed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<PathBuf>,
-}
-
-impl RegistryEntry {
-    /// The entry's token, parsed.
-    pub fn token(&self) -> Result<Token, shellper_protocol::token::TokenParseError> {
-        Token::from_hex(&self.token)
-    }
 }
 
 /// The whole registry.
@@ -96,7 +96,7 @@ impl Registry {
     /// carries a malformed token is [`Error::RegistryCorrupt`].
     pub fn load(path: &Path) -> Result<Registry> {
         let bytes = match fs::read(path) {
-            Ok(b) => b,
+            Ok(b) => Zeroizing::new(b),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Registry::new()),
             Err(e) if e.kind() == ErrorKind::IsADirectory => {
                 return Err(Error::RegistryCorrupt {
@@ -112,18 +112,23 @@ impl Registry {
         })
     }
 
-    /// Parses registry bytes; the error is a human-readable reason.
+    /// Parses registry bytes; the error is a human-readable reason (a
+    /// malformed token is one: "bad token: a lease token is 64 hexadecimal
+    /// digits…", with the line and column).
     pub fn parse(bytes: &[u8]) -> Result<Registry, String> {
-        let reg: Registry = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        let reg: Registry = serde_json::from_slice(bytes).map_err(|e| {
+            let s = e.to_string();
+            if s.contains("lease token") {
+                format!("bad token: {s}")
+            } else {
+                s
+            }
+        })?;
         if reg.schema_version != REGISTRY_SCHEMA_VERSION {
             return Err(format!(
                 "schema_version {} is not the supported version {REGISTRY_SCHEMA_VERSION}",
                 reg.schema_version
             ));
-        }
-        for e in &reg.shellpers {
-            e.token()
-                .map_err(|err| format!("entry {}: bad token: {err}", e.id))?;
         }
         Ok(reg)
     }
@@ -148,21 +153,39 @@ impl Registry {
         before != self.shellpers.len()
     }
 
-    /// Serializes (pretty, one entry per few lines: operators read it).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        // Invariant: the registry is strings, integers and paths that were
-        // valid UTF-8 when they were stored (non-UTF-8 paths serialize as an
-        // error only for `Path`, which we never construct from non-UTF-8).
-        let mut v = serde_json::to_vec_pretty(self).unwrap_or_else(|_| b"{}".to_vec());
+    /// Serializes (pretty, one entry per few lines: operators read it);
+    /// the bytes hold tokens and are zeroed when dropped. Fails on a path
+    /// that is not UTF-8 (JSON has no form for it): the error says which
+    /// entry, and a caller writes nothing.
+    pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>, String> {
+        let mut v = Zeroizing::new(Vec::with_capacity(256 * (self.shellpers.len() + 1)));
+        serde_json::to_writer_pretty(&mut *v, self).map_err(|e| {
+            let bad: Vec<&str> = self
+                .shellpers
+                .iter()
+                .filter(|e| e.socket.to_str().is_none())
+                .map(|e| e.id.as_str())
+                .collect();
+            if bad.is_empty() {
+                e.to_string()
+            } else {
+                format!("{e}: the socket path of {} is not UTF-8", bad.join(", "))
+            }
+        })?;
         v.push(b'\n');
-        v
+        Ok(v)
     }
 
     /// Writes atomically to `path`: a unique temporary file in the same
     /// directory (mode 0600), fsync, rename over `path`, fsync of the
-    /// directory so the rename itself is durable.
+    /// directory so the rename itself is durable. A registry that cannot be
+    /// serialized is [`Error::RegistrySerialize`] and leaves `path` as it was.
     pub fn save(&self, path: &Path) -> Result<()> {
-        write_atomic(path, &self.to_bytes())
+        let bytes = self.to_bytes().map_err(|detail| Error::RegistrySerialize {
+            path: path.to_path_buf(),
+            detail,
+        })?;
+        write_atomic(path, &bytes)
     }
 }
 
@@ -243,7 +266,11 @@ impl RegistryStore {
         }
         let (bytes, version) = {
             let st = self.lock();
-            (st.0.to_bytes(), st.1)
+            let bytes = st.0.to_bytes().map_err(|detail| Error::RegistrySerialize {
+                path: self.path.clone(),
+                detail,
+            })?;
+            (bytes, st.1)
         };
         let path = self.path.clone();
         let ident = self.ident.clone();
@@ -271,7 +298,7 @@ mod tests {
     fn entry(id: &str) -> RegistryEntry {
         RegistryEntry {
             id: id.into(),
-            token: "ab".repeat(32),
+            token: Token::from_bytes([0xab; 32]),
             pid: 42,
             start_ticks: 7,
             socket: PathBuf::from(format!("/tmp/{id}.sock")),
@@ -319,15 +346,16 @@ mod tests {
                 other => panic!("{:?}: expected corrupt, got {other:?}", bad),
             }
         }
-        let mut e = entry("sh-00000001");
-        e.token = "nothex".into();
         let mut r = Registry::new();
-        r.shellpers.push(e);
-        fs::write(&p, r.to_bytes()).expect("write");
-        assert!(matches!(
-            Registry::load(&p),
-            Err(Error::RegistryCorrupt { .. })
-        ));
+        r.shellpers.push(entry("sh-00000001"));
+        let text = String::from_utf8(r.to_bytes().expect("bytes").to_vec()).expect("utf-8");
+        fs::write(&p, text.replace(&"ab".repeat(32), "nothex")).expect("write");
+        match Registry::load(&p) {
+            Err(Error::RegistryCorrupt { detail, .. }) => {
+                assert!(detail.contains("bad token"), "{detail}")
+            }
+            other => panic!("expected corrupt, got {other:?}"),
+        }
     }
 
     #[test]

@@ -352,7 +352,8 @@ async fn pipeline(
         .take()
         .ok_or(("write config", "no stdin pipe".into()))?;
     let token = Token::from_bytes(rand::random());
-    let input = format!("{}\n{config}\n", token.to_hex());
+    // The token's hex (and so this buffer) is zeroed when dropped.
+    let input = zeroize::Zeroizing::new(format!("{}\n{config}\n", token.to_hex().as_str()));
     match tokio::time::timeout_at(deadline, stdin.write_all(input.as_bytes())).await {
         Err(_) => return Err(("write config", "timed out".into())),
         Ok(Err(e)) => return Err(("write config", e.to_string())),
@@ -407,7 +408,7 @@ async fn pipeline(
     // successor finds the token and adopts the shellper.
     let entry = RegistryEntry {
         id: st.id.clone(),
-        token: token.to_hex(),
+        token: token.clone(),
         pid: child_pid,
         start_ticks: ticks,
         socket: st.socket.clone(),

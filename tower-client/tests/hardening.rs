@@ -146,7 +146,7 @@ fn scripted_scope(guard: &LeakGuard, dir: &Path) -> (std::process::Child, PathBu
     let mut reg = Registry::new();
     reg.upsert(RegistryEntry {
         id: id.clone(),
-        token: Token::from_bytes([7; 32]).to_hex(),
+        token: Token::from_bytes([7; 32]),
         pid,
         start_ticks,
         socket: socket.clone(),

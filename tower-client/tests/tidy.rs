@@ -30,7 +30,7 @@ fn age(path: &Path, days: u64) {
 fn entry(dir: &Path, id: &str, pid: u32, start_ticks: u64) -> RegistryEntry {
     RegistryEntry {
         id: id.into(),
-        token: "ab".repeat(32),
+        token: tower_client::Token::from_bytes([0xab; 32]),
         pid,
         start_ticks,
         socket: dir.join(format!("{id}.sock")),

@@ -400,8 +400,8 @@ async fn terminate_with_token_evicts_the_holder_and_ends_the_tree() {
         .read_registry()
         .unwrap()
         .shellpers[0]
-        .token()
-        .unwrap();
+        .token
+        .clone();
     let (handshake, ladder) = (Duration::from_secs(2), Duration::from_secs(5));
 
     let wrong = Token::from_bytes([9; 32]);
@@ -487,7 +487,7 @@ async fn s07_unclaimed_shellper_dies_after_claim_deadline() {
     writeln!(
         child.stdin.take().unwrap(),
         "{}",
-        tower_client::Token::from_bytes([7; 32]).to_hex()
+        tower_client::Token::from_bytes([7; 32]).to_hex().as_str()
     )
     .unwrap();
     let mut line = String::new();

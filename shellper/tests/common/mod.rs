@@ -168,7 +168,7 @@ impl Shellper {
         {
             let mut stdin = proc.stdin.take().expect("stdin");
             if leased {
-                writeln!(stdin, "{}", token().to_hex()).expect("token");
+                writeln!(stdin, "{}", token().to_hex().as_str()).expect("token");
             }
         }
         let mut line = String::new();

@@ -355,7 +355,7 @@ mod tests {
     fn entry(id: &str) -> RegistryEntry {
         RegistryEntry {
             id: id.into(),
-            token: "0".repeat(64),
+            token: shellper_protocol::Token::from_bytes([0; 32]),
             pid: 4242,
             start_ticks: 1,
             socket: PathBuf::from(format!("/s/{id}.sock")),
