@@ -14,6 +14,7 @@
 //! * [`lease`]: the lease state machine.
 //! * [`token`]: the 256-bit lease token with constant-time comparison.
 
+pub mod clamp;
 pub mod frame;
 pub mod lease;
 pub mod msg;

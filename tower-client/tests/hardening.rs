@@ -100,6 +100,21 @@ fn read_until(
 
 /// Accepts one Tower connection and grants it `epoch`.
 fn serve_grant(l: &UnixListener, pid: u32, epoch: u64) -> (UnixStream, Vec<u8>) {
+    serve_grant_with(
+        l,
+        pid,
+        Grant {
+            epoch,
+            ttl_ms: 600,
+            window_ms: 4000,
+            renew_every_ms: 200,
+            expires_in_ms: 600,
+        },
+    )
+}
+
+/// Accepts one Tower connection and answers its ACQUIRE with `grant`.
+fn serve_grant_with(l: &UnixListener, pid: u32, grant: Grant) -> (UnixStream, Vec<u8>) {
     let (mut s, _) = l.accept().unwrap();
     let mut buf = Vec::new();
     read_until(&mut s, &mut buf, |f| matches!(f, Frame::Hello(_))).unwrap();
@@ -119,20 +134,23 @@ fn serve_grant(l: &UnixListener, pid: u32, epoch: u64) -> (UnixStream, Vec<u8>) 
     });
     s.write_all(&w.to_bytes().unwrap()).unwrap();
     read_until(&mut s, &mut buf, |f| matches!(f, Frame::Acquire(_))).unwrap();
-    let g = Frame::Grant(Grant {
-        epoch,
-        ttl_ms: 600,
-        window_ms: 4000,
-        renew_every_ms: 200,
-        expires_in_ms: 600,
-    });
-    s.write_all(&g.to_bytes().unwrap()).unwrap();
+    s.write_all(&Frame::Grant(grant).to_bytes().unwrap())
+        .unwrap();
     (s, buf)
 }
 
 /// A `sleep` standing for the shellper process, and a registry naming it
 /// with `socket`, written before the Tower opens the scope.
 fn scripted_scope(guard: &LeakGuard, dir: &Path) -> (std::process::Child, PathBuf, String) {
+    scripted_entry(guard, dir, "sh-0000abcd")
+}
+
+/// [`scripted_scope`] for one more entry `id` (added to the registry).
+fn scripted_entry(
+    guard: &LeakGuard,
+    dir: &Path,
+    id: &str,
+) -> (std::process::Child, PathBuf, String) {
     let mut cmd = std::process::Command::new("sleep");
     cmd.arg("60");
     guard.apply(&mut cmd);
@@ -141,9 +159,9 @@ fn scripted_scope(guard: &LeakGuard, dir: &Path) -> (std::process::Child, PathBu
     let start_ticks = shellper_proctree::read_stat(pid as i32)
         .unwrap()
         .start_ticks;
-    let id = "sh-0000abcd".to_string();
+    let id = id.to_string();
     let socket = dir.join(format!("{id}.sock"));
-    let mut reg = Registry::new();
+    let mut reg = Registry::load(&dir.join("registry.json")).unwrap();
     reg.upsert(RegistryEntry {
         id: id.clone(),
         token: Token::from_bytes([7; 32]),
@@ -416,5 +434,108 @@ async fn sigkilled_shellper_whose_leader_dies_of_the_hangup_leaves_nothing() {
     }
     let left = guard.wait_gone(Duration::from_secs(5));
     assert!(left.is_empty(), "orphans: {left:?}");
+    guard.finish();
+}
+
+/// SPEC §5: a GRANT's durations are clamped before they reach a timer. A
+/// shellper that says "renew every 0 ms" gets at most ten renewals per TTL
+/// (it used to get one every 10 ms); one that says every duration is
+/// `u64::MAX` is held with 7-day timers, and the Tower's one scheduler goes
+/// on renewing its other leases (an `Instant` past the end of time used to
+/// panic it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_grant_durations_are_clamped() {
+    let guard = LeakGuard::new("grant_clamps");
+    let dir = scope_tmp();
+    let (mut busy, busy_sock, _) = scripted_entry(&guard, dir.path(), "sh-0000000b");
+    let (mut huge, huge_sock, _) = scripted_entry(&guard, dir.path(), "sh-0000000c");
+    let (mut sane, sane_sock, _) = scripted_entry(&guard, dir.path(), "sh-0000000d");
+    let count_renews = |sock: PathBuf, pid: u32, grant: Grant| {
+        let l = UnixListener::bind(&sock).unwrap();
+        std::thread::spawn(move || {
+            let (mut s, mut buf) = serve_grant_with(&l, pid, grant.clone());
+            s.set_read_timeout(Some(Duration::from_millis(1500)))
+                .unwrap();
+            let t0 = std::time::Instant::now();
+            let mut renews = 0u32;
+            while t0.elapsed() < Duration::from_millis(1500) {
+                let Some(Frame::Renew(r)) =
+                    read_until(&mut s, &mut buf, |f| matches!(f, Frame::Renew(_)))
+                else {
+                    break;
+                };
+                renews += 1;
+                let ack = Frame::Renewed(shellper_protocol::msg::Renewed {
+                    epoch: r.epoch,
+                    seq: r.seq,
+                    expires_in_ms: grant.expires_in_ms,
+                });
+                if s.write_all(&ack.to_bytes().unwrap()).is_err() {
+                    break;
+                }
+            }
+            renews
+        })
+    };
+    let busy_t = count_renews(
+        busy_sock,
+        busy.id(),
+        Grant {
+            epoch: 1,
+            ttl_ms: 3000,
+            window_ms: 60_000,
+            renew_every_ms: 0,
+            expires_in_ms: 3000,
+        },
+    );
+    let huge_t = count_renews(
+        huge_sock,
+        huge.id(),
+        Grant {
+            epoch: 1,
+            ttl_ms: u64::MAX,
+            window_ms: u64::MAX,
+            renew_every_ms: u64::MAX,
+            expires_in_ms: u64::MAX,
+        },
+    );
+    let sane_t = count_renews(
+        sane_sock,
+        sane.id(),
+        Grant {
+            epoch: 1,
+            ttl_ms: 600,
+            window_ms: 4000,
+            renew_every_ms: 200,
+            expires_in_ms: 600,
+        },
+    );
+    let (tower, _ev) = open(dir.path(), lease(600, 4000, 300));
+    let rep = tower.adopt_all().await;
+    assert_eq!(rep.adopted.len(), 3, "{:?}", rep.failed);
+    let (busy_n, huge_n, sane_n) = tokio::task::spawn_blocking(move || {
+        (
+            busy_t.join().unwrap(),
+            huge_t.join().unwrap(),
+            sane_t.join().unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    // TTL 3 s: at most one renewal per 300 ms (plus jitter and slack).
+    assert!(
+        (1..=8).contains(&busy_n),
+        "renew_every_ms 0: {busy_n} renewals in 1.5 s"
+    );
+    assert_eq!(huge_n, 0, "7-day timers: no renewal in 1.5 s");
+    assert!(
+        sane_n >= 3,
+        "the scheduler must keep renewing the other leases: {sane_n} in 1.5 s"
+    );
+    tower.abandon();
+    for c in [&mut busy, &mut huge, &mut sane] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     guard.finish();
 }

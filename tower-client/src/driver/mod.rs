@@ -26,9 +26,9 @@ mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::Duration;
 
 use shellper_protocol::Token;
+use shellper_protocol::clamp::GrantTimes;
 use shellper_protocol::msg::{ExitMsg, Grant};
 use tokio::sync::mpsc;
 
@@ -42,7 +42,7 @@ pub(crate) use watch::ProcWatch;
 use crate::conn::Conn;
 use crate::ctx::Ctx;
 use link::Link;
-use run::{Driver, renew_interval};
+use run::Driver;
 
 /// A lease just granted by a spawn or an adoption: everything a driver
 /// needs. Spawn and adoption return it; only the Tower turns it into a
@@ -72,6 +72,8 @@ pub(crate) fn start(ctx: &Arc<Ctx>, g: Granted) -> ShellperHandle {
         exit,
         proc,
     } = g;
+    // Every duration of the GRANT, clamped (SPEC §5).
+    let times = GrantTimes::of(&grant);
     let (tx, rx) = mpsc::unbounded_channel::<Ctl>();
     let inner = Arc::new(HandleInner {
         info,
@@ -91,7 +93,7 @@ pub(crate) fn start(ctx: &Arc<Ctx>, g: Granted) -> ShellperHandle {
         token,
         Link::new(conn.reader, conn.writer),
         grant.epoch,
-        Duration::from_millis(grant.window_ms),
+        times.window,
         proc,
         rx,
     );
@@ -103,10 +105,7 @@ pub(crate) fn start(ctx: &Arc<Ctx>, g: Granted) -> ShellperHandle {
     // Record its tree at once (an adopted shellper's is complete by now),
     // then at each renewal.
     driver.remember_tree();
-    driver.schedule(
-        renew_interval(&grant),
-        Duration::from_millis(grant.expires_in_ms),
-    );
+    driver.schedule(times.renew_every, times.expires_in);
     ctx.insert_handle(handle.clone());
     ctx.events.send(Event::Held {
         id: handle.id().to_string(),

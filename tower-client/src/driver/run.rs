@@ -15,6 +15,7 @@ use shellper_proctree::tree::Witnesses;
 use shellper_proctree::{
     KillPlan, LinuxTable, ProcessTable, RealClock, Session, Sig, TreeSpec, kill_tree,
 };
+use shellper_protocol::clamp::{GrantTimes, wire_ms};
 use shellper_protocol::msg::{
     ErrorCode, ExitMsg, Grant, Release, ReleaseMode, Renew, SignalMsg, Status, StatusRequest,
     TerminateReason, Terminated,
@@ -424,7 +425,7 @@ impl Driver {
                 let _ = self.ctx.sched.send(SchedMsg::Ack {
                     key: self.key,
                     seq: r.seq,
-                    expires_in: Duration::from_millis(r.expires_in_ms.min(7 * 86_400_000)),
+                    expires_in: wire_ms(r.expires_in_ms),
                     at: Instant::now(),
                 });
             }
@@ -457,7 +458,7 @@ impl Driver {
                         id: self.id(),
                         kill_in_ms: r.kill_in_ms,
                     });
-                    let _ = reply.send(Ok(Duration::from_millis(r.kill_in_ms)));
+                    let _ = reply.send(Ok(wire_ms(r.kill_in_ms)));
                     // Detached shellpers stay in the registry: a restarted
                     // Tower adopts them back.
                     self.conn = None;
@@ -578,14 +579,12 @@ impl Driver {
         };
         match r {
             Ok((c, grant, exit)) => {
+                let times = GrantTimes::of(&grant);
                 self.epoch = grant.epoch;
-                self.window = Duration::from_millis(grant.window_ms);
+                self.window = times.window;
                 self.handle.epoch.store(grant.epoch, Ordering::Relaxed);
                 self.conn = Some(Link::new(c.reader, c.writer));
-                self.schedule(
-                    renew_interval(&grant),
-                    Duration::from_millis(grant.expires_in_ms),
-                );
+                self.schedule(times.renew_every, times.expires_in);
                 self.set_state(ST_HELD);
                 self.emit(Event::Held {
                     id: self.id(),
@@ -886,12 +885,4 @@ impl Driver {
             });
         }
     }
-}
-
-/// The renewal interval to use for a grant: the shellper's suggestion,
-/// clamped into `[10 ms, ttl / 2]` so a bogus value can neither spin the
-/// scheduler nor let the lease lapse.
-pub(crate) fn renew_interval(g: &shellper_protocol::msg::Grant) -> Duration {
-    let ttl = Duration::from_millis(g.ttl_ms.max(20));
-    Duration::from_millis(g.renew_every_ms).clamp(Duration::from_millis(10), ttl / 2)
 }
