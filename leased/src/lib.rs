@@ -55,15 +55,15 @@
 //!   and the process stays, a husk, until the lease ends (SPEC.md §8.2: the
 //!   Tower that wants it gone terminates it; unheld, its deadlines apply).
 //!
-//! The lease driver ([`driver`]), the exit codes ([`exit`]), the socket
+//! The lease enforcer ([`enforcer`]), the exit codes ([`exit`]), the socket
 //! plumbing ([`sock`]) and the connection server ([`server`], with its
 //! per-connection [`outbox`]) live here and the PTY shellper (crate
 //! `shellper`) uses them, so both enforce the lease with one implementation
 //! of the "re-check before killing" rules and answer on their sockets with
 //! one server.
 
-pub mod driver;
 mod embedded;
+pub mod enforcer;
 pub mod exit;
 pub mod invocation;
 pub mod mem;
@@ -75,7 +75,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use driver::{LeaseDriver, LeaseHandle, Termination};
+pub use enforcer::{LeaseEnforcer, LeaseHandle, Termination};
 use shellper_proctree::{KillPlan, KillReport, LinuxTable, RealClock, Scan, kill_tree};
 use shellper_protocol::lease::{LeaseConfig, Mode};
 use shellper_protocol::msg::{ChildState, TerminateReason};
@@ -232,7 +232,7 @@ impl Leased {
             tokio::time::Instant::now().into_std(),
         );
         let (term_tx, term_rx) = oneshot::channel::<Termination>();
-        let (lease, _driver) = LeaseDriver::spawn(machine, move |t: Termination| {
+        let (lease, _enforcer) = LeaseEnforcer::spawn(machine, move |t: Termination| {
             let _ = term_tx.send(t);
         });
         let worker = Arc::new(Mutex::new(Worker {
@@ -275,7 +275,7 @@ impl Leased {
         })
     }
 
-    /// The lease driver, for programs that feed it events themselves.
+    /// The lease enforcer, for programs that feed it events themselves.
     pub fn handle(&self) -> &LeaseHandle {
         &self.lease
     }

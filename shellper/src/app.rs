@@ -7,7 +7,7 @@
 //! 3. on the runtime: open the log, bind the socket, spawn the PTY child
 //!    (failures: exit 3, socket removed);
 //! 4. write the info line and close stdout, send stderr to the log;
-//! 5. run until the lease driver says "terminate", then run the kill ladder,
+//! 5. run until the lease enforcer says "terminate", then run the kill ladder,
 //!    report TERMINATED to the holder, remove the socket and exit with the
 //!    code that says why.
 
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::child::{ChildActor, SpawnSpec, spawn_pty};
 use crate::config::{self, Config, Parsed};
 use crate::hub::Hub;
-use crate::lease::{LeaseDriver, LeaseHandle, Termination};
+use crate::lease::{LeaseEnforcer, LeaseHandle, Termination};
 use crate::server::{self, Identity, Pty, Server, Timeouts};
 use crate::{exit, kill, startup};
 
@@ -207,7 +207,7 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
     let (term_tx, term_rx) = oneshot::channel::<Termination>();
     let mode = token.map_or(Mode::Legacy, Mode::Leased);
     let machine = LeaseMachine::new(cfg.lease, mode, tokio::time::Instant::now().into_std());
-    let (lease, _driver) = LeaseDriver::spawn(machine, move |t: Termination| {
+    let (lease, _enforcer) = LeaseEnforcer::spawn(machine, move |t: Termination| {
         let _ = term_tx.send(t);
     });
     if first.is_err() {

@@ -8,7 +8,7 @@
 //! Library layout (pure logic apart from IO):
 //!
 //! * [`config`]: codev's JSON invocation and the friendly flags (pure).
-//! * [`lease`] (from `shellper-leased`): [`lease::LeaseDriver`], the
+//! * [`lease`] (from `shellper-leased`): [`lease::LeaseEnforcer`], the
 //!   protocol's lease machine on tokio time with a termination hook; usable
 //!   by any shellper.
 //! * [`replay`]: the bounded replay buffer (pure).
@@ -30,13 +30,13 @@ pub mod replay;
 pub mod server;
 pub mod startup;
 
-/// The lease driver, shared with embedded leased processes: one
+/// The lease enforcer, shared with embedded leased processes: one
 /// implementation of the lease on tokio time (crate `shellper-leased`).
-pub use shellper_leased::driver as lease;
+pub use shellper_leased::enforcer as lease;
 /// Exit codes (crate `shellper-leased`, shared with embedded leased
 /// processes).
 pub use shellper_leased::exit;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use lease::{LeaseDriver, LeaseHandle, Termination};
+pub use lease::{LeaseEnforcer, LeaseHandle, Termination};

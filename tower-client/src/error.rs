@@ -91,7 +91,7 @@ pub enum Error {
     #[error("cannot find the shellper binary: {0}")]
     ShellperNotFound(String),
 
-    /// The shellper's lease driver has stopped (it exited, was revoked,
+    /// The shellper's lease enforcer has stopped (it exited, was revoked,
     /// terminated or detached), so the request cannot be served.
     #[error("shellper {id}: not held any more ({why})")]
     NotHeld { id: String, why: String },

@@ -326,7 +326,7 @@ impl<S: Session> Server<S> {
         let _ = tokio::time::timeout(within, self.tracker.wait()).await;
     }
 
-    /// A full STATUS (SPEC.md §10); `None` once the lease driver is gone.
+    /// A full STATUS (SPEC.md §10); `None` once the lease enforcer is gone.
     async fn status(&self) -> Option<Status> {
         let snap = self.lease.snapshot().await?;
         let cfg = self.lease.config();
@@ -457,7 +457,7 @@ impl<S: Session> Server<S> {
             None => {}
         }
         self.clients().remove(&id);
-        // Always tell the driver: it ignores connections that never held.
+        // Always tell the enforcer: it ignores connections that never held.
         self.lease.disconnected(id);
         conn.outbox.close();
         tracing::debug!(conn = id, "connection closed");

@@ -1,8 +1,8 @@
-//! The lease driver: runs the protocol's pure [`LeaseMachine`] on tokio time.
+//! The lease enforcer: runs the protocol's pure [`LeaseMachine`] on tokio time.
 //!
 //! Any shellper links this to enforce its lease. One task owns the machine
 //! (no locks, one order of events); connection tasks talk to it through a
-//! cloneable [`LeaseHandle`]. The driver
+//! cloneable [`LeaseHandle`]. The enforcer
 //!
 //! * sleeps until [`LeaseMachine::next_deadline`] (never more than one
 //!   heartbeat, so its own stalls are measured by the machine);
@@ -17,7 +17,7 @@
 //!   snapshots keep working) so STATUS works during the kill ladder.
 //!
 //! Time: `tokio::time::Instant::now().into_std()`. Under tokio's paused test
-//! clock that is the mocked time, so the driver is unit-tested without
+//! clock that is the mocked time, so the enforcer is unit-tested without
 //! sleeping.
 //!
 //! The event channel is unbounded on purpose: every request but the
@@ -98,8 +98,8 @@ fn ms(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
-/// Cloneable access to the driver. Every async method returns
-/// `Err(Reject::Terminating)` (or `false`/`None`) once the driver is gone.
+/// Cloneable access to the enforcer. Every async method returns
+/// `Err(Reject::Terminating)` (or `false`/`None`) once the enforcer is gone.
 #[derive(Debug, Clone)]
 pub struct LeaseHandle {
     tx: mpsc::UnboundedSender<Request>,
@@ -274,7 +274,7 @@ impl LeaseHandle {
             .await
     }
 
-    /// The machine's state now; `None` once the driver is gone.
+    /// The machine's state now; `None` once the enforcer is gone.
     pub async fn snapshot(&self) -> Option<Snapshot> {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Request::Snapshot { reply: tx }).ok()?;
@@ -306,7 +306,7 @@ impl LeaseHandle {
         let _ = self.tx.send(Request::ProtocolError);
     }
 
-    /// The kill ladder finished: the driver marks the machine `Exited` and
+    /// The kill ladder finished: the enforcer marks the machine `Exited` and
     /// returns it.
     pub fn exited(&self) {
         let _ = self.tx.send(Request::Exited);
@@ -315,7 +315,7 @@ impl LeaseHandle {
 
 /// Owns a [`LeaseMachine`] and runs it on tokio time.
 #[derive(Debug)]
-pub struct LeaseDriver<H> {
+pub struct LeaseEnforcer<H> {
     machine: LeaseMachine,
     rx: mpsc::UnboundedReceiver<Request>,
     hook: Option<H>,
@@ -325,11 +325,11 @@ fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-impl<H> LeaseDriver<H>
+impl<H> LeaseEnforcer<H>
 where
     H: FnOnce(Termination) + Send + 'static,
 {
-    /// A driver for `machine` that calls `on_terminate` once, when the
+    /// An enforcer for `machine` that calls `on_terminate` once, when the
     /// machine enters `Terminating`.
     pub fn new(machine: LeaseMachine, on_terminate: H) -> (Self, LeaseHandle) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -339,7 +339,7 @@ where
             leased: machine.is_leased(),
         };
         (
-            LeaseDriver {
+            LeaseEnforcer {
                 machine,
                 rx,
                 hook: Some(on_terminate),
@@ -348,13 +348,13 @@ where
         )
     }
 
-    /// Spawns the driver on the current runtime.
+    /// Spawns the enforcer on the current runtime.
     pub fn spawn(
         machine: LeaseMachine,
         on_terminate: H,
     ) -> (LeaseHandle, JoinHandle<LeaseMachine>) {
-        let (driver, handle) = Self::new(machine, on_terminate);
-        (handle, tokio::spawn(driver.run()))
+        let (enforcer, handle) = Self::new(machine, on_terminate);
+        (handle, tokio::spawn(enforcer.run()))
     }
 
     /// Runs until the machine has exited (after [`LeaseHandle::exited`]) or
@@ -392,7 +392,7 @@ where
     }
 
     /// Handles every event already queued (and those the yields let other
-    /// tasks enqueue). Returns `true` if the driver must stop.
+    /// tasks enqueue). Returns `true` if the enforcer must stop.
     async fn drain(&mut self) -> bool {
         for _ in 0..DRAIN_ROUNDS {
             tokio::task::yield_now().await;
@@ -532,7 +532,7 @@ mod tests {
         let f2 = fired.clone();
         let t0 = tokio::time::Instant::now();
         let machine = LeaseMachine::new(cfg(), mode, t0.into_std());
-        let (h, _join) = LeaseDriver::spawn(machine, move |t: Termination| {
+        let (h, _join) = LeaseEnforcer::spawn(machine, move |t: Termination| {
             f2.lock().expect("lock").push((t, t0.elapsed()));
         });
         (h, fired, t0)
@@ -677,15 +677,15 @@ mod tests {
     }
 
     /// A renewal sent at the very instant of the expiry: the renewer's timer
-    /// and the driver's deadline fire together, and tokio then runs the two
+    /// and the enforcer's deadline fire together, and tokio then runs the two
     /// tasks in a fixed but unspecified order (it depends on which timer was
     /// registered last). If the renewer runs first its request is queued and
-    /// read before the deadline (biased select); if the driver runs first,
+    /// read before the deadline (biased select); if the enforcer runs first,
     /// only the drain (yield, then read what arrived) keeps the lease from
-    /// lapsing. The driver re-arms its timer at every heartbeat (TTL/4 =
+    /// lapsing. The enforcer re-arms its timer at every heartbeat (TTL/4 =
     /// 100 ms, so last at 300 ms); the renewer arms its last timer either
     /// before that (at 0 ms) or after it (at 350 ms), so one of the two runs
-    /// is the driver-first case whatever tokio's order is (checked: this
+    /// is the enforcer-first case whatever tokio's order is (checked: this
     /// test fails with the drain deleted).
     #[tokio::test(start_paused = true)]
     async fn a_renewal_queued_at_the_deadline_is_drained_first() {
@@ -717,12 +717,12 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn exited_stops_the_driver() {
+    async fn exited_stops_the_enforcer() {
         let fired: Fired = Arc::default();
         let machine =
             LeaseMachine::new(cfg(), Mode::Legacy, tokio::time::Instant::now().into_std());
         let f2 = fired.clone();
-        let (h, join) = LeaseDriver::spawn(machine, move |t: Termination| {
+        let (h, join) = LeaseEnforcer::spawn(machine, move |t: Termination| {
             f2.lock().expect("lock").push((t, Duration::ZERO));
         });
         h.signalled();
