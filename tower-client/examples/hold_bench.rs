@@ -290,13 +290,13 @@ fn main() {
             renewals as f64 / held_secs
         );
         println!(
-            "Tower RSS: +{} KiB for {n} leases = {:.1} KiB per lease (connections, drivers, buffers)",
+            "Tower RSS: +{} KiB for {n} leases = {:.1} KiB per lease (connections, holders, buffers)",
             rss1.saturating_sub(rss0),
             rss1.saturating_sub(rss0) as f64 / n as f64
         );
         if !rtts.is_empty() {
             println!(
-                "Tower-perceived renewal round trip (scheduler decision -> ack seen by driver): p50 {:.0} us  p99 {:.0} us ({} samples)",
+                "Tower-perceived renewal round trip (scheduler decision -> ack seen by holder): p50 {:.0} us  p99 {:.0} us ({} samples)",
                 us(pct(&mut rtts, 0.5)),
                 us(pct(&mut rtts, 0.99)),
                 rtts.len()

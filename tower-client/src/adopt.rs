@@ -8,8 +8,8 @@ use shellper_proctree::PidfdLookup;
 
 use crate::conn::{self, HelloOpts};
 use crate::ctx::Ctx;
-use crate::driver::{Granted, ProcWatch, ShellperInfo};
 use crate::error::{Error, Result};
+use crate::holder::{Granted, ProcWatch, ShellperInfo};
 use crate::registry::RegistryEntry;
 
 /// Runs an adoption, turning a panic into an error for that entry: a bug in
@@ -38,7 +38,7 @@ pub(crate) async fn catch_panic<T>(
 }
 
 /// Adopts one entry: `Ok(None)` if its process is gone, else the granted
-/// lease (the Tower starts its driver).
+/// lease (the Tower starts its holder).
 pub(crate) async fn adopt_one(ctx: &Arc<Ctx>, e: &RegistryEntry) -> Result<Option<Granted>> {
     // Pin the process first, then check it is the one we registered: a
     // recycled pid is never mistaken for our shellper.

@@ -1,7 +1,7 @@
-//! State shared by the Tower and its drivers, and the context spawn and
+//! State shared by the Tower and its holders, and the context spawn and
 //! adoption work in: kept apart from the Tower so that neither spawn nor
-//! adoption imports it (they return a [`Granted`](crate::driver::Granted)
-//! lease, which only the Tower turns into a driver).
+//! adoption imports it (they return a [`Granted`](crate::holder::Granted)
+//! lease, which only the Tower turns into a holder).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,16 +14,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TowerConfig;
-use crate::driver::{CtlTx, EventTx, HandleInner, ShellperHandle};
+use crate::holder::{CtlTx, EventTx, HandleInner, ShellperHandle};
 use crate::registry::RegistryStore;
 use crate::sched::SchedMsg;
 use crate::scope::{InstanceLock, Scope};
 
-/// State shared by the Tower and its drivers.
+/// State shared by the Tower and its holders.
 #[derive(Debug)]
 pub(crate) struct Ctx {
     pub scope: Scope,
-    /// Held for as long as any driver runs (drivers hold the `Ctx`), so the
+    /// Held for as long as any holder runs (holders hold the `Ctx`), so the
     /// scope cannot be taken over while its leases are still being renewed.
     pub lock: Mutex<Option<InstanceLock>>,
     pub registry: RegistryStore,
@@ -57,8 +57,8 @@ impl Ctx {
         self.handles().insert(h.id().to_string(), h);
     }
 
-    /// Removes a driver's handle from the map, unless the id is now held by
-    /// a newer driver (re-adopted after a detach).
+    /// Removes a holder's handle from the map, unless the id is now held by
+    /// a newer holder (re-adopted after a detach).
     pub(crate) fn forget(&self, inner: &Arc<HandleInner>) {
         let mut map = self.handles();
         if map

@@ -63,7 +63,7 @@ mod atomic;
 mod config;
 mod conn;
 mod ctx;
-mod driver;
+mod holder;
 mod spawn;
 mod terminal;
 mod tower;
@@ -72,11 +72,11 @@ pub use atomic::write_atomic;
 pub use config::TowerConfig;
 pub use conn::{TerminateOutcome, query_status, terminate_with_token};
 pub use contain::Containment;
-pub use driver::{
+pub use error::{Error, Result, SpawnFailure};
+pub use holder::{
     EVENT_QUEUE, Event, Events, ExitWhat, LeaseState, ProcExit, ShellperHandle, ShellperInfo,
     TerminateReport,
 };
-pub use error::{Error, Result, SpawnFailure};
 pub use registry::{Registry, RegistryEntry};
 pub use scope::{InstanceLock, Scope};
 pub use shellper_proctree::{CgroupChoice, Limits};

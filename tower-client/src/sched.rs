@@ -271,7 +271,7 @@ impl<T> Scheduler<T> {
         }
     }
 
-    /// When the driver must call [`fire`](Self::fire) next (`None` when
+    /// When the holder must call [`fire`](Self::fire) next (`None` when
     /// empty). May be a little early (stale heap items); never late.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.heap.peek().map(|Reverse((t, _, _))| *t)

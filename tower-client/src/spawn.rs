@@ -7,7 +7,7 @@
 //! every user and which one argument caps at 128 KiB, nor the token) →
 //! read the info
 //! line (bounded) → check the pid → record the shellper in the registry →
-//! connect → HELLO/WELCOME → ACQUIRE/GRANT → start its driver.
+//! connect → HELLO/WELCOME → ACQUIRE/GRANT → start its holder.
 //!
 //! A failure at any step kills whatever was started and verifies it is
 //! gone before returning an error that names the step and carries the tail
@@ -34,8 +34,8 @@ use tokio::time::Instant;
 
 use crate::conn::{self, HelloOpts};
 use crate::ctx::Ctx;
-use crate::driver::{Granted, ProcWatch, ShellperInfo};
 use crate::error::{Error, Result, SpawnFailure};
+use crate::holder::{Granted, ProcWatch, ShellperInfo};
 use crate::registry::RegistryEntry;
 
 /// What to run in a new shellper.
@@ -248,7 +248,7 @@ struct Started {
 
 type StepErr = (&'static str, String);
 
-/// Spawns a shellper and acquires its lease; the Tower starts its driver.
+/// Spawns a shellper and acquires its lease; the Tower starts its holder.
 pub(crate) async fn spawn(ctx: &Arc<Ctx>, spec: SpawnSpec) -> Result<Granted> {
     let id = new_id(ctx);
     let mut st = Started {

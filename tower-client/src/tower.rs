@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::adopt;
 use crate::config::TowerConfig;
 use crate::ctx::Ctx;
-use crate::driver::{
+use crate::error::{Error, Result};
+use crate::holder::{
     self, CtlSink, EVENT_QUEUE, Event, EventTx, Events, ShellperHandle, TerminateReport,
 };
-use crate::error::{Error, Result};
 use crate::registry::{Registry, RegistryEntry, RegistryStore};
 use crate::sched::{self, RttSamples};
 use crate::scope::Scope;
@@ -128,7 +128,7 @@ pub struct AdoptReport {
 /// A Tower: one locked scope, its shellpers and their leases.
 ///
 /// Create it inside a tokio runtime. Dropping it does **not** stop holding:
-/// the drivers keep renewing (and keep the scope locked) until each
+/// the holders keep renewing (and keep the scope locked) until each
 /// shellper is released with [`detach_all`](Self::detach_all) /
 /// [`terminate_all`](Self::terminate_all) or per handle, or until the
 /// process exits. [`abandon`](Self::abandon) drops everything at once, as a
@@ -189,7 +189,7 @@ impl Tower {
                     _ = tick.tick() => {}
                 }
                 // Holds no strong reference between ticks: the check must not
-                // keep the scope locked after the Tower and its drivers end.
+                // keep the scope locked after the Tower and its holders end.
                 let Some(c2) = weak.upgrade() else { return };
                 let id = ident.clone();
                 let res = tokio::task::spawn_blocking(move || id.verify()).await;
@@ -305,7 +305,7 @@ impl Tower {
     pub async fn spawn(&self, spec: SpawnSpec) -> Result<ShellperHandle> {
         let _slot = self.reserve_spawn_fds().await?;
         let granted = spawn::spawn(&self.ctx, spec).await?;
-        Ok(driver::start(&self.ctx, granted))
+        Ok(holder::start(&self.ctx, granted))
     }
 
     /// Waits until a spawn fits in the descriptor budget (counting the
@@ -365,7 +365,7 @@ impl Tower {
             // failed); only a cancelled runtime lands here.
             let Ok((entry, r)) = j else { continue };
             match r {
-                Ok(Some(g)) => report.adopted.push(driver::start(&self.ctx, g)),
+                Ok(Some(g)) => report.adopted.push(holder::start(&self.ctx, g)),
                 Ok(None) => report.gone.push(entry),
                 Err(error) => report.failed.push(AdoptFailure { entry, error }),
             }
@@ -500,7 +500,7 @@ impl Tower {
     pub fn abandon(self) {
         self.ctx.cancel.cancel();
         self.ctx.handles().clear();
-        // Drivers notice the cancellation at their next poll; give the lock
+        // Holders notice the cancellation at their next poll; give the lock
         // up now so a successor can start (it will re-acquire, fencing any
         // late write of ours with a new epoch).
         drop(

@@ -291,10 +291,10 @@ async fn terminated_report_is_read_even_when_the_exit_is_seen_first() {
 }
 
 /// Item 3: a SIGSTOPped shellper stops reading its lease connection; the
-/// driver must keep answering every command within its deadline (no socket
+/// holder must keep answering every command within its deadline (no socket
 /// write in the loop), and take the lease back once it runs again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopped_shellper_with_a_full_socket_never_wedges_its_driver() {
+async fn stopped_shellper_with_a_full_socket_never_wedges_its_holder() {
     let guard = LeakGuard::new("stopped_full_socket");
     let dir = scope_tmp();
     let (tower, _ev) = open(dir.path(), lease(600, 20_000, 300));
@@ -307,7 +307,7 @@ async fn stopped_shellper_with_a_full_socket_never_wedges_its_driver() {
     for i in 0..200_000u32 {
         match tokio::time::timeout(Duration::from_secs(3), h.resize(80 + (i % 2) as u16, 24)).await
         {
-            Err(_) => panic!("resize #{i} wedged the driver"),
+            Err(_) => panic!("resize #{i} wedged the holder"),
             Ok(Err(_)) => {
                 refused = true;
                 break;

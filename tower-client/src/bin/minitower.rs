@@ -404,7 +404,7 @@ fn main() -> ExitCode {
     };
     let _ = OUTPUT.set(std::sync::Mutex::new(Some(Output::start())));
     let code = rt.block_on(run(cli, lease));
-    // Drivers of detached or terminated shellpers are done; anything left
+    // Holders of detached or terminated shellpers are done; anything left
     // (a background reaper) must not delay the exit.
     rt.shutdown_timeout(Duration::from_millis(200));
     if let Some(m) = OUTPUT.get()

@@ -17,8 +17,8 @@ use super::wire::{
     self, ControlLimits, ErrorCode, MAX_REQUEST_BYTES, Request, Response, SessionInfo, Spawned,
     TerminatedInfo, TowerInfo, WireError,
 };
-use crate::driver::{LeaseState, ShellperHandle};
 use crate::error::{Error, Result};
+use crate::holder::{LeaseState, ShellperHandle};
 use crate::scope::Scope;
 use crate::tower::Tower;
 

@@ -1,11 +1,13 @@
-//! One task per held shellper (the "driver") and the handle that controls it.
+//! One task per held shellper, its *holder* (it holds the lease from the
+//! Tower side; `shellper_leased::enforcer` enforces it inside the session),
+//! and the handle that controls it.
 //!
 //! Modelled on watchexec's `Job`: the [`ShellperHandle`] is cheap to clone
-//! and only sends commands down a control queue; the driver owns the lease
+//! and only sends commands down a control queue; the holder owns the lease
 //! connection, the process watch and every piece of per-shellper state, so
 //! there are no locks on the hot path and no two writers on a socket.
 //! Renewal *timing* is not here: the Tower's single scheduler task sends
-//! `Ctl::Renew` when a lease is due, and the driver reports each RENEWED
+//! `Ctl::Renew` when a lease is due, and the holder reports each RENEWED
 //! back to it.
 //!
 //! The lease connection carries no DATA or REPLAY (HELLO `replay:false,
@@ -42,11 +44,11 @@ pub(crate) use watch::ProcWatch;
 use crate::conn::Conn;
 use crate::ctx::Ctx;
 use link::Link;
-use run::Driver;
+use run::Holder;
 
-/// A lease just granted by a spawn or an adoption: everything a driver
+/// A lease just granted by a spawn or an adoption: everything a holder
 /// needs. Spawn and adoption return it; only the Tower turns it into a
-/// driver ([`start`]), so neither of them depends on the Tower.
+/// holder ([`start`]), so neither of them depends on the Tower.
 pub(crate) struct Granted {
     pub info: ShellperInfo,
     pub token: Token,
@@ -62,7 +64,7 @@ fn info_child(h: &ShellperHandle) -> Option<i32> {
 }
 
 /// Registers a granted lease with the Tower's context and starts its
-/// driver task.
+/// holder task.
 pub(crate) fn start(ctx: &Arc<Ctx>, g: Granted) -> ShellperHandle {
     let Granted {
         info,
@@ -86,7 +88,7 @@ pub(crate) fn start(ctx: &Arc<Ctx>, g: Granted) -> ShellperHandle {
         inner: inner.clone(),
     };
     let key = ctx.next_key.fetch_add(1, Ordering::Relaxed);
-    let mut driver = Driver::new(
+    let mut holder = Holder::new(
         ctx.clone(),
         inner,
         key,
@@ -100,12 +102,12 @@ pub(crate) fn start(ctx: &Arc<Ctx>, g: Granted) -> ShellperHandle {
     // The PTY child leads its own session; read its identity now, while
     // it is provably the shellper's child (one stat read).
     if let Some(c) = info_child(&handle) {
-        driver.session = shellper_proctree::session_of_child(handle.info().pid as i32, c);
+        holder.session = shellper_proctree::session_of_child(handle.info().pid as i32, c);
     }
     // Record its tree at once (an adopted shellper's is complete by now),
     // then at each renewal.
-    driver.remember_tree();
-    driver.schedule(times.renew_every, times.expires_in);
+    holder.remember_tree();
+    holder.schedule(times.renew_every, times.expires_in);
     ctx.insert_handle(handle.clone());
     ctx.events.send(Event::Held {
         id: handle.id().to_string(),
@@ -116,6 +118,6 @@ pub(crate) fn start(ctx: &Arc<Ctx>, g: Granted) -> ShellperHandle {
         ctx.events
             .send(child_exit_event(handle.id().to_string(), &e));
     }
-    tokio::spawn(driver.run());
+    tokio::spawn(holder.run());
     handle
 }

@@ -1,6 +1,6 @@
 //! What a Tower reports: the [`Event`] values, how a process ended, and the
 //! bounded queue that carries events to the application without ever
-//! making a driver wait.
+//! making a holder wait.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -148,7 +148,7 @@ pub const EVENT_QUEUE: usize = 4096;
 /// The stream of [`Event`]s of a Tower.
 ///
 /// Bounded ([`EVENT_QUEUE`]): events are reports, and an application that
-/// stops reading them must never stall a driver (and with it the renewals
+/// stops reading them must never stall a holder (and with it the renewals
 /// of its lease) nor grow the Tower's memory without end. When the queue is
 /// full, new events are dropped and counted ([`dropped`](Self::dropped));
 /// nothing else is affected: the leases, handles and registry do not depend
@@ -160,7 +160,7 @@ pub struct Events {
 }
 
 impl Events {
-    /// The next event (`None` only once the Tower and all drivers are gone).
+    /// The next event (`None` only once the Tower and all holders are gone).
     pub async fn recv(&mut self) -> Option<Event> {
         self.rx.recv().await
     }

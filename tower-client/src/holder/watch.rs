@@ -46,7 +46,7 @@ impl ProcWatch {
         }
     }
 
-    /// Keeps reaping in the background once the driver stops caring (so a
+    /// Keeps reaping in the background once the holder stops caring (so a
     /// long-running Tower never accumulates zombies).
     pub(crate) fn reap_in_background(self) {
         if let ProcWatch::Child(mut c) = self {

@@ -1,4 +1,4 @@
-//! The driver loop: one task per held shellper. It owns the lease
+//! The holder loop: one task per held shellper. It owns the lease
 //! connection, the process watch and all per-shellper state, and advances
 //! every long operation (a reconnect, a terminate, a release) as a state
 //! the loop polls, so it always keeps handling commands, frames and the
@@ -140,7 +140,7 @@ struct PendingTerminate {
 }
 
 /// The per-shellper task.
-pub(crate) struct Driver {
+pub(crate) struct Holder {
     pub ctx: Arc<Ctx>,
     pub handle: Arc<HandleInner>,
     pub key: Key,
@@ -178,7 +178,7 @@ async fn next_opt(conn: &mut Option<Link>) -> LinkEvent {
     }
 }
 
-impl Driver {
+impl Holder {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         ctx: Arc<Ctx>,
@@ -191,7 +191,7 @@ impl Driver {
         proc: ProcWatch,
         ctl_rx: mpsc::UnboundedReceiver<Ctl>,
     ) -> Self {
-        Driver {
+        Holder {
             ctx,
             handle,
             key,
@@ -283,7 +283,7 @@ impl Driver {
         for s in self.pending_status.drain(..) {
             let _ = s.send(Err(Error::NotHeld {
                 id: self.handle.info.id.clone(),
-                why: "the driver stopped".into(),
+                why: "the holder stopped".into(),
             }));
         }
         let proc = std::mem::replace(&mut self.proc, ProcWatch::Done);

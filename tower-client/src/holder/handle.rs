@@ -1,6 +1,6 @@
 //! The handle of a held shellper and the control queue behind it: the
 //! handle only sends commands ([`Ctl`]) and waits for answers, each with a
-//! deadline; the driver task owns everything else.
+//! deadline; the holder task owns everything else.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ pub struct ShellperInfo {
     pub cgroup: Option<PathBuf>,
 }
 
-/// Commands to a driver.
+/// Commands to a holder.
 #[derive(Debug)]
 pub(crate) enum Ctl {
     Renew {
@@ -56,7 +56,7 @@ pub(crate) enum Ctl {
 
 pub(crate) type CtlTx = mpsc::UnboundedSender<Ctl>;
 
-/// The scheduler's transport: queue a command to the lease's driver.
+/// The scheduler's transport: queue a command to the lease's holder.
 #[derive(Debug, Default)]
 pub(crate) struct CtlSink;
 
@@ -81,7 +81,7 @@ pub enum LeaseState {
     Held,
     Unresponsive,
     Lapsed,
-    /// The driver stopped (terminated, detached, revoked, lost, exited).
+    /// The holder stopped (terminated, detached, revoked, lost, exited).
     Ended,
 }
 
@@ -95,7 +95,7 @@ pub(crate) struct HandleInner {
 }
 
 /// Controls one held shellper. Cheap to clone; every method sends a command
-/// to the shellper's driver task and waits for its answer, each with a
+/// to the shellper's holder task and waits for its answer, each with a
 /// deadline (a stopped shellper never makes a caller hang).
 #[derive(Debug, Clone)]
 pub struct ShellperHandle {
@@ -131,7 +131,7 @@ impl ShellperHandle {
     fn not_held(&self) -> Error {
         Error::NotHeld {
             id: self.id().to_string(),
-            why: "its driver has stopped".into(),
+            why: "its holder has stopped".into(),
         }
     }
 
@@ -215,7 +215,7 @@ impl ShellperHandle {
     /// survivors) and its process gone. Fails with [`Error::Terminate`]
     /// after `timeout` (give it more than the kill grace).
     pub async fn terminate(&self, timeout: Duration) -> Result<TerminateReport> {
-        // The driver enforces the deadline (it knows what is missing); the
+        // The holder enforces the deadline (it knows what is missing); the
         // outer bound only guards against a wedged runtime.
         self.ask(
             |reply| Ctl::Terminate { timeout, reply },

@@ -1,13 +1,13 @@
-//! The lease connection as the driver sees it: frames in from the reader,
+//! The lease connection as the holder sees it: frames in from the reader,
 //! frames out through a writer task with a bounded queue and a deadline on
 //! every write.
 //!
-//! The driver never awaits a socket write: a stopped or wedged shellper
-//! stops reading, its socket buffer fills, and a `write_all` in the driver
+//! The holder never awaits a socket write: a stopped or wedged shellper
+//! stops reading, its socket buffer fills, and a `write_all` in the holder
 //! would stop it from handling terminate, status and the process's exit.
 //! Queued frames are written by a task of their own; a write that does not
 //! finish within [`WRITE_TIMEOUT`] ends the connection (reported like a
-//! close, so the driver reconnects), and a full queue refuses new frames at
+//! close, so the holder reconnects), and a full queue refuses new frames at
 //! once.
 
 use std::time::Duration;
@@ -36,7 +36,7 @@ pub(crate) enum SendError {
     Closed,
 }
 
-/// What the connection delivers to the driver.
+/// What the connection delivers to the holder.
 #[derive(Debug)]
 pub(crate) enum LinkEvent {
     Frame(Frame),
