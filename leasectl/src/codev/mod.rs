@@ -478,7 +478,18 @@ async fn version_of(bin: &Path) -> Option<String> {
 /// codev starting a session reads the old file or the new one, never half
 /// of one.
 fn write_atomic(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    tower_client::write_atomic(dest, bytes, mode).map_err(|e| Error::io("writing", dest, e))
+    tower_client::write_atomic(dest, bytes, mode).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            // A global npm prefix (/usr/lib/node_modules) belongs to root.
+            Error::Codev(format!(
+                "writing {}: permission denied: codev's directory belongs to another user; \
+                 run leasectl codev as that user (e.g. with sudo)",
+                dest.display()
+            ))
+        } else {
+            Error::io("writing", dest, e)
+        }
+    })
 }
 
 fn mode_of(p: &Path) -> u32 {
