@@ -23,7 +23,9 @@
 mod events;
 mod handle;
 mod link;
+mod reconnect;
 mod run;
+mod tree;
 mod watch;
 
 use std::sync::Arc;

@@ -3,22 +3,19 @@
 //! every long operation (a reconnect, a terminate, a release) as a state
 //! the loop polls, so it always keeps handling commands, frames and the
 //! process's exit. Nothing in it waits on a socket write (see [`Link`]).
+//! The reconnect is in `reconnect.rs`, the tree record and the outside
+//! kill of a SIGKILLed shellper's tree in `tree.rs`.
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use shellper_proctree::tree::Witnesses;
-use shellper_proctree::{
-    KillPlan, LinuxTable, ProcessTable, RealClock, Session, Sig, TreeSpec, kill_tree,
-};
-use shellper_protocol::clamp::{GrantTimes, wire_ms};
+use shellper_proctree::{LinuxTable, ProcessTable, Session, Sig};
+use shellper_protocol::clamp::wire_ms;
 use shellper_protocol::msg::{
-    ErrorCode, ExitMsg, Grant, Release, ReleaseMode, Renew, SignalMsg, Status, StatusRequest,
-    TerminateReason, Terminated,
+    ErrorCode, Release, ReleaseMode, Renew, SignalMsg, Status, StatusRequest, TerminateReason,
+    Terminated,
 };
 use shellper_protocol::{Frame, Token};
 use tokio::sync::{mpsc, oneshot};
@@ -29,114 +26,18 @@ use super::events::{
 };
 use super::handle::{Ctl, HandleInner, ST_ENDED, ST_HELD, ST_LAPSED, ST_UNRESPONSIVE};
 use super::link::{Link, LinkEvent, SendError};
+use super::reconnect::{Reconnect, reconnect_step};
+use super::tree::TreeMemory;
 use super::watch::ProcWatch;
 use crate::conn::{self, HelloOpts};
 use crate::ctx::Ctx;
 use crate::error::{Error, Result};
 use crate::sched::{Health, Key, SchedMsg};
 
-/// First reconnect attempt after an unexpected close: long enough for the
-/// exit of a dying shellper (the kernel closes its socket first) to be
-/// noticed before anything is concluded.
-const RECONNECT_FIRST: Duration = Duration::from_millis(200);
-/// Backoff between reconnect attempts: doubled from this, capped below.
-const RECONNECT_BASE: Duration = Duration::from_millis(100);
-const RECONNECT_CAP: Duration = Duration::from_secs(5);
-
-type Acquired = Result<(conn::Conn, Grant, Option<ExitMsg>)>;
-
-/// A reconnect in progress: attempts with capped exponential backoff and
-/// jitter until the shellper's kill deadline leaves no time.
-struct Reconnect {
-    since: Instant,
-    give_up_at: Instant,
-    attempt: u32,
-    next_at: Instant,
-    in_flight: Option<Pin<Box<dyn Future<Output = Acquired> + Send>>>,
-    last_err: String,
-    why: String,
-}
-
-/// Polls the reconnect state: waits for its next attempt, runs it, and
-/// returns its result. Cancel-safe: the attempt in flight is kept in the
-/// state, so a `select!` that picks another branch loses nothing.
-async fn reconnect_step(
-    r: &mut Option<Reconnect>,
-    attempt: impl Fn() -> Pin<Box<dyn Future<Output = Acquired> + Send>>,
-) -> Acquired {
-    let Some(r) = r else {
-        return std::future::pending().await;
-    };
-    if r.in_flight.is_none() {
-        tokio::time::sleep_until(r.next_at).await;
-        r.in_flight = Some(attempt());
-    }
-    let res = match r.in_flight.as_mut() {
-        Some(f) => f.await,
-        None => return std::future::pending().await,
-    };
-    r.in_flight = None;
-    res
-}
-
-/// The shellper's tree as last seen while the shellper was alive: every
-/// descendant by pid and start time, and the sessions they lead. If the
-/// shellper is SIGKILLed, its orphans are reparented away from it and its
-/// PTY session leader usually dies of the hangup, so neither the descendant
-/// rule nor the session rule can prove them ours any more; these records
-/// can (a pid with the recorded start time is that very process).
-#[derive(Debug, Default)]
-pub(crate) struct TreeMemory {
-    known: Witnesses,
-    sessions: Vec<Session>,
-    /// A walk is running (at most one per shellper).
-    walking: bool,
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked
-/// (every update is one assignment).
-fn lock(m: &std::sync::Mutex<TreeMemory>) -> std::sync::MutexGuard<'_, TreeMemory> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The live tree of `root` (which must be the process started at `ticks`,
-/// alive before and after the walk: a walk that raced its death may have
-/// missed members reparented away, and is not kept).
-fn walk_tree(root: i32, ticks: u64) -> Option<(Witnesses, Vec<Session>)> {
-    let tree: Vec<shellper_proctree::ProcInfo> =
-        match shellper_proctree::procfs::descendants_snapshot(root) {
-            Some(v) => {
-                let r = v.first()?;
-                if r.pid != root || r.start_ticks != ticks || !r.is_live() {
-                    return None;
-                }
-                v.into_iter().skip(1).collect()
-            }
-            // No `children` files in this kernel: one full scan.
-            None => shellper_proctree::members(
-                &shellper_proctree::snapshot(),
-                &TreeSpec {
-                    root,
-                    root_start_ticks: Some(ticks),
-                    ..TreeSpec::default()
-                },
-            ),
-        };
-    if !LinuxTable.alive(root, ticks) {
-        return None;
-    }
-    let live = tree.iter().filter(|p| p.is_live() && p.pid > 1);
-    let known = live.clone().map(|p| (p.pid, p.start_ticks)).collect();
-    let mut sessions: Vec<Session> = live.filter_map(Session::led_by).collect();
-    sessions.sort_unstable();
-    sessions.dedup();
-    Some((known, sessions))
-}
-
-struct PendingTerminate {
-    deadline: Instant,
-    timeout: Duration,
-    reply: Option<oneshot::Sender<Result<TerminateReport>>>,
+pub(super) struct PendingTerminate {
+    pub(super) deadline: Instant,
+    pub(super) timeout: Duration,
+    pub(super) reply: Option<oneshot::Sender<Result<TerminateReport>>>,
 }
 
 /// The per-shellper task.
@@ -148,30 +49,30 @@ pub(crate) struct Holder {
     pub conn: Option<Link>,
     /// The reattach window of the lease: how long a reconnect may go on.
     pub window: Duration,
-    reconnect: Option<Reconnect>,
+    pub(super) reconnect: Option<Reconnect>,
     /// The PTY child's session (sid and leader start time), read while the
     /// child was still the shellper's: what to take down if the shellper is
     /// killed without running its own ladder.
     pub session: Option<Session>,
     /// The tree as last walked (see [`TreeMemory`]), refreshed at each
     /// renewal.
-    tree: Arc<std::sync::Mutex<TreeMemory>>,
+    pub(super) tree: Arc<std::sync::Mutex<TreeMemory>>,
     pub epoch: u64,
     pub proc: ProcWatch,
     pub ctl_rx: mpsc::UnboundedReceiver<Ctl>,
-    pending_status: VecDeque<oneshot::Sender<Result<Status>>>,
-    detach: Option<oneshot::Sender<Result<Duration>>>,
-    terminate: Option<PendingTerminate>,
+    pub(super) pending_status: VecDeque<oneshot::Sender<Result<Status>>>,
+    pub(super) detach: Option<oneshot::Sender<Result<Duration>>>,
+    pub(super) terminate: Option<PendingTerminate>,
     /// TERMINATED received (requested or not).
-    report: Option<Terminated>,
+    pub(super) report: Option<Terminated>,
     /// A `lost` event was emitted already.
-    lost: bool,
-    finished: bool,
+    pub(super) lost: bool,
+    pub(super) finished: bool,
 }
 
 /// The next event of an optional connection; pending forever when there is
 /// none (so `select!` simply never picks it).
-async fn next_opt(conn: &mut Option<Link>) -> LinkEvent {
+pub(super) async fn next_opt(conn: &mut Option<Link>) -> LinkEvent {
     match conn {
         Some(l) => l.next().await,
         None => std::future::pending().await,
@@ -213,15 +114,15 @@ impl Holder {
         }
     }
 
-    fn id(&self) -> String {
+    pub(super) fn id(&self) -> String {
         self.handle.info.id.clone()
     }
 
-    fn emit(&self, ev: Event) {
+    pub(super) fn emit(&self, ev: Event) {
         self.ctx.events.send(ev);
     }
 
-    fn set_state(&self, s: u8) {
+    pub(super) fn set_state(&self, s: u8) {
         self.handle.state.store(s, Ordering::Relaxed);
     }
 
@@ -236,7 +137,7 @@ impl Holder {
         });
     }
 
-    fn unschedule(&self) {
+    pub(super) fn unschedule(&self) {
         let _ = self.ctx.sched.send(SchedMsg::Remove { key: self.key });
     }
 
@@ -294,14 +195,14 @@ impl Holder {
     /// Queues a frame on the lease connection; never waits. A full queue
     /// (the shellper is not reading) refuses the frame; a stopped writer is
     /// reported through the connection's next event.
-    fn write(&mut self, f: Frame) -> Result<(), SendError> {
+    pub(super) fn write(&mut self, f: Frame) -> Result<(), SendError> {
         match &self.conn {
             Some(l) => l.send(f),
             None => Err(SendError::Closed),
         }
     }
 
-    fn on_ctl(&mut self, c: Ctl) {
+    pub(super) fn on_ctl(&mut self, c: Ctl) {
         match c {
             Ctl::Renew { seq } => {
                 self.remember_tree();
@@ -395,14 +296,14 @@ impl Holder {
         }
     }
 
-    fn not_connected(&self) -> Error {
+    pub(super) fn not_connected(&self) -> Error {
         Error::NotHeld {
             id: self.id(),
             why: "the lease connection is closed".into(),
         }
     }
 
-    fn not_sent(&self, e: SendError) -> Error {
+    pub(super) fn not_sent(&self, e: SendError) -> Error {
         match e {
             SendError::Closed => self.not_connected(),
             SendError::Full => Error::NotHeld {
@@ -412,14 +313,14 @@ impl Holder {
         }
     }
 
-    fn busy(&self, why: &str) -> Error {
+    pub(super) fn busy(&self, why: &str) -> Error {
         Error::NotHeld {
             id: self.id(),
             why: why.into(),
         }
     }
 
-    async fn on_frame(&mut self, f: Frame) {
+    pub(super) async fn on_frame(&mut self, f: Frame) {
         match f {
             Frame::Renewed(r) if r.epoch == self.epoch => {
                 let _ = self.ctx.sched.send(SchedMsg::Ack {
@@ -473,7 +374,7 @@ impl Holder {
         }
     }
 
-    async fn on_error(&mut self, code: ErrorCode, message: String) {
+    pub(super) async fn on_error(&mut self, code: ErrorCode, message: String) {
         tracing::debug!(id = %self.handle.info.id, ?code, %message, "ERROR from shellper");
         match code {
             ErrorCode::StaleEpoch | ErrorCode::NotHolder => {
@@ -515,7 +416,7 @@ impl Holder {
         }
     }
 
-    async fn on_revoked(&mut self, old_epoch: u64, new_epoch: Option<u64>) {
+    pub(super) async fn on_revoked(&mut self, old_epoch: u64, new_epoch: Option<u64>) {
         if self.finished {
             return;
         }
@@ -534,107 +435,7 @@ impl Holder {
         self.ctx.remove_entry(&id).await;
     }
 
-    /// The lease connection ended without a detach.
-    fn on_closed(&mut self, why: &str) {
-        self.conn = None;
-        self.unschedule();
-        for s in self.pending_status.drain(..) {
-            let _ = s.send(Err(Error::NotHeld {
-                id: self.handle.info.id.clone(),
-                why: format!("lease connection {why}"),
-            }));
-        }
-        if let Some(r) = self.detach.take() {
-            let _ = r.send(Err(Error::NotHeld {
-                id: self.id(),
-                why: format!("lease connection {why} before RELEASED"),
-            }));
-        }
-        if self.terminate.is_some()
-            || self.report.is_some()
-            || self.lost
-            || self.reconnect.is_some()
-        {
-            return; // waiting for the process to go
-        }
-        // Unexpected. The process may be exiting (the kernel closes its
-        // socket first): the loop keeps watching it while the first attempt
-        // waits, and an exit seen meanwhile ends this.
-        let now = Instant::now();
-        self.reconnect = Some(Reconnect {
-            since: now,
-            give_up_at: now + self.window,
-            attempt: 0,
-            next_at: now + RECONNECT_FIRST,
-            in_flight: None,
-            last_err: String::new(),
-            why: why.to_string(),
-        });
-    }
-
-    /// One reconnect attempt finished.
-    fn on_reconnect(&mut self, r: Acquired) {
-        let Some(mut rc) = self.reconnect.take() else {
-            return;
-        };
-        match r {
-            Ok((c, grant, exit)) => {
-                let times = GrantTimes::of(&grant);
-                self.epoch = grant.epoch;
-                self.window = times.window;
-                self.handle.epoch.store(grant.epoch, Ordering::Relaxed);
-                self.conn = Some(Link::new(c.reader, c.writer));
-                self.schedule(times.renew_every, times.expires_in);
-                self.set_state(ST_HELD);
-                self.emit(Event::Held {
-                    id: self.id(),
-                    epoch: grant.epoch,
-                    recovered: false,
-                });
-                if let Some(e) = exit {
-                    self.emit(child_exit_event(self.id(), &e));
-                }
-            }
-            Err(e) => {
-                rc.last_err = e.to_string();
-                let now = Instant::now();
-                if now >= rc.give_up_at {
-                    self.lost = true;
-                    self.set_state(ST_LAPSED);
-                    self.emit(Event::Lost {
-                        id: self.id(),
-                        reason: format!(
-                            "lease connection {}; re-acquire failed for {} ms ({} attempts), last: {}",
-                            rc.why,
-                            now.duration_since(rc.since).as_millis(),
-                            rc.attempt + 1,
-                            rc.last_err
-                        ),
-                    });
-                    // Keep watching the process so its exit is still reported.
-                    return;
-                }
-                if rc.attempt == 0 {
-                    // Not concluded: the shellper may be stopped, busy, or
-                    // out of descriptors for a moment.
-                    self.set_state(ST_UNRESPONSIVE);
-                    self.emit(Event::Unresponsive {
-                        id: self.id(),
-                        waited_ms: now.duration_since(rc.since).as_millis() as u64,
-                    });
-                }
-                rc.attempt += 1;
-                let backoff = RECONNECT_BASE
-                    .saturating_mul(1u32 << rc.attempt.min(16))
-                    .min(RECONNECT_CAP);
-                let jitter = rand::random_range(0.8..1.2);
-                rc.next_at = (now + backoff.mul_f64(jitter)).min(rc.give_up_at);
-                self.reconnect = Some(rc);
-            }
-        }
-    }
-
-    fn on_terminate_timeout(&mut self) {
+    pub(super) fn on_terminate_timeout(&mut self) {
         if let Some(t) = self.terminate.as_mut() {
             t.deadline = Instant::now() + Duration::from_secs(86_400 * 365);
             if let Some(reply) = t.reply.take() {
@@ -658,128 +459,8 @@ impl Holder {
         }
     }
 
-    /// Walks the shellper's tree off the runtime thread (at most one walk
-    /// at a time) and keeps it in [`TreeMemory`]: what proves its members
-    /// ours if the shellper is SIGKILLed. Called at each renewal, so the
-    /// record is at most one renewal interval old; a process that escaped
-    /// both the PTY session and every recorded ancestor within that interval
-    /// before a SIGKILL cannot be proven ours and is left alone.
-    pub(crate) fn remember_tree(&self) {
-        {
-            let mut m = lock(&self.tree);
-            if m.walking {
-                return;
-            }
-            m.walking = true;
-        }
-        let memory = self.tree.clone();
-        let root = self.handle.info.pid as i32;
-        let ticks = self.handle.info.start_ticks;
-        tokio::task::spawn_blocking(move || {
-            let walked = walk_tree(root, ticks);
-            let mut m = lock(&memory);
-            m.walking = false;
-            if let Some((known, sessions)) = walked {
-                m.known = known;
-                m.sessions = sessions;
-            }
-        });
-    }
-
-    /// Takes down, from outside and off the runtime thread, what the dead
-    /// shellper's tree left running: processes recorded as its members
-    /// while it lived (pid and start time) and their descendants, and the
-    /// members of its sessions while each is provably the same one (leader
-    /// with its start time, or a recorded member still in it). Reports what
-    /// it killed and what survived.
-    ///
-    /// A session in a cgroup of its own is killed through it first
-    /// (`cgroup.kill`): exact, processes born after the last renewal
-    /// included. The recorded tree is then swept as well (normally nothing
-    /// is left of it; it covers a shellper that could not use the cgroup).
-    fn kill_orphaned_tree(&self) {
-        let cgroup = self
-            .handle
-            .info
-            .cgroup
-            .clone()
-            .map(shellper_proctree::Cgroup::at);
-        let (known, mut sessions) = {
-            let m = lock(&self.tree);
-            (m.known.clone(), m.sessions.clone())
-        };
-        sessions.extend(self.session);
-        sessions.sort_unstable();
-        sessions.dedup();
-        if sessions.is_empty() && known.is_empty() && cgroup.is_none() {
-            return;
-        }
-        let info = &self.handle.info;
-        let plan = KillPlan {
-            tree: TreeSpec {
-                root: info.pid as i32,
-                root_start_ticks: Some(info.start_ticks),
-                sessions,
-                // A recorded member still in a session proves it the same
-                // one: a sid is not reused while any process is in it.
-                witnesses: known.clone(),
-                known,
-            },
-            ..KillPlan::new(
-                info.pid as i32,
-                self.session,
-                self.ctx.cfg.lease.kill_grace.min(Duration::from_secs(5)),
-            )
-        };
-        let events = self.ctx.events.clone();
-        let id = self.id();
-        let cg_plan = shellper_proctree::CgroupKillPlan::new(plan.grace);
-        tokio::spawn(async move {
-            let res = tokio::task::spawn_blocking(move || {
-                let by_cgroup = cgroup.filter(|c| c.exists()).map(|c| {
-                    let r = shellper_proctree::kill_cgroup(&c, &RealClock, &cg_plan, &mut || {});
-                    (c.dir().display().to_string(), r)
-                });
-                let snap = shellper_proctree::snapshot();
-                let verified = !shellper_proctree::members(&snap, &plan.tree).is_empty();
-                let report =
-                    verified.then(|| kill_tree(&LinuxTable, &RealClock, &plan, &mut || {}));
-                (verified, report, by_cgroup)
-            })
-            .await;
-            let Ok((verified, report, by_cgroup)) = res else {
-                return;
-            };
-            if !verified && by_cgroup.is_none() {
-                tracing::warn!(%id, "shellper killed; nothing left of its tree can be proven ours: left alone");
-            }
-            let mut r = report.unwrap_or_default();
-            let mut cgroup = None;
-            if let Some((path, c)) = by_cgroup {
-                r.signalled += c.report.signalled.max(c.report.sigkilled);
-                r.survivors.extend(c.report.survivors);
-                r.elapsed += c.report.elapsed;
-                if let Some(e) = c.remove_error {
-                    tracing::warn!(%id, "session cgroup left behind: {e}");
-                }
-                cgroup = Some(path);
-            }
-            if !r.survivors.is_empty() {
-                tracing::error!(%id, survivors = ?r.survivors, "processes of a killed shellper's tree survived");
-            }
-            events.send(Event::TreeKilled {
-                id,
-                signalled: r.signalled,
-                survivors: r.survivors.len() as u32,
-                elapsed_ms: r.elapsed.as_millis() as u64,
-                session_verified: verified || cgroup.is_some(),
-                cgroup,
-            });
-        });
-    }
-
     /// The shellper process is gone.
-    async fn on_gone(&mut self, exit: ProcExit) {
+    pub(super) async fn on_gone(&mut self, exit: ProcExit) {
         // What it wrote just before exiting (TERMINATED, EXIT) is still in
         // our socket buffer even when its exit was noticed first: read it
         // before concluding anything.

@@ -1,0 +1,189 @@
+//! The record of a shellper's tree, and its outside kill: if the shellper
+//! is SIGKILLed (no ladder of its own), the holder takes down what it
+//! recorded of the tree, off the runtime thread, and reports it.
+
+use std::time::Duration;
+
+use shellper_proctree::tree::Witnesses;
+use shellper_proctree::{
+    KillPlan, LinuxTable, ProcessTable, RealClock, Session, TreeSpec, kill_tree,
+};
+
+use super::events::Event;
+use super::run::Holder;
+
+/// The shellper's tree as last seen while the shellper was alive: every
+/// descendant by pid and start time, and the sessions they lead. If the
+/// shellper is SIGKILLed, its orphans are reparented away from it and its
+/// PTY session leader usually dies of the hangup, so neither the descendant
+/// rule nor the session rule can prove them ours any more; these records
+/// can (a pid with the recorded start time is that very process).
+#[derive(Debug, Default)]
+pub(crate) struct TreeMemory {
+    pub(super) known: Witnesses,
+    pub(super) sessions: Vec<Session>,
+    /// A walk is running (at most one per shellper).
+    pub(super) walking: bool,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked
+/// (every update is one assignment).
+pub(super) fn lock(m: &std::sync::Mutex<TreeMemory>) -> std::sync::MutexGuard<'_, TreeMemory> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The live tree of `root` (which must be the process started at `ticks`,
+/// alive before and after the walk: a walk that raced its death may have
+/// missed members reparented away, and is not kept).
+pub(super) fn walk_tree(root: i32, ticks: u64) -> Option<(Witnesses, Vec<Session>)> {
+    let tree: Vec<shellper_proctree::ProcInfo> =
+        match shellper_proctree::procfs::descendants_snapshot(root) {
+            Some(v) => {
+                let r = v.first()?;
+                if r.pid != root || r.start_ticks != ticks || !r.is_live() {
+                    return None;
+                }
+                v.into_iter().skip(1).collect()
+            }
+            // No `children` files in this kernel: one full scan.
+            None => shellper_proctree::members(
+                &shellper_proctree::snapshot(),
+                &TreeSpec {
+                    root,
+                    root_start_ticks: Some(ticks),
+                    ..TreeSpec::default()
+                },
+            ),
+        };
+    if !LinuxTable.alive(root, ticks) {
+        return None;
+    }
+    let live = tree.iter().filter(|p| p.is_live() && p.pid > 1);
+    let known = live.clone().map(|p| (p.pid, p.start_ticks)).collect();
+    let mut sessions: Vec<Session> = live.filter_map(Session::led_by).collect();
+    sessions.sort_unstable();
+    sessions.dedup();
+    Some((known, sessions))
+}
+
+impl Holder {
+    /// Walks the shellper's tree off the runtime thread (at most one walk
+    /// at a time) and keeps it in [`TreeMemory`]: what proves its members
+    /// ours if the shellper is SIGKILLed. Called at each renewal, so the
+    /// record is at most one renewal interval old; a process that escaped
+    /// both the PTY session and every recorded ancestor within that interval
+    /// before a SIGKILL cannot be proven ours and is left alone.
+    pub(crate) fn remember_tree(&self) {
+        {
+            let mut m = lock(&self.tree);
+            if m.walking {
+                return;
+            }
+            m.walking = true;
+        }
+        let memory = self.tree.clone();
+        let root = self.handle.info.pid as i32;
+        let ticks = self.handle.info.start_ticks;
+        tokio::task::spawn_blocking(move || {
+            let walked = walk_tree(root, ticks);
+            let mut m = lock(&memory);
+            m.walking = false;
+            if let Some((known, sessions)) = walked {
+                m.known = known;
+                m.sessions = sessions;
+            }
+        });
+    }
+
+    /// Takes down, from outside and off the runtime thread, what the dead
+    /// shellper's tree left running: processes recorded as its members
+    /// while it lived (pid and start time) and their descendants, and the
+    /// members of its sessions while each is provably the same one (leader
+    /// with its start time, or a recorded member still in it). Reports what
+    /// it killed and what survived.
+    ///
+    /// A session in a cgroup of its own is killed through it first
+    /// (`cgroup.kill`): exact, processes born after the last renewal
+    /// included. The recorded tree is then swept as well (normally nothing
+    /// is left of it; it covers a shellper that could not use the cgroup).
+    pub(super) fn kill_orphaned_tree(&self) {
+        let cgroup = self
+            .handle
+            .info
+            .cgroup
+            .clone()
+            .map(shellper_proctree::Cgroup::at);
+        let (known, mut sessions) = {
+            let m = lock(&self.tree);
+            (m.known.clone(), m.sessions.clone())
+        };
+        sessions.extend(self.session);
+        sessions.sort_unstable();
+        sessions.dedup();
+        if sessions.is_empty() && known.is_empty() && cgroup.is_none() {
+            return;
+        }
+        let info = &self.handle.info;
+        let plan = KillPlan {
+            tree: TreeSpec {
+                root: info.pid as i32,
+                root_start_ticks: Some(info.start_ticks),
+                sessions,
+                // A recorded member still in a session proves it the same
+                // one: a sid is not reused while any process is in it.
+                witnesses: known.clone(),
+                known,
+            },
+            ..KillPlan::new(
+                info.pid as i32,
+                self.session,
+                self.ctx.cfg.lease.kill_grace.min(Duration::from_secs(5)),
+            )
+        };
+        let events = self.ctx.events.clone();
+        let id = self.id();
+        let cg_plan = shellper_proctree::CgroupKillPlan::new(plan.grace);
+        tokio::spawn(async move {
+            let res = tokio::task::spawn_blocking(move || {
+                let by_cgroup = cgroup.filter(|c| c.exists()).map(|c| {
+                    let r = shellper_proctree::kill_cgroup(&c, &RealClock, &cg_plan, &mut || {});
+                    (c.dir().display().to_string(), r)
+                });
+                let snap = shellper_proctree::snapshot();
+                let verified = !shellper_proctree::members(&snap, &plan.tree).is_empty();
+                let report =
+                    verified.then(|| kill_tree(&LinuxTable, &RealClock, &plan, &mut || {}));
+                (verified, report, by_cgroup)
+            })
+            .await;
+            let Ok((verified, report, by_cgroup)) = res else {
+                return;
+            };
+            if !verified && by_cgroup.is_none() {
+                tracing::warn!(%id, "shellper killed; nothing left of its tree can be proven ours: left alone");
+            }
+            let mut r = report.unwrap_or_default();
+            let mut cgroup = None;
+            if let Some((path, c)) = by_cgroup {
+                r.signalled += c.report.signalled.max(c.report.sigkilled);
+                r.survivors.extend(c.report.survivors);
+                r.elapsed += c.report.elapsed;
+                if let Some(e) = c.remove_error {
+                    tracing::warn!(%id, "session cgroup left behind: {e}");
+                }
+                cgroup = Some(path);
+            }
+            if !r.survivors.is_empty() {
+                tracing::error!(%id, survivors = ?r.survivors, "processes of a killed shellper's tree survived");
+            }
+            events.send(Event::TreeKilled {
+                id,
+                signalled: r.signalled,
+                survivors: r.survivors.len() as u32,
+                elapsed_ms: r.elapsed.as_millis() as u64,
+                session_verified: verified || cgroup.is_some(),
+                cgroup,
+            });
+        });
+    }
+}
