@@ -10,7 +10,7 @@
 //! product code stays free of test-only branches (a feature flag compiled by
 //! accident would ship a machine that accepts stale epochs), and every fault
 //! below is expressible at the machine's boundary, which is also where the
-//! driver (the shellper's event loop) meets it.
+//! enforcer (the shellper's event loop) meets it.
 
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! [stateright](https://docs.rs/stateright) visits every state the composition
 //! can reach within a time horizon and a budget of faults:
 //!
-//! * **the shellper's driver**: the lease driver's rules (`leased::driver`):
+//! * **the shellper's enforcer**: the lease enforcer's rules (`leased::enforcer`):
 //!   ticks at the machine's own `next_deadline()`, the termination hook fired
 //!   once with the holder seen before the event, the kill ladder (done after
 //!   the grace, at once for a husk), TERMINATED to the hook's holder, then
@@ -317,7 +317,7 @@ pub struct State {
     pub frozen_until: Option<Ms>,
     /// Thawed, and the machine has not ticked since.
     pub stall_pending: bool,
-    /// When the driver last ticked the machine (the model's own count).
+    /// When the enforcer last ticked the machine (the model's own count).
     pub last_tick: Ms,
     pub ladder: Option<Ladder>,
     pub exited: Option<Ms>,
@@ -376,7 +376,7 @@ impl Hash for HashedMachine {
 pub enum Action {
     /// Time moves to the next scheduled instant.
     Advance,
-    /// The driver ticks the machine (a deadline or heartbeat is due).
+    /// The enforcer ticks the machine (a deadline or heartbeat is due).
     Tick,
     /// The shellper handles the next frame of a connection.
     ShellperRecv(usize),
@@ -592,7 +592,7 @@ impl LeaseModel {
         }
     }
 
-    /// The driver's termination hook: at most once, starts the ladder.
+    /// The enforcer's termination hook: at most once, starts the ladder.
     fn fire(&self, s: &mut State, reason: TerminateReason, holder: Option<ConnId>) {
         s.reasons_returned = s.reasons_returned.saturating_add(1);
         if s.reasons_returned > 1 {

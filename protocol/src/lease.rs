@@ -8,7 +8,7 @@
 //! is done.
 //!
 //! The machine performs no IO and never reads a clock: every method takes
-//! `now`. The driver (the shellper's event loop) promises to call
+//! `now`. The enforcer (the shellper's event loop, `shellper_leased::enforcer`) promises to call
 //! [`LeaseMachine::tick`] at or after [`LeaseMachine::next_deadline`], which
 //! is never more than one heartbeat away. A gap between ticks much larger than
 //! the heartbeat means the *shellper* was frozen (SIGSTOP, a stalled host); in
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::msg::{Counters, HolderInfo, MAX_HOLD_MS, ReleaseMode, TerminateReason, WirePhase};
 use crate::token::Token;
 
-/// Identifies a connection to the shellper (assigned by the driver).
+/// Identifies a connection to the shellper (assigned by the enforcer).
 pub type ConnId = u64;
 
 /// Lease phase.
@@ -52,7 +52,7 @@ pub struct LeaseConfig {
     pub window: Duration,
     pub claim: Duration,
     pub kill_grace: Duration,
-    /// Longest interval the driver lets pass between ticks.
+    /// Longest interval the enforcer lets pass between ticks.
     pub heartbeat: Duration,
     /// A gap between ticks above this means the shellper itself was frozen.
     pub stall_threshold: Duration,
@@ -598,7 +598,7 @@ impl LeaseMachine {
         result
     }
 
-    /// When the driver must call [`tick`](Self::tick) next: the earliest
+    /// When the enforcer must call [`tick`](Self::tick) next: the earliest
     /// phase deadline, but never later than one heartbeat after the last
     /// tick (so stalls are measured). `None` once terminating.
     pub fn next_deadline(&self) -> Option<Instant> {

@@ -30,7 +30,7 @@ fn who() -> HolderInfo {
 }
 
 /// A machine plus a clock that advances in heartbeat-sized ticks, as a
-/// healthy driver would.
+/// healthy enforcer would.
 struct Rig {
     m: LeaseMachine,
     now: Instant,
@@ -423,7 +423,7 @@ fn own_stall_while_unclaimed_grants_a_fresh_claim() {
 #[test]
 fn late_renewal_before_the_tick_still_counts() {
     // The renewal was sitting in the socket buffer when the deadline fired;
-    // the driver drains input first, so it is processed before the tick.
+    // the enforcer drains input first, so it is processed before the tick.
     let mut r = Rig::leased();
     let g = r.acquire(1);
     r.run(399 * MS);
@@ -481,7 +481,7 @@ fn ev() -> impl Strategy<Value = Ev> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
-    /// Invariants over random interleavings, with the driver ticking at every
+    /// Invariants over random interleavings, with the enforcer ticking at every
     /// deadline (and never more than a heartbeat apart except in `Stall`):
     /// 1. never terminating while held with the current epoch and not past expiry;
     /// 2. always terminating by lapse + window + one heartbeat when nobody re-acquires;
