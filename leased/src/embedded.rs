@@ -53,6 +53,10 @@ impl Session for Embedded {
     fn detach(&self, _conn: ConnId) {}
 
     async fn terminal(&self, conn: &Conn<()>, _frame: Frame) {
+        if conn.continues_frame() {
+            // Already refused at its first piece.
+            return;
+        }
         conn.send(error_frame(
             ErrorCode::Forbidden,
             "no terminal here: this leased process has no PTY",

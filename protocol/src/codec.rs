@@ -68,6 +68,12 @@ impl FrameCodec {
         self.skipping > 0 || self.bulk.is_some()
     }
 
+    /// Whether a streamed DATA or REPLAY payload is in progress: the next
+    /// piece decoded continues the frame of the previous one.
+    pub fn in_bulk(&self) -> bool {
+        self.bulk.is_some()
+    }
+
     /// How many more bytes, beyond the `buffered` ones, the item in
     /// progress needs before [`Decoder::decode`] can return it: the rest of
     /// a header, of a frame decoded whole, or (streaming, skipping) one

@@ -147,7 +147,16 @@ pub(crate) async fn connect(
         Err(e) => return Err(conn_err(socket, "peer check", e)),
     }
     let (r, w) = stream.into_split();
-    let mut reader = FramedRead::with_capacity(r, FrameCodec::new(), READ_BUF);
+    // A connection that asked for no terminal bytes streams any it gets
+    // anyway (and ignores them): a misbehaving shellper cannot make the
+    // Tower buffer a 16 MiB frame per held session. A terminal takes
+    // REPLAY whole, as its user reads it.
+    let codec = if opts.replay || opts.data {
+        FrameCodec::new()
+    } else {
+        FrameCodec::streaming()
+    };
+    let mut reader = FramedRead::with_capacity(r, codec, READ_BUF);
     let mut writer = Writer { w };
     let hello = Hello {
         version: PROTOCOL_VERSION,

@@ -23,13 +23,14 @@
 //!   here; DATA, RESIZE, SIGNAL and SPAWN go to [`Session::terminal`].
 //!
 //! **Where a connection's input is buffered** (for bounding it): the
-//! reader's `FramedRead` buffer (bytes read from the socket and not yet a
-//! whole frame: at most one frame's limit plus one read, the codec checks
-//! the header against the per-type limit before buffering the payload), and
-//! whatever a [`Session`] holds for it ([`Session::terminal`]: the PTY
-//! shellper's input queue, bounded per client in bytes). Output is bounded
-//! by the [`Outbox`].
+//! reader's buffer ([`reader`]: DATA streamed in pieces as it arrives, at
+//! most [`reader::READ_AHEAD`] bytes, or one frame decoded whole of at most
+//! 1 MiB with its share of a pool shared by all connections), and whatever
+//! a [`Session`] holds for it ([`Session::terminal`]: the PTY shellper's
+//! input queue, bounded per client and in total in bytes). Output is
+//! bounded by the [`Outbox`].
 
+pub mod reader;
 mod writer;
 
 use std::collections::HashMap;
@@ -38,14 +39,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use shellper_protocol::Frame;
-use shellper_protocol::codec::{CodecError, FrameCodec};
+use shellper_protocol::codec::CodecError;
 use shellper_protocol::lease::ConnId;
 use shellper_protocol::msg::{
     ChildState, ClientInfo, ClientType, ErrorCode, Hello, Revoked, Status, WelcomeLease,
 };
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -164,6 +163,9 @@ pub struct Conn<C> {
     /// The socket, to notice a peer that closed while the reader waits.
     sock: Arc<Stream>,
     state: C,
+    /// The frame being dispatched is a later piece of a streamed DATA
+    /// frame (see [`Conn::continues_frame`]).
+    continued: std::sync::atomic::AtomicBool,
 }
 
 impl<C> Conn<C> {
@@ -174,6 +176,14 @@ impl<C> Conn<C> {
     /// What the client said it is in HELLO.
     pub fn kind(&self) -> ClientType {
         self.kind
+    }
+
+    /// Whether the DATA being dispatched continues a frame whose first
+    /// piece was dispatched before (DATA is streamed in pieces as it
+    /// arrives, [`reader`]): a session that refuses DATA answers once per
+    /// frame, not once per piece.
+    pub fn continues_frame(&self) -> bool {
+        self.continued.load(Ordering::Relaxed)
     }
 
     /// The session's state for this connection.
@@ -249,9 +259,11 @@ pub struct Server<S> {
     next_conn: AtomicU64,
     slots: Slots,
     my_uid: u32,
+    /// What readers may buffer for large frames, over all connections.
+    large_frames: Arc<tokio::sync::Semaphore>,
 }
 
-type Frames = FramedRead<Half, FrameCodec>;
+type Frames = reader::FrameReader;
 
 impl<S: Session> Server<S> {
     pub fn new(session: S, lease: LeaseHandle, me: Identity, timeouts: Timeouts) -> Self {
@@ -263,6 +275,7 @@ impl<S: Session> Server<S> {
             clients: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             next_conn: AtomicU64::new(1),
+            large_frames: reader::large_frame_pool(),
             slots: Slots::new(MAX_CONNECTIONS, RESERVED_CONNECTIONS),
             my_uid: rustix::process::geteuid().as_raw(),
         }
@@ -399,9 +412,9 @@ impl<S: Session> Server<S> {
             cancel.clone(),
             self.timeouts.write_stall,
         ));
-        // Input buffered for this connection: this FramedRead's buffer (see
+        // Input buffered for this connection: this reader's buffer (see
         // the module docs) and what the session holds for `conn.state`.
-        let mut frames = FramedRead::new(r, FrameCodec::new());
+        let mut frames = reader::FrameReader::new(r, self.large_frames.clone());
         let mut conn = Conn {
             id,
             kind: ClientType::Status,
@@ -409,6 +422,7 @@ impl<S: Session> Server<S> {
             cancel,
             sock,
             state: self.session.open(),
+            continued: std::sync::atomic::AtomicBool::new(false),
         };
         self.clients().insert(
             id,
@@ -565,7 +579,10 @@ impl<S: Session> Server<S> {
                 return;
             };
             match item {
-                Ok(frame) => self.dispatch(conn, frame).await,
+                Ok(frame) => {
+                    conn.continued.store(frames.continued(), Ordering::Relaxed);
+                    self.dispatch(conn, frame).await;
+                }
                 Err(e) => {
                     self.protocol_error(conn, e);
                     return;

@@ -145,13 +145,69 @@ async fn write_frame(
     frame: &Frame,
     stall: Duration,
 ) -> io::Result<()> {
+    // A large REPLAY or DATA payload is written from where it is, after
+    // its header, rather than copied into `buf`: a copy would double what
+    // a client taking a large REPLAY holds, and `buf` would keep that
+    // size for the connection's life.
+    if let Frame::Data(p) | Frame::Replay(p) = frame
+        && p.len() > DIRECT_PAYLOAD
+    {
+        buf.clear();
+        let mut header = bytes::BytesMut::new();
+        if let Err(e) = frame_header(frame, p.len(), &mut header) {
+            tracing::warn!(error = %e, "dropping unencodable frame");
+            return Ok(());
+        }
+        write_all(w, &header, stall).await?;
+        return write_all(w, p, stall).await;
+    }
     buf.clear();
     if let Err(e) = frame.encode_into(buf) {
         // Our own frame, over its limit: a bug, not the peer's fault.
         tracing::warn!(error = %e, "dropping unencodable frame");
         return Ok(());
     }
-    let mut rest: &[u8] = buf;
+    if buf.capacity() > 2 * DIRECT_PAYLOAD {
+        // A large STATUS grew it: written from a buffer of its own, so
+        // the writer does not keep that size afterwards.
+        let big = std::mem::take(buf);
+        return write_all(w, &big, stall).await;
+    }
+    write_all(w, buf, stall).await
+}
+
+/// Payloads above this are written in place, not copied with their header.
+const DIRECT_PAYLOAD: usize = 64 * 1024;
+
+/// The 5-byte header of a DATA or REPLAY frame of `len` payload bytes,
+/// checked against the type's limit as `encode_into` does.
+fn frame_header(
+    frame: &Frame,
+    len: usize,
+    out: &mut bytes::BytesMut,
+) -> Result<(), shellper_protocol::FrameError> {
+    use bytes::BufMut as _;
+    let ty = frame.frame_type().map_or(0, |t| t as u8);
+    let limit = frame
+        .frame_type()
+        .map_or(shellper_protocol::frame::MAX_PAYLOAD, |t| t.max_payload());
+    let len32 = u32::try_from(len).unwrap_or(u32::MAX);
+    if len32 > limit {
+        return Err(shellper_protocol::FrameError::TooLargeToEncode {
+            name: frame.frame_type().map_or("UNKNOWN", |t| t.name()),
+            len,
+            limit,
+        });
+    }
+    out.put_u8(ty);
+    out.put_u32(len32);
+    Ok(())
+}
+
+/// Writes all of `bytes`; each write call must make progress within
+/// `stall`, else `TimedOut`.
+async fn write_all(w: &mut Half, bytes: &[u8], stall: Duration) -> io::Result<()> {
+    let mut rest: &[u8] = bytes;
     while !rest.is_empty() {
         match tokio::time::timeout(stall, w.write(rest)).await {
             Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
