@@ -124,13 +124,22 @@ fn offence(line: &str) -> Option<&'static str> {
     {
         return Some("kill import");
     }
-    // A free `kill(` call (not a method, not part of a longer name).
+    // A free `kill(` call (not a method, not part of a longer name, not a
+    // function of the workspace's own named by its path: `crate::new::kill(`).
     let bytes = code.as_bytes();
     let mut from = 0;
     while let Some(i) = code[from..].find("kill(") {
         let at = from + i;
         let before = at.checked_sub(1).map(|j| bytes[j]);
-        if !before.is_some_and(|b| b == b'.' || b == b'_' || b.is_ascii_alphanumeric()) {
+        let path_start = code[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .map_or(0, |j| j + 1);
+        let path = &code[path_start..at];
+        let own = path.ends_with("::")
+            && ["crate::", "super::", "self::"]
+                .iter()
+                .any(|p| path.starts_with(p));
+        if !own && !before.is_some_and(|b| b == b'.' || b == b'_' || b.is_ascii_alphanumeric()) {
             return Some("kill(");
         }
         from = at + 1;
@@ -219,6 +228,11 @@ fn only_proctree_reads_proc_or_sends_signals() {
 fn the_scanner_catches_what_it_should() {
     assert!(offence(r#"std::fs::read(format!("/proc/{pid}/environ"))"#).is_some());
     assert!(offence(r#"std::fs::read_dir("/proc")"#).is_some());
+    // A function of our own named `kill`, by its path, is not a signal;
+    // any other path to a `kill(` still is.
+    assert!(offence("crate::new::kill(&scope, timeout, &id)").is_none());
+    assert!(offence("signal::kill(pid, sig)").is_some());
+    assert!(offence("kill(pid, 9)").is_some());
     assert!(offence("unsafe { libc::kill(pid, 9) };").is_some());
     assert!(offence("rustix::process::kill_process(p, s)").is_some());
     assert!(offence("kill(pid, SIGTERM)").is_some());
