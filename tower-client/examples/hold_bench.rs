@@ -9,6 +9,9 @@
 //! BENCH_RT=multi cargo run ... # the Tower on two worker threads instead of one
 //! ```
 //!
+//! `BENCH_TREE_WALK_BACKOFF=N` sets `TowerConfig::tree_walk_backoff` (1:
+//! the tree record walked at every renewal, as before the backoff).
+//!
 //! With `BENCH_JSON=1` it also prints one JSON line with the figures
 //! (`tests/bench/compare.py` reads it); `BENCH_IDLE_SECS` sets the idle
 //! baseline's length (default: HOLD_SECS, at most 10).
@@ -221,6 +224,12 @@ fn main() {
         let cfg = TowerConfig {
             lease,
             holder_name: "hold_bench".into(),
+            // BENCH_TREE_WALK_BACKOFF=1: walk every renewal (the cost
+            // before the backoff), for comparisons in one run.
+            tree_walk_backoff: std::env::var("BENCH_TREE_WALK_BACKOFF")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(tower_client::DEFAULT_TREE_WALK_BACKOFF),
             ..TowerConfig::default()
         };
         let (tower, mut events) = Tower::open(Scope::open(&dir).unwrap(), cfg.clone()).unwrap();

@@ -35,7 +35,20 @@ pub struct TowerConfig {
     /// cgroup whose sessions get those controllers, else opening the Tower
     /// fails.
     pub limits: Limits,
+    /// How many renewals may pass between two walks of a held shellper's
+    /// tree (the record that proves its orphans ours if it is SIGKILLed)
+    /// while the tree does not change: walks happen at adoption and at
+    /// every renewal while the tree changes, then every 2nd, 4th, ... up to
+    /// this many renewals while it stays the same (a changed tree resets
+    /// it to every renewal). 1 walks at every renewal. Each walk reads a
+    /// few /proc files per member: most of a Tower's cost per held session
+    /// when done at every renewal (BENCHMARKS.md).
+    pub tree_walk_backoff: u32,
 }
+
+/// Default [`TowerConfig::tree_walk_backoff`]: a stable tree is walked
+/// every 8th renewal (16 s at the default renew interval).
+pub const DEFAULT_TREE_WALK_BACKOFF: u32 = 8;
 
 impl Default for TowerConfig {
     fn default() -> Self {
@@ -48,6 +61,7 @@ impl Default for TowerConfig {
             tidy: TidyPolicy::default(),
             cgroup: None,
             limits: Limits::default(),
+            tree_walk_backoff: DEFAULT_TREE_WALK_BACKOFF,
         }
     }
 }

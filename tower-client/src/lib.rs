@@ -69,7 +69,7 @@ mod terminal;
 mod tower;
 
 pub use atomic::write_atomic;
-pub use config::TowerConfig;
+pub use config::{DEFAULT_TREE_WALK_BACKOFF, TowerConfig};
 pub use conn::{TerminateOutcome, query_status, terminate_with_token};
 pub use contain::Containment;
 pub use error::{Error, Result, SpawnFailure};

@@ -107,8 +107,8 @@ pub(crate) fn start(ctx: &Arc<Ctx>, g: Granted) -> ShellperHandle {
         holder.session = shellper_proctree::session_of_child(handle.info().pid as i32, c);
     }
     // Record its tree at once (an adopted shellper's is complete by now),
-    // then at each renewal.
-    holder.remember_tree();
+    // then at renewals (`remember_tree`).
+    holder.remember_tree(true);
     holder.schedule(times.renew_every, times.expires_in);
     ctx.insert_handle(handle.clone());
     ctx.events.send(Event::Held {

@@ -205,7 +205,7 @@ impl Holder {
     pub(super) fn on_ctl(&mut self, c: Ctl) {
         match c {
             Ctl::Renew { seq } => {
-                self.remember_tree();
+                self.remember_tree(false);
                 if self.terminate.is_none() && self.detach.is_none() {
                     let epoch = self.epoch;
                     // A renewal that cannot be queued is simply missed: the

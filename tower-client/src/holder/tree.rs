@@ -24,6 +24,33 @@ pub(crate) struct TreeMemory {
     pub(super) sessions: Vec<Session>,
     /// A walk is running (at most one per shellper).
     pub(super) walking: bool,
+    /// Renewals between two walks now: 1 while the tree changes, doubled
+    /// after each walk that found it unchanged, up to the configured
+    /// backoff ([`TowerConfig::tree_walk_backoff`](crate::TowerConfig)).
+    every: u32,
+    /// Renewals since the last walk.
+    since: u32,
+}
+
+impl TreeMemory {
+    /// Whether this renewal walks (and counts it).
+    fn due(&mut self) -> bool {
+        self.since = self.since.saturating_add(1);
+        self.since >= self.every.max(1)
+    }
+
+    /// Keeps a walk's result and sets the next interval: back to every
+    /// renewal if the tree changed, twice as long (at most `max`) if not.
+    fn record(&mut self, known: Witnesses, sessions: Vec<Session>, max: u32) {
+        let same = known == self.known && sessions == self.sessions;
+        self.every = if same {
+            self.every.max(1).saturating_mul(2).min(max.max(1))
+        } else {
+            1
+        };
+        self.known = known;
+        self.sessions = sessions;
+    }
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked
@@ -69,28 +96,34 @@ pub(super) fn walk_tree(root: i32, ticks: u64) -> Option<(Witnesses, Vec<Session
 impl Holder {
     /// Walks the shellper's tree off the runtime thread (at most one walk
     /// at a time) and keeps it in [`TreeMemory`]: what proves its members
-    /// ours if the shellper is SIGKILLed. Called at each renewal, so the
-    /// record is at most one renewal interval old; a process that escaped
-    /// both the PTY session and every recorded ancestor within that interval
-    /// before a SIGKILL cannot be proven ours and is left alone.
-    pub(crate) fn remember_tree(&self) {
+    /// ours if the shellper is SIGKILLed. Called at adoption (`always`) and
+    /// at each renewal, which walks while the tree changes and backs off
+    /// while it does not (every 2nd, 4th, ... renewal, up to
+    /// `tree_walk_backoff`): the record is at most one renewal interval old
+    /// while processes come and go, and at most the backoff's worth of
+    /// renewals old in a tree that has been still since. A process that
+    /// escaped both the PTY session and every recorded ancestor since the
+    /// last walk before a SIGKILL cannot be proven ours and is left alone
+    /// (a session in a cgroup of its own is killed through it, exactly).
+    pub(crate) fn remember_tree(&self, always: bool) {
         {
             let mut m = lock(&self.tree);
-            if m.walking {
+            if m.walking || !(m.due() || always) {
                 return;
             }
             m.walking = true;
+            m.since = 0;
         }
         let memory = self.tree.clone();
         let root = self.handle.info.pid as i32;
         let ticks = self.handle.info.start_ticks;
+        let max = self.ctx.cfg.tree_walk_backoff;
         tokio::task::spawn_blocking(move || {
             let walked = walk_tree(root, ticks);
             let mut m = lock(&memory);
             m.walking = false;
             if let Some((known, sessions)) = walked {
-                m.known = known;
-                m.sessions = sessions;
+                m.record(known, sessions, max);
             }
         });
     }
@@ -185,5 +218,45 @@ impl Holder {
                 cgroup,
             });
         });
+    }
+}
+
+#[cfg(test)]
+mod tree_memory_tests {
+    use super::*;
+
+    fn tree(pids: &[i32]) -> Witnesses {
+        pids.iter().map(|&p| (p, 100 + p as u64)).collect()
+    }
+
+    /// Walks the renewals `1..=n` would start, feeding each walk `trees`.
+    fn walks(m: &mut TreeMemory, n: u32, trees: impl Fn(u32) -> Witnesses, max: u32) -> Vec<u32> {
+        let mut at = Vec::new();
+        for r in 1..=n {
+            if m.due() {
+                m.since = 0;
+                at.push(r);
+                m.record(trees(r), Vec::new(), max);
+            }
+        }
+        at
+    }
+
+    /// A still tree is walked every 2nd, 4th, then every 8th renewal; a
+    /// change brings the walks back to every renewal; a backoff of 1 walks
+    /// at every renewal (the cadence before the backoff existed).
+    #[test]
+    fn walks_back_off_while_the_tree_is_still_and_resume_on_a_change() {
+        let mut m = TreeMemory::default();
+        m.record(tree(&[2, 3]), Vec::new(), 8); // the walk at adoption
+        let still = walks(&mut m, 40, |_| tree(&[2, 3]), 8);
+        assert_eq!(still, vec![1, 3, 7, 15, 23, 31, 39]);
+        // The tree grows after renewal 40: seen at the next due walk (the
+        // 7th renewal from there), then walked at the next renewal, and
+        // backing off again once still.
+        let grows = walks(&mut m, 20, |_| tree(&[2, 3, 4]), 8);
+        assert_eq!(grows, vec![7, 8, 10, 14]);
+        let mut every = TreeMemory::default();
+        assert_eq!(walks(&mut every, 5, |_| tree(&[2]), 1), vec![1, 2, 3, 4, 5]);
     }
 }
