@@ -24,6 +24,11 @@ mt=""
 cleanup() {
   [ -n "$mt" ] && kill -TERM "$mt" 2>/dev/null && wait "$mt" 2>/dev/null || true
   tmux -S "$tmp/tmux.sock" kill-server 2>/dev/null || true
+  # tmux's sessions die of their hangup a moment later: wait (bounded).
+  for _ in $(seq 100); do
+    grep -qs "SHELLPER_LEAK_TAG=$SHELLPER_LEAK_TAG" /proc/[0-9]*/environ || break
+    sleep 0.1
+  done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
