@@ -209,6 +209,27 @@ const PER_SHELLPER_GAUGES: &[(&str, &str, Getter)] = &[
     ),
 ];
 
+/// Per-session figures of a cgroup-contained session: (name, help, getter).
+type SessionGetter = fn(&shellper_protocol::msg::Containment) -> Option<u64>;
+
+const SESSION_GAUGES: &[(&str, &str, SessionGetter)] = &[
+    (
+        "shellper_session_processes",
+        "Processes in the session's cgroup now.",
+        |c| c.procs.map(u64::from),
+    ),
+    (
+        "shellper_session_memory_bytes",
+        "memory.current of the session's cgroup (where the memory controller is enabled).",
+        |c| c.memory_current,
+    ),
+    (
+        "shellper_session_memory_peak_bytes",
+        "memory.peak of the session's cgroup (where the memory controller is enabled).",
+        |c| c.memory_peak,
+    ),
+];
+
 /// Per-shellper counters from STATUS: (name, help, value getter).
 type CounterGetter = fn(&shellper_protocol::msg::Counters) -> u64;
 
@@ -376,6 +397,27 @@ pub fn render(scan: &Scan, extras: &Extras) -> String {
                     &[("scope", s), ("id", &v.id), ("kind", name)],
                     &int(n as u64),
                 );
+            }
+        }
+    }
+    e.family(
+        "shellper_session_cpu_seconds_total",
+        Kind::Counter,
+        "CPU time of everything that ran in the session's cgroup (cpu.stat usage_usec); cgroup-contained sessions only.",
+    );
+    for v in &scan.shellpers {
+        if let Some(u) = v.containment.as_ref().and_then(|c| c.cpu_usec) {
+            e.sample(
+                &[("scope", s), ("id", &v.id)],
+                &format!("{}.{:06}", u / 1_000_000, u % 1_000_000),
+            );
+        }
+    }
+    for (name, help, get) in SESSION_GAUGES {
+        e.family(name, Kind::Gauge, help);
+        for v in &scan.shellpers {
+            if let Some(x) = v.containment.as_ref().and_then(get) {
+                e.sample(&[("scope", s), ("id", &v.id)], &int(x));
             }
         }
     }

@@ -16,7 +16,9 @@
 //! cannot change the operators' JSON unnoticed.
 
 use serde::{Serialize, Serializer};
-use shellper_protocol::msg::{ChildState, ClientInfo, Counters, HolderInfo, WirePhase};
+use shellper_protocol::msg::{
+    ChildState, ClientInfo, Containment, Counters, HolderInfo, WirePhase,
+};
 
 /// Version of every JSON document leasectl prints.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -183,6 +185,11 @@ pub struct ShellperView {
     pub version: Option<String>,
     /// Why it is unreachable or dead (the query error).
     pub error: Option<String>,
+    /// How the session is contained and what the kernel accounts for it
+    /// (STATUS of a version 2 shellper; for one that does not answer, read
+    /// from the cgroup the registry names): `cgroup` null means the process
+    /// tree. `null` when unknown (an older shellper).
+    pub containment: Option<Containment>,
 }
 
 impl ShellperView {
@@ -218,6 +225,7 @@ impl ShellperView {
             counters: None,
             version: None,
             error: None,
+            containment: None,
         }
     }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shellper_proctree::{ProcInfo, SocketOwners, read_stat, start_time_unix_ms};
-use shellper_protocol::msg::{ChildState, Status};
+use shellper_protocol::msg::{ChildState, Containment, Status};
 use tokio::sync::Semaphore;
 use tower_client::{Registry, RegistryEntry, Scope};
 
@@ -279,7 +279,30 @@ fn from_status(c: &Candidate, st: &Status, now: u64) -> ShellperView {
     });
     v.counters = Some(st.counters.clone());
     v.version = Some(st.version.clone());
+    v.containment = st.containment.clone();
     v
+}
+
+/// What the kernel accounts for a session's cgroup, read directly (for a
+/// shellper that does not answer STATUS: stopped, wedged, or gone with its
+/// session still running). `None` if the cgroup does not exist.
+pub fn containment_of(dir: &Path) -> Option<Containment> {
+    let cg = shellper_proctree::Cgroup::at(dir);
+    if !cg.exists() {
+        return None;
+    }
+    let usage = cg.usage();
+    let limits = cg.limits();
+    Some(Containment {
+        cgroup: Some(dir.display().to_string()),
+        controllers: cg.controllers().unwrap_or_default(),
+        cpu_usec: usage.cpu_usec,
+        procs: Some(usage.procs),
+        memory_current: usage.memory_current,
+        memory_peak: usage.memory_peak,
+        pids_max: limits.pids_max,
+        memory_max: limits.memory_max,
+    })
 }
 
 /// A view of a shellper that did not answer: whatever the registry, the
@@ -311,6 +334,7 @@ fn from_proc(
         v.command = Some(e.command.clone());
         v.args = e.args.clone();
         v.cwd = (!e.cwd.is_empty()).then(|| e.cwd.clone());
+        v.containment = e.cgroup.as_deref().and_then(containment_of);
     }
     match found {
         None => {

@@ -13,7 +13,7 @@ mod common;
 use leasectl::model::{ListDoc, Phase, PidSource, SCHEMA_VERSION, ShellperView, ShowDoc, TreeProc};
 use leasectl::scan::TowerView;
 use serde_json::json;
-use shellper_protocol::msg::{ChildState, ClientInfo, ClientType};
+use shellper_protocol::msg::{ChildState, ClientInfo, ClientType, Containment};
 
 fn running() -> ShellperView {
     let mut v = common::held_view();
@@ -28,6 +28,18 @@ fn running() -> ShellperView {
         c.stalls = 1;
         c.protocol_errors = 5;
     }
+    // Issue 21, added deliberately: a session in a cgroup, with its
+    // accounting (memory where the controller is delegated).
+    v.containment = Some(Containment {
+        cgroup: Some("/sys/fs/cgroup/user.slice/minitower.service/sh-0a1b2c3d".into()),
+        controllers: vec!["memory".into(), "pids".into()],
+        cpu_usec: Some(1_234_567),
+        procs: Some(3),
+        memory_current: Some(10 << 20),
+        memory_peak: Some(12 << 20),
+        pids_max: Some(256),
+        memory_max: None,
+    });
     v
 }
 
@@ -44,6 +56,8 @@ fn exited() -> ShellperView {
     v.expires_in_ms = None;
     v.kill_in_ms = Some(598_500);
     v.clients = Some(vec![]);
+    // The process tree: no cgroup, nothing accounted.
+    v.containment = Some(Containment::default());
     v
 }
 

@@ -10,7 +10,19 @@ use leasectl::model::{Phase, PidSource, ShellperView, TreeProc};
 use leasectl::render::{self, Palette};
 
 fn held() -> ShellperView {
-    common::held_view()
+    let mut v = common::held_view();
+    // A session in a cgroup (issue 21): CPU, MEM and PROCS filled in.
+    v.containment = Some(shellper_protocol::msg::Containment {
+        cgroup: Some("/sys/fs/cgroup/user.slice/minitower.service/sh-0a1b2c3d".into()),
+        controllers: vec!["memory".into(), "pids".into()],
+        cpu_usec: Some(83_400_000),
+        procs: Some(3),
+        memory_current: Some(10 << 20),
+        memory_peak: Some(12 << 20),
+        pids_max: Some(256),
+        memory_max: None,
+    });
+    v
 }
 
 fn others() -> Vec<ShellperView> {
@@ -24,6 +36,8 @@ fn others() -> Vec<ShellperView> {
     lapsed.expires_in_ms = None;
     lapsed.kill_in_ms = Some(598_500);
     lapsed.clients = Some(vec![]);
+    // The process tree: no accounting.
+    lapsed.containment = Some(shellper_protocol::msg::Containment::default());
     lapsed.command = Some("sh".into());
     lapsed.args = vec![
         "-c".into(),

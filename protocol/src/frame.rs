@@ -260,7 +260,15 @@ impl Frame {
             Frame::Released(m) => pc(m),
             Frame::Terminated(m) => pc(m),
             Frame::StatusRequest(m) => pc(m),
-            Frame::Status(m) => pc(m.as_ref()),
+            Frame::Status(m) => {
+                // v1 payload, then (lease extension v2) the containment.
+                let mut b =
+                    postcard::to_stdvec(m.as_ref()).expect("lease payloads always serialize");
+                if let Some(c) = &m.containment {
+                    b.extend_from_slice(&pc(c));
+                }
+                Bytes::from(b)
+            }
             Frame::Revoked(m) => pc(m),
             Frame::Error(m) => pc(m),
         })
@@ -317,7 +325,7 @@ impl Frame {
             T::Released => Frame::Released(from_pc(ty, payload)?),
             T::Terminated => Frame::Terminated(from_pc(ty, payload)?),
             T::StatusRequest => Frame::StatusRequest(from_pc(ty, payload)?),
-            T::Status => Frame::Status(Box::new(from_pc(ty, payload)?)),
+            T::Status => Frame::Status(Box::new(status_from(ty, payload)?)),
             T::Revoked => Frame::Revoked(from_pc(ty, payload)?),
             T::Error => Frame::Error(from_pc(ty, payload)?),
         })
@@ -413,6 +421,23 @@ fn from_json<T: DeserializeOwned>(ty: FrameType, payload: &[u8]) -> Result<T, Fr
             })
         }
     }
+}
+
+/// STATUS: the v1 fields, then, when bytes follow (lease extension v2),
+/// exactly one [`Containment`](crate::msg::Containment) and nothing more.
+fn status_from(ty: FrameType, payload: &[u8]) -> Result<crate::msg::Status, FrameError> {
+    let (mut status, rest) =
+        postcard::take_from_bytes::<crate::msg::Status>(payload).map_err(|e| {
+            FrameError::Undecodable {
+                ty: ty as u8,
+                name: ty.name(),
+                detail: e.to_string(),
+            }
+        })?;
+    if !rest.is_empty() {
+        status.containment = Some(from_pc(ty, rest)?);
+    }
+    Ok(status)
 }
 
 fn from_pc<T: DeserializeOwned>(ty: FrameType, payload: &[u8]) -> Result<T, FrameError> {

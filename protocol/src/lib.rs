@@ -32,4 +32,12 @@ pub use token::Token;
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Version of the lease extension, advertised in HELLO/WELCOME as `lease`.
-pub const LEASE_PROTOCOL_VERSION: u32 = 1;
+/// Version 2 adds the session's containment to STATUS (SPEC.md §6.2).
+pub const LEASE_PROTOCOL_VERSION: u32 = 2;
+
+/// The lease extension version a connection uses: the smaller of the
+/// client's (HELLO `lease`) and ours; `None` when the client did not
+/// announce the extension.
+pub fn negotiated_lease_version(client: Option<u32>) -> Option<u32> {
+    client.map(|c| c.min(LEASE_PROTOCOL_VERSION))
+}

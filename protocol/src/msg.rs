@@ -378,6 +378,36 @@ pub struct Status {
     pub kill_grace_ms: u64,
     pub clients: Vec<ClientInfo>,
     pub counters: Counters,
+    /// How the session is contained, and what the kernel accounts for it
+    /// (lease extension version 2 only). Not part of the v1 payload: the
+    /// frame codec appends it after `counters` when it is `Some`, and a
+    /// shellper sets it only on connections that negotiated version 2,
+    /// because v1 decoders reject trailing bytes (SPEC.md §13). `None` from
+    /// a v1 shellper: unknown.
+    #[serde(skip)]
+    pub containment: Option<Containment>,
+}
+
+/// The session's containment and accounting (STATUS, lease extension v2).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Containment {
+    /// The session's cgroup v2 directory; `None`: the process tree (the
+    /// `/proc` ladder), no accounting.
+    pub cgroup: Option<String>,
+    /// Controllers the cgroup has (`cgroup.controllers`).
+    pub controllers: Vec<String>,
+    /// CPU time of everything that ran in the session (`cpu.stat`
+    /// `usage_usec`).
+    pub cpu_usec: Option<u64>,
+    /// Processes in the session now.
+    pub procs: Option<u32>,
+    /// `memory.current` and `memory.peak`, where the memory controller is
+    /// enabled.
+    pub memory_current: Option<u64>,
+    pub memory_peak: Option<u64>,
+    /// Limits in force (`pids.max`, `memory.max`; `None`: none).
+    pub pids_max: Option<u64>,
+    pub memory_max: Option<u64>,
 }
 
 /// REVOKED (0x29): sent to a holder that lost the lease to a newer epoch.

@@ -180,6 +180,25 @@ pub fn sample_status() -> Status {
             renewals: 2,
             ..Counters::default()
         },
+        containment: None,
+    }
+}
+
+/// STATUS as a v2 shellper sends it to a v2 client: a session in a
+/// cgroup, with its accounting.
+pub fn sample_status_v2() -> Status {
+    Status {
+        containment: Some(crate::msg::Containment {
+            cgroup: Some("/sys/fs/cgroup/user.slice/minitower.service/sh-0a1b2c3d".into()),
+            controllers: vec!["memory".into(), "pids".into()],
+            cpu_usec: Some(1_234_567),
+            procs: Some(3),
+            memory_current: Some(10 << 20),
+            memory_peak: Some(12 << 20),
+            pids_max: Some(256),
+            memory_max: None,
+        }),
+        ..sample_status()
     }
 }
 

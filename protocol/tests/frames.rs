@@ -256,8 +256,9 @@ fn status() -> impl Strategy<Value = Status> {
             0..5,
         ),
         any::<[u64; 8]>(),
+        proptest::option::of(containment()),
     )
-        .prop_map(|(a, child, b, h, t, clients, c)| Status {
+        .prop_map(|(a, child, b, h, t, clients, c, containment)| Status {
             version: a.0,
             shellper_pid: a.1,
             shellper_start_ticks: a.2,
@@ -290,6 +291,27 @@ fn status() -> impl Strategy<Value = Status> {
                 stalls: c[6],
                 protocol_errors: c[7],
             },
+            containment,
+        })
+}
+
+fn containment() -> impl Strategy<Value = Containment> {
+    (
+        proptest::option::of(".{0,30}"),
+        proptest::collection::vec("[a-z]{1,8}", 0..4),
+        proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u32>()),
+        proptest::array::uniform4(proptest::option::of(any::<u64>())),
+    )
+        .prop_map(|(cgroup, controllers, cpu_usec, procs, m)| Containment {
+            cgroup,
+            controllers,
+            cpu_usec,
+            procs,
+            memory_current: m[0],
+            memory_peak: m[1],
+            pids_max: m[2],
+            memory_max: m[3],
         })
 }
 

@@ -34,14 +34,15 @@ pub fn holder_text(s: &ShellperView) -> (String, Style) {
 }
 
 /// Column headers of the list table.
-pub const LIST_HEADERS: [&str; 12] = [
+pub const LIST_HEADERS: [&str; 15] = [
     "ID", "PID", "CHILD", "PHASE", "EPOCH", "HOLDER", "EXPIRES", "KILL IN", "AGE", "CLIENTS",
-    "CWD", "COMMAND",
+    "CPU", "MEM", "PROCS", "CWD", "COMMAND",
 ];
 
 /// One row of the list table. `highlight` marks a phase that just changed.
 pub fn list_row(s: &ShellperView, highlight: bool) -> Vec<Cell> {
     let (holder, holder_style) = holder_text(s);
+    let [cpu, mem, procs] = super::usage_cells(s.containment.as_ref());
     let phase_style = if highlight {
         Style::Highlight
     } else {
@@ -69,6 +70,9 @@ pub fn list_row(s: &ShellperView, highlight: bool) -> Vec<Cell> {
                 .as_ref()
                 .map_or("-".into(), |c| c.len().to_string()),
         ),
+        Cell::plain(cpu),
+        Cell::plain(mem),
+        Cell::plain(procs),
         Cell::plain(s.cwd.clone().unwrap_or_else(|| "-".into())),
         Cell::plain(truncate(&s.command_line(), 60)),
     ]

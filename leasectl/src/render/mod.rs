@@ -192,6 +192,36 @@ fn opt_ms(v: Option<u64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// Bytes for humans: `512B`, `12.3K`, `4.0M`, `1.5G` (powers of 1024).
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["K", "M", "G", "T"];
+    if b < 1024 {
+        return format!("{b}B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1}{}", UNITS[u])
+}
+
+/// The CPU, MEM and PROCS cells of a session: `-` where unknown (a
+/// process-tree session, or an older shellper).
+pub fn usage_cells(c: Option<&shellper_protocol::msg::Containment>) -> [String; 3] {
+    let dash = || "-".to_string();
+    match c {
+        Some(c) if c.cgroup.is_some() => [
+            c.cpu_usec
+                .map_or_else(dash, |u| short_duration(Duration::from_micros(u))),
+            c.memory_current.map_or_else(dash, human_bytes),
+            c.procs.map_or_else(dash, |n| n.to_string()),
+        ],
+        _ => [dash(), dash(), dash()],
+    }
+}
+
 /// `-` or the number.
 fn opt_num<T: ToString>(v: Option<T>) -> String {
     v.map(|x| x.to_string()).unwrap_or_else(|| "-".into())

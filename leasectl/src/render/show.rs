@@ -10,6 +10,26 @@ use super::{
 use crate::model::{ShellperView, TreeProc};
 use shellper_protocol::msg::ChildState;
 
+/// Which containment is in force for the session (the path and names
+/// come from the shellper: escaped).
+pub fn containment_text(s: &ShellperView) -> String {
+    match &s.containment {
+        Some(c) => match &c.cgroup {
+            Some(dir) => format!(
+                "cgroup {} (controllers: {})",
+                esc(dir),
+                if c.controllers.is_empty() {
+                    "none".to_string()
+                } else {
+                    esc(&c.controllers.join(" ")).into_owned()
+                }
+            ),
+            None => "process tree (no writable cgroup v2)".into(),
+        },
+        None => "- (not reported: an older shellper)".into(),
+    }
+}
+
 /// The `show` report. Values a shellper or its session supplied (socket
 /// path, error, command line, cwd, version, holder name) are escaped.
 pub fn show_text(p: &Palette, s: &ShellperView, tree: &[TreeProc]) -> String {
@@ -125,6 +145,29 @@ pub fn show_text(p: &Palette, s: &ShellperView, tree: &[TreeProc]) -> String {
                 c.lapses,
                 c.stalls,
                 c.protocol_errors
+            ),
+        );
+    }
+    kv("containment", containment_text(s));
+    if let Some(c) = s.containment.as_ref().filter(|c| c.cgroup.is_some()) {
+        let [cpu, _, procs] = super::usage_cells(Some(c));
+        let mem = match (c.memory_current, c.memory_peak) {
+            (Some(m), Some(p)) => format!(
+                ", memory {} (peak {})",
+                super::human_bytes(m),
+                super::human_bytes(p)
+            ),
+            (Some(m), None) => format!(", memory {}", super::human_bytes(m)),
+            _ => ", memory not accounted (no memory controller)".into(),
+        };
+        kv("usage", format!("cpu {cpu}, {procs} process(es){mem}"));
+        let lim = |v: Option<u64>, f: &dyn Fn(u64) -> String| v.map_or("max".to_string(), f);
+        kv(
+            "limits",
+            format!(
+                "pids.max {}, memory.max {}",
+                lim(c.pids_max, &|n| n.to_string()),
+                lim(c.memory_max, &super::human_bytes)
             ),
         );
     }

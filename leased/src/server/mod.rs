@@ -43,7 +43,8 @@ use shellper_protocol::Frame;
 use shellper_protocol::codec::CodecError;
 use shellper_protocol::lease::ConnId;
 use shellper_protocol::msg::{
-    ChildState, ClientInfo, ClientType, ErrorCode, Hello, Revoked, Status, WelcomeLease,
+    ChildState, ClientInfo, ClientType, Containment, ErrorCode, Hello, Revoked, Status,
+    WelcomeLease,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -158,6 +159,9 @@ pub struct Attach<'a> {
 pub struct Conn<C> {
     id: ConnId,
     kind: ClientType,
+    /// The lease extension version negotiated in HELLO/WELCOME (`None`:
+    /// not announced): STATUS carries the containment from version 2 on.
+    lease_version: Option<u32>,
     outbox: Arc<Outbox>,
     cancel: CancellationToken,
     /// The socket, to notice a peer that closed while the reader waits.
@@ -261,6 +265,8 @@ pub struct Server<S> {
     my_uid: u32,
     /// What readers may buffer for large frames, over all connections.
     large_frames: Arc<tokio::sync::Semaphore>,
+    /// The session's cgroup (SPEC.md §9.1), reported in STATUS.
+    cgroup: Option<std::path::PathBuf>,
 }
 
 type Frames = reader::FrameReader;
@@ -278,7 +284,14 @@ impl<S: Session> Server<S> {
             large_frames: reader::large_frame_pool(),
             slots: Slots::new(MAX_CONNECTIONS, RESERVED_CONNECTIONS),
             my_uid: rustix::process::geteuid().as_raw(),
+            cgroup: None,
         }
+    }
+
+    /// The session's cgroup, for STATUS (its containment and accounting).
+    pub fn with_cgroup(mut self, dir: Option<std::path::PathBuf>) -> Self {
+        self.cgroup = dir;
+        self
     }
 
     pub fn session(&self) -> &S {
@@ -386,7 +399,32 @@ impl<S: Session> Server<S> {
             kill_grace_ms: ms(cfg.kill_grace),
             clients,
             counters: snap.counters,
+            containment: None,
         })
+    }
+
+    /// The session's containment and what the kernel accounts for it
+    /// (STATUS, lease extension v2), read off the runtime thread.
+    async fn containment(&self) -> Containment {
+        let Some(dir) = self.cgroup.clone() else {
+            return Containment::default();
+        };
+        let read = move || {
+            let cg = shellper_proctree::Cgroup::at(&dir);
+            let usage = cg.usage();
+            let limits = cg.limits();
+            Containment {
+                cgroup: Some(dir.display().to_string()),
+                controllers: cg.controllers().unwrap_or_default(),
+                cpu_usec: usage.cpu_usec,
+                procs: Some(usage.procs),
+                memory_current: usage.memory_current,
+                memory_peak: usage.memory_peak,
+                pids_max: limits.pids_max,
+                memory_max: limits.memory_max,
+            }
+        };
+        tokio::task::spawn_blocking(read).await.unwrap_or_default()
     }
 
     /// Serves one connection from accept to close: this task is its reader.
@@ -418,6 +456,7 @@ impl<S: Session> Server<S> {
         let mut conn = Conn {
             id,
             kind: ClientType::Status,
+            lease_version: None,
             outbox,
             cancel,
             sock,
@@ -445,8 +484,9 @@ impl<S: Session> Server<S> {
             }
             Some(hello) => {
                 conn.kind = hello.client_type;
-                let lease = hello.lease.map(|_| WelcomeLease {
-                    version: shellper_protocol::LEASE_PROTOCOL_VERSION,
+                conn.lease_version = shellper_protocol::negotiated_lease_version(hello.lease);
+                let lease = conn.lease_version.map(|version| WelcomeLease {
+                    version,
                     leased: self.lease.is_leased(),
                     shellper_pid: self.me.pid,
                 });
@@ -611,7 +651,13 @@ impl<S: Session> Server<S> {
                 }
             }
             Frame::StatusRequest(_) => {
-                if let Some(s) = self.status().await {
+                if let Some(mut s) = self.status().await {
+                    // Version 1 peers reject the appended containment.
+                    if conn.lease_version.unwrap_or(1) < 2 {
+                        s.containment = None;
+                    } else {
+                        s.containment = Some(self.containment().await);
+                    }
                     conn.send(Frame::Status(Box::new(s)));
                 }
             }
