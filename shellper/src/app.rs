@@ -21,7 +21,7 @@ use shellper_protocol::{Frame, Token};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::child::{ChildActor, SpawnSpec, spawn_pty};
+use crate::child::{ChildActor, SpawnSpec, spawn_pty_in};
 use crate::config::{self, Config, Parsed};
 use crate::hub::Hub;
 use crate::lease::{LeaseEnforcer, LeaseHandle, Termination};
@@ -174,7 +174,22 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
         cols: cfg.cols,
         rows: cfg.rows,
     };
-    let first = match spawn_pty(&spec) {
+    // The session's cgroup (SPEC §9.1), opened before the first child: the
+    // child moves itself in before it executes the command.
+    let cgroup = match &cfg.cgroup {
+        None => None,
+        Some(dir) => match shellper_proctree::Cgroup::at(dir).attach_fd() {
+            Ok(fd) => Some(Arc::new(fd)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot use the session cgroup");
+                eprintln!("shellper: {e}");
+                drop(listener);
+                remove_socket(&cfg.socket_path);
+                return exit::STARTUP;
+            }
+        },
+    };
+    let first = match spawn_pty_in(&spec, cgroup.as_ref()) {
         Ok(c) => Ok(c),
         // Legacy mode (codev's Tower): the command cannot start, so do as
         // codev's shellper does: start anyway and report the child as
@@ -213,22 +228,26 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
     if first.is_err() {
         lease.child_exited();
     }
-    let (actor, child) = ChildActor::new(hub.clone(), lease.clone(), first.ok());
+    let (mut actor, child) = ChildActor::new(hub.clone(), lease.clone(), first.ok());
+    actor.set_cgroup(cgroup);
     tokio::spawn(actor.run());
     let session = Pty {
         hub: hub.clone(),
         child,
         lease: lease.clone(),
     };
-    let server = Arc::new(Server::new(
-        session,
-        lease.clone(),
-        Identity::current(hub.start_time_ms),
-        Timeouts {
-            handshake: cfg.handshake_timeout,
-            write_stall: cfg.write_stall,
-        },
-    ));
+    let server = Arc::new(
+        Server::new(
+            session,
+            lease.clone(),
+            Identity::current(hub.start_time_ms),
+            Timeouts {
+                handshake: cfg.handshake_timeout,
+                write_stall: cfg.write_stall,
+            },
+        )
+        .with_cgroup(cfg.cgroup.clone()),
+    );
     let stop = CancellationToken::new();
     tokio::spawn(server.clone().accept_loop(listener, stop.clone()));
     watch_signals(lease.clone());
@@ -266,7 +285,11 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
     tracing::info!(reason = ?t.reason, "terminating: running the kill ladder");
     let sessions = hub.sessions();
     let grace = cfg.lease.kill_grace;
-    let report = match tokio::task::spawn_blocking(move || kill::run_ladder(sessions, grace)).await
+    let cgroup_dir = cfg.cgroup.clone();
+    let report = match tokio::task::spawn_blocking(move || {
+        kill::run_ladder(sessions, grace, cgroup_dir.as_deref())
+    })
+    .await
     {
         Ok(r) => r,
         Err(e) => {

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shellper_proctree::ChildExit;
+use shellper_proctree::cgroup::AttachFd;
 use shellper_protocol::msg::{ChildState, ExitMsg, Spawn};
 use std::future::Future;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -88,6 +89,14 @@ pub struct PtyChild {
 /// Spawns `spec` in a new session with the PTY as its controlling terminal.
 /// Must be called inside a tokio runtime (the master is registered with it).
 pub fn spawn_pty(spec: &SpawnSpec) -> Result<PtyChild> {
+    spawn_pty_in(spec, None)
+}
+
+/// [`spawn_pty`], the child first moving itself into the session's cgroup
+/// (between fork and exec: every process the command starts is born
+/// inside). A failed move fails the spawn: the session would not be
+/// contained.
+pub fn spawn_pty_in(spec: &SpawnSpec, cgroup: Option<&Arc<AttachFd>>) -> Result<PtyChild> {
     let fail = |detail: String| Error::Spawn {
         command: spec.command.clone(),
         detail,
@@ -117,9 +126,18 @@ pub fn spawn_pty(spec: &SpawnSpec) -> Result<PtyChild> {
     if let Some(env) = &spec.env {
         cmd = cmd.env_clear().envs(env);
     }
-    // SAFETY: the closure only calls sigaction and sigprocmask, both
-    // async-signal-safe, and touches no memory shared with the parent.
-    cmd = unsafe { cmd.pre_exec(reset_signals) };
+    let attach = cgroup.cloned();
+    // SAFETY: the closure only calls write (the cgroup move), sigaction and
+    // sigprocmask, all async-signal-safe, and touches no memory shared with
+    // the parent (the descriptor is only read).
+    cmd = unsafe {
+        cmd.pre_exec(move || {
+            if let Some(a) = &attach {
+                a.attach_current()?;
+            }
+            reset_signals()
+        })
+    };
     // `spawn` consumes the slave: the parent keeps no slave fd, so the
     // master reads EIO once the child's session closes its side.
     // An error here is the exec's (std reports it through its CLOEXEC
@@ -334,6 +352,8 @@ pub struct ChildActor {
     done_rx: mpsc::UnboundedReceiver<u64>,
     current: Option<Current>,
     next_generation: u64,
+    /// The session's cgroup, for children started by SPAWN.
+    cgroup: Option<Arc<AttachFd>>,
 }
 
 impl std::fmt::Debug for ChildActor {
@@ -361,6 +381,7 @@ impl ChildActor {
             done_rx,
             current: None,
             next_generation: 0,
+            cgroup: None,
         };
         match first {
             Some(child) => {
@@ -370,6 +391,12 @@ impl ChildActor {
         }
         let total = Arc::new(Semaphore::new(INPUT_QUEUE_TOTAL));
         (actor, ChildHandle { tx, input, total })
+    }
+
+    /// Children started by SPAWN go into this cgroup (the first child was
+    /// put there by the caller, with [`spawn_pty_in`]).
+    pub fn set_cgroup(&mut self, cgroup: Option<Arc<AttachFd>>) {
+        self.cgroup = cgroup;
     }
 
     fn adopt(&mut self, child: PtyChild) -> u64 {
@@ -571,7 +598,7 @@ impl ChildActor {
             .input
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        let child = match spawn_pty(&spec) {
+        let child = match spawn_pty_in(&spec, self.cgroup.as_ref()) {
             Ok(c) => c,
             Err(e @ Error::Exec { .. }) => {
                 // As codev: the new child "ran" and exited with code 1, so

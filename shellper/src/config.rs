@@ -64,6 +64,10 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// A client that accepts no bytes for this long is disconnected.
     pub write_stall: Duration,
+    /// The session's cgroup v2 directory (SPEC.md §9.1): the PTY child moves
+    /// into it before it executes the command, and the kill ladder kills
+    /// it. `None`: the process-tree ladder.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Config {
@@ -116,6 +120,8 @@ struct JsonConfig {
     handshake_timeout_ms: Option<u64>,
     /// Our extension for tests: the write stall limit (SPEC §7).
     write_stall_ms: Option<u64>,
+    /// Our extension: the session's cgroup (SPEC §9.1).
+    cgroup: Option<PathBuf>,
 }
 
 /// Examples and exit codes, shown by `shellper --help`.
@@ -402,6 +408,11 @@ pub fn parse_json(json: &str, cwd: &Path) -> Result<Config> {
     if j.socket_path.as_os_str().is_empty() {
         return Err(Error::Usage("JSON config: `socketPath` is empty".into()));
     }
+    if j.cgroup.as_ref().is_some_and(|c| !c.is_absolute()) {
+        return Err(Error::Usage(
+            "JSON config: `cgroup` must be an absolute path".into(),
+        ));
+    }
     let leased = j.lease.is_some();
     let l = j.lease.unwrap_or_default();
     let lease = LeaseConfig::new(
@@ -429,6 +440,7 @@ pub fn parse_json(json: &str, cwd: &Path) -> Result<Config> {
             shellper_leased::server::DEFAULT_WRITE_STALL,
         )
         .clamp(Duration::from_millis(10), Duration::from_secs(600)),
+        cgroup: j.cgroup,
     })
 }
 
@@ -522,6 +534,7 @@ fn from_cli(cli: Cli, cwd: &Path) -> Result<Config> {
             .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT)
             .clamp(Duration::from_millis(10), Duration::from_secs(600)),
         write_stall: shellper_leased::server::DEFAULT_WRITE_STALL,
+        cgroup: None,
     })
 }
 

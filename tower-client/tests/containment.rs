@@ -127,3 +127,67 @@ async fn each_session_gets_its_own_cgroup_recorded_in_the_registry_and_removed_a
     drop(tower);
     guard.finish();
 }
+
+/// A shellper SIGKILLed while its session forks a new process every few
+/// ms: the Tower kills the session's cgroup, so nothing survives, not even
+/// the processes started after its last look at the tree (the bound of the
+/// process-tree record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_shellper_of_a_forking_session_leaves_nothing_behind() {
+    let Ok(t) = TestCgroup::new("tower-sigkill-fork") else {
+        eprintln!("SKIP: no writable cgroup v2");
+        return;
+    };
+    let guard = LeakGuard::new("tower-sigkill-fork");
+    let dir = scope_tmp();
+    let mut cfg = config(lease(600, 20_000, 300));
+    cfg.cgroup = Some(CgroupChoice::Dir(t.dir().to_path_buf()));
+    let (tower, mut ev) = open_cfg(dir.path(), cfg).expect("opens");
+    // A new process every ~5 ms, each in a session of its own (setsid), so
+    // neither the PTY session nor the recorded tree can know the youngest.
+    let h = tower
+        .spawn(spec(
+            &guard,
+            "trap '' HUP; while :; do setsid sleep 600 & sleep 0.005; done",
+        ))
+        .await
+        .expect("spawn");
+    let cg_dir = t.dir().join(&h.info().id);
+    assert!(
+        shellper_testkit::wait_for(Duration::from_secs(10), || guard.survivors().len() >= 30),
+        "the session forks"
+    );
+    // Every tagged process but the shellper is in the session's cgroup.
+    let shellper = h.info().pid as i32;
+    let members = |d: &std::path::Path| shellper_testkit::cgroup::procs(d);
+    let tagged = guard.survivors();
+    let inside = members(&cg_dir);
+    for s in tagged.iter().filter(|s| s.pid != shellper) {
+        assert!(
+            inside.contains(&s.pid) || !shellper_testkit::proc_alive(s.pid),
+            "{s} is not in the session cgroup {}",
+            cg_dir.display()
+        );
+    }
+    assert!(!inside.contains(&shellper), "the shellper stays outside");
+    // SAFETY: kill(2) on the shellper we spawned (not reaped: we hold it).
+    assert_eq!(unsafe { libc::kill(shellper, libc::SIGKILL) }, 0);
+    let e = common::wait_event(&mut ev, Duration::from_secs(15), |e| {
+        matches!(e, tower_client::Event::TreeKilled { .. })
+    })
+    .await;
+    match &e {
+        tower_client::Event::TreeKilled {
+            survivors, cgroup, ..
+        } => {
+            assert_eq!(*survivors, 0, "{e:?}");
+            assert_eq!(cgroup.as_deref(), Some(cg_dir.to_str().unwrap()), "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let left = guard.wait_gone(Duration::from_secs(5));
+    assert!(left.is_empty(), "survivors: {left:?}");
+    assert!(!cg_dir.exists(), "session cgroup removed");
+    drop(tower);
+    guard.finish();
+}
