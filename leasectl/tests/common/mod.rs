@@ -35,6 +35,8 @@ pub struct Tower {
     pub pid: u32,
     pub spawned: Vec<Spawned>,
     pub lines: mpsc::Receiver<Value>,
+    /// The `ready` event (it says which containment is in force).
+    pub ready: Value,
 }
 
 impl Tower {
@@ -86,7 +88,7 @@ pub fn start_tower(guard: &LeakGuard, scope: &Path, flags: &str, cmd: &[&str]) -
     });
     let mut spawned = Vec::new();
     let end = Instant::now() + Duration::from_secs(20);
-    loop {
+    let ready = loop {
         let left = end.saturating_duration_since(Instant::now());
         let v = rx
             .recv_timeout(left)
@@ -97,17 +99,18 @@ pub fn start_tower(guard: &LeakGuard, scope: &Path, flags: &str, cmd: &[&str]) -
                 pid: v["pid"].as_u64().unwrap() as u32,
                 child_pid: v["child_pid"].as_u64().unwrap() as u32,
             }),
-            Some("ready") => break,
+            Some("ready") => break v,
             Some("spawn_failed") | Some("adopt_failed") => panic!("minitower: {v}"),
             _ => {}
         }
-    }
+    };
     spawned.sort_by(|a, b| a.id.cmp(&b.id));
     Tower {
         child,
         pid,
         spawned,
         lines: rx,
+        ready,
     }
 }
 
