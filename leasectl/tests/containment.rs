@@ -99,7 +99,7 @@ fn list_json_shows_cpu_time_growing_while_a_session_burns_cpu() {
     let out = leasectl(&guard, &scope).args(["metrics"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!("shellper_session_processes{{scope="))
+        text.contains("shellper_session_processes{scope=")
             && text.contains("shellper_session_cpu_seconds_total{"),
         "{text}"
     );
@@ -269,11 +269,13 @@ fn auto_moves_minitower_into_a_leaf_and_contains_each_session_beside_it() {
         t.join("tower").to_str().unwrap(),
         "{ready}"
     );
-    assert_eq!(
-        procs(&t.join("tower")),
-        vec![mt.pid()],
-        "minitower in its leaf"
-    );
+    // minitower and its shellper (born there) sit in the leaf; the
+    // session's processes do not.
+    let leaf = procs(&t.join("tower"));
+    assert!(leaf.contains(&mt.pid()), "minitower in its leaf: {leaf:?}");
+    let shellper = spawned["pid"].as_u64().unwrap() as i32;
+    assert!(leaf.contains(&shellper), "the shellper beside it: {leaf:?}");
+    assert_eq!(leaf.len(), 2, "nothing of the session there: {leaf:?}");
     assert!(procs(t.dir()).is_empty(), "no process in the base itself");
     assert!(guard.wait_steady(6, Duration::from_secs(10)) >= 6);
     let session = procs(&t.join(&id));
