@@ -311,24 +311,22 @@ impl Manager {
         }
     }
 
-    /// Starts (or restarts) the unit and waits for a new main pid that
-    /// answers on the control socket.
+    /// Starts (or restarts) the unit. Type=notify: when systemctl returns,
+    /// minitower has said READY=1, so its control socket answers at once
+    /// (no polling: `systemctl --user start minitower && leasectl new` must
+    /// not race the start).
     fn start_unit(&self, verb: &str, old: u32) -> u32 {
         self.systemctl(&[verb, "minitower"]);
-        let end = Instant::now() + WAIT;
+        let pid = self.main_pid();
+        assert!(
+            pid != 0 && pid != old,
+            "no new minitower: {}",
+            self.status()
+        );
+        assert_eq!(self.show("ActiveState"), "active", "{}", self.status());
         let ctl = self.xdg.join("shellper/tower.ctl");
-        loop {
-            let pid = self.main_pid();
-            if pid != 0 && pid != old && ctl.exists() {
-                return pid;
-            }
-            assert!(
-                Instant::now() < end,
-                "minitower did not start: {}",
-                self.status()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        assert!(ctl.exists(), "started, but no control socket yet");
+        pid
     }
 }
 

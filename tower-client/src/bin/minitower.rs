@@ -84,7 +84,9 @@ CONTAINMENT
 UNDER SYSTEMD
   contrib/systemd/minitower.service runs it as a user service that keeps the
   sessions across `systemctl --user restart` (KillMode=process); see the
-  README's section \"Running the Tower as a service\".
+  README's section \"Running the Tower as a service\". With $NOTIFY_SOCKET set
+  (Type=notify) it sends READY=1 once the scope is adopted and the control
+  socket answers, so `systemctl --user start` returns only then.
 
 EXIT CODES
   0  stopped by SIGINT/SIGTERM after releasing everything
@@ -456,6 +458,30 @@ fn print_tidy(done: &tower_client::TidyDone) {
     out(json!({"event":"tidied","removed":removed,"failed":failed}));
 }
 
+/// Tells the service manager that startup is done (`READY=1` on
+/// `$NOTIFY_SOCKET`, sd_notify(3)'s protocol: one datagram; a path, or an
+/// abstract name after `@`). Nothing without the variable; a failure is
+/// logged, never fatal (the service runs either way).
+fn sd_notify_ready() {
+    use std::os::unix::net::UnixDatagram;
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = UnixDatagram::unbound().and_then(|sock| {
+        let bytes = path.as_encoded_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(b"READY=1", &addr)
+        } else {
+            sock.send_to(b"READY=1", &path)
+        }
+    });
+    if let Err(e) = sent {
+        tracing::warn!("telling the service manager we are ready (NOTIFY_SOCKET): {e}");
+    }
+}
+
 async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
     // Signals first, so a SIGTERM during a slow startup is not lost.
     let (mut sigint, mut sigterm) = match (
@@ -631,6 +657,9 @@ async fn run(cli: Cli, lease: LeaseConfig) -> ExitCode {
         out(
             json!({"event":"ready","held":tower.len(),"capacity":budget.capacity,"fd_limit":budget.limit,"containment":tower.containment()}),
         );
+        // Under systemd (Type=notify): `systemctl start` returns now, with
+        // the control socket up and the scope adopted.
+        sd_notify_ready();
         // Entries that could not be adopted stay in the registry; retry
         // them with backoff (an EMFILE or a wedged shellper passes).
         let mut retry_in = Duration::from_secs(1);
