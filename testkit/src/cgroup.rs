@@ -48,8 +48,19 @@ pub struct TestCgroup {
 impl TestCgroup {
     /// Creates the test's parent cgroup, or says why it cannot (no v2
     /// mount, or not allowed to create cgroups there): the caller skips
-    /// with that message.
+    /// with that message. With `SHELLPER_REQUIRE_CGROUP=1` (CI) it panics
+    /// instead: a skipped containment test there would hide a regression.
     pub fn new(name: &str) -> Result<TestCgroup, String> {
+        let r = Self::try_new(name);
+        if let Err(why) = &r
+            && std::env::var_os("SHELLPER_REQUIRE_CGROUP").is_some_and(|v| v == "1")
+        {
+            panic!("SHELLPER_REQUIRE_CGROUP=1 but no writable cgroup v2: {why}");
+        }
+        r
+    }
+
+    fn try_new(name: &str) -> Result<TestCgroup, String> {
         let mount = v2_mount().ok_or("no cgroup2 file system is mounted")?;
         let clean: String = name
             .chars()
