@@ -16,7 +16,7 @@ use shellper_protocol::lease::ConnId;
 use shellper_protocol::msg::{ChildState, ClientType, ExitMsg, Hello, Welcome, WelcomeLease};
 
 use crate::child::SpawnSpec;
-use crate::replay::ReplayBuffer;
+use crate::replay::{REPLAY_IN_FLIGHT_MAX, REPLAY_MIN, ReplayBuffer};
 
 /// A connected client that completed HELLO, as the PTY streams to it (the
 /// connection itself is the server's: control frames, STATUS, closing).
@@ -130,7 +130,13 @@ impl Hub {
         };
         outbox.control(Frame::Welcome(welcome));
         if hello.wants_replay() {
-            outbox.ordered(Frame::Replay(g.replay.snapshot()));
+            // Every client's REPLAY is a copy until written: past
+            // REPLAY_IN_FLIGHT_MAX over all clients (clients attaching and
+            // not reading), a new one gets the newest part that fits.
+            let room = REPLAY_IN_FLIGHT_MAX
+                .saturating_sub(crate::replay::in_flight())
+                .max(REPLAY_MIN);
+            outbox.ordered(Frame::Replay(g.replay.snapshot_tail(room)));
         }
         if hello.client_type != ClientType::Status
             && let Some(exit) = g.exit.clone()

@@ -18,12 +18,46 @@
 //! the ones appending needs, and the heap does not fragment.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 /// Size of one block of the ring. Below glibc's mmap threshold (the heap
 /// recycles them), large enough that a block is rarely allocated.
 pub const BLOCK: usize = 32 * 1024;
+
+/// Most bytes of REPLAY payloads alive at once, over every client: a
+/// client that attaches and never reads holds its REPLAY (a copy) until the
+/// write stall closes it, so 256 of them could otherwise pin 256 × 8 MiB.
+/// A client that attaches while the others hold this much gets the most
+/// recent part of the history that fits (at least [`REPLAY_MIN`]).
+pub const REPLAY_IN_FLIGHT_MAX: usize = 32 * 1024 * 1024;
+/// The least a REPLAY is cut to when [`REPLAY_IN_FLIGHT_MAX`] is reached.
+pub const REPLAY_MIN: usize = 64 * 1024;
+
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// A REPLAY payload, counted in [`IN_FLIGHT`] until its last reference is
+/// dropped (written, or its connection gone).
+struct InFlight(Vec<u8>);
+
+impl AsRef<[u8]> for InFlight {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(self.0.len(), Ordering::Relaxed);
+        shellper_leased::mem::released(self.0.len());
+    }
+}
+
+/// Bytes of REPLAY payloads alive now.
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::Relaxed)
+}
 
 /// Output history bounded by `max_lines` newlines (complete lines; a
 /// trailing partial line is kept on top) and `max_bytes` bytes.
@@ -141,11 +175,23 @@ impl ReplayBuffer {
     /// once written. (Not kept for the next client: a quiet session would
     /// then hold its history twice.)
     pub fn snapshot(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.bytes);
+        self.snapshot_tail(usize::MAX)
+    }
+
+    /// The most recent `max` bytes of the history (all of it if it is
+    /// shorter), counted in [`in_flight`] until dropped.
+    pub fn snapshot_tail(&self, max: usize) -> Bytes {
+        let mut skip = self.bytes.saturating_sub(max);
+        let mut out = Vec::with_capacity(self.bytes - skip);
         for (i, b) in self.blocks.iter().enumerate() {
-            out.extend_from_slice(if i == 0 { &b[self.head..] } else { b });
+            let mut part = if i == 0 { &b[self.head..] } else { &b[..] };
+            let cut = skip.min(part.len());
+            part = &part[cut..];
+            skip -= cut;
+            out.extend_from_slice(part);
         }
-        out.freeze()
+        IN_FLIGHT.fetch_add(out.len(), Ordering::Relaxed);
+        Bytes::from_owner(InFlight(out))
     }
 
     /// Forgets everything (SPAWN starts a fresh session, as in codev).
@@ -236,6 +282,25 @@ mod tests {
         }
         assert_eq!(r.len(), 1 << 20);
         assert!(r.allocated() <= r.len() + 2 * BLOCK);
+    }
+
+    #[test]
+    fn a_tail_snapshot_is_the_newest_bytes_and_is_counted_until_dropped() {
+        let mut r = ReplayBuffer::new(1 << 20, 1 << 20);
+        let data: Vec<u8> = (0..(3 * BLOCK + 100)).map(|i| (i % 251) as u8).collect();
+        r.push(&data);
+        let before = in_flight();
+        let tail = r.snapshot_tail(BLOCK + 7);
+        assert_eq!(&tail[..], &data[data.len() - BLOCK - 7..]);
+        assert!(in_flight() >= before + tail.len());
+        let again = tail.clone();
+        drop(tail);
+        assert!(
+            in_flight() >= before + again.len(),
+            "a clone keeps it counted"
+        );
+        drop(again);
+        assert_eq!(&r.snapshot()[..], &data[..]);
     }
 
     proptest! {

@@ -696,7 +696,42 @@ class Bench:
             out["throughput"][k] = self.run_program(k, bulk, attach=True, count=True)
         out["echo_flood"] = self.echo_flood()
         out["partial_frames"] = self.partial_frames()
+        out["tower_flood"] = self.tower_flood()
         self.results["terminal"] = out
+
+    def tower_flood(self):
+        """minitower holding N sessions that each stream output for a
+        minute: its RSS once they are all held, and at the end."""
+        n, secs = self.a.tower_sessions, self.a.tower_secs
+        minitower = os.path.join(self.a.bins, "minitower")
+        if not os.path.exists(minitower):
+            return {"error": f"{minitower} not built"}
+        tag = self.tag()
+        scope = tempfile.mkdtemp(dir=self.dir)
+        stream = "while :; do seq 1 200; sleep 0.05; done"
+        p = subprocess.Popen(
+            [minitower, "--scope", scope, "--spawn", str(n), "--on-exit", "terminate",
+             "--kill-grace", "200ms", "--", "sh", "-c", stream],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=tag_env(tag))
+        held = wait_count(lambda: [q for q in tagged(tag) if comm(q) == "shellper"], n, 120)
+        time.sleep(2)
+        start = proc_kib(p.pid, "VmRSS:")
+        t0 = now()
+        samples = []
+        while now() - t0 < secs:
+            time.sleep(1)
+            samples.append(proc_kib(p.pid, "VmRSS:"))
+        shellpers = [proc_kib(q, "VmRSS:") for q in held]
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        stop_tagged(tag)
+        return {"n": len(held), "secs": secs, "start": start, "end": samples[-1],
+                "peak": max(samples), "hwm": None,
+                "shellper_rss": stats([x for x in shellpers if x]) if any(shellpers) else None}
 
     def session_cmd(self, program, d):
         """sh: wait for GO, run the program, mark DONE, then stay (so every
@@ -976,6 +1011,8 @@ def main():
     a.flood_mib = 20
     a.flood_secs = 15
     a.partial_conns = 12
+    a.tower_sessions = 10 if q else 100
+    a.tower_secs = 5 if q else 60
     atexit.register(kill_all_tagged)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     b = Bench(a)
@@ -1115,6 +1152,16 @@ def print_terminal(t):
           f"| {mib(ef['idle'])} | {mib(ef['peak'])} | {mib(ef['after'])} |")
     print(f"| partial frames: {pf['conns']} connections, HELLO then 15 MiB of a 16 MiB DATA frame "
           f"| {mib(pf['idle'])} | {mib(pf['peak'])} | {mib(pf['after'])} |")
+    tf = t.get("tower_flood")
+    if tf and "error" not in tf:
+        print(f"\n### minitower holding {tf['n']} sessions that each stream output for {tf['secs']} s "
+              "(VmRSS, MiB)\n")
+        print("| minitower, all held | at the end | peak | each shellper at the end (median (min–max)) |")
+        print("|---|---|---|---|")
+        sr = spread(tf["shellper_rss"], mib) if tf["shellper_rss"] else "–"
+        print(f"| {mib(tf['start'])} | {mib(tf['end'])} | {mib(tf['peak'])} | {sr} |")
+    elif tf:
+        print(f"\n(minitower flood not measured: {tf['error']})")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ else
   profile=release
   cargo build --quiet --locked --release -p shellper
   cargo build --quiet --locked --release -p tower-client --example hold_bench
+  cargo build --quiet --locked --release -p tower-client --bin minitower
 fi
 bins="$root/target/$profile"
 
