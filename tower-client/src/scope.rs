@@ -9,6 +9,7 @@
 //! | `<id>.log` | its log (shellper tracing + stderr) |
 //! | `tower.lock` | instance lock: `flock(LOCK_EX\|LOCK_NB)`, holds the owner's pid |
 //! | `registry.json` | the [`Registry`], 0600 |
+//! | `tower.ctl` | the running Tower's control socket, 0600 ([`crate::control`]) |
 //!
 //! Opening a scope never takes the lock: read-only tools (`leasectl`) open a
 //! scope to read its registry and query shellpers while a Tower holds it.
