@@ -370,6 +370,38 @@ impl Tower {
                 Err(error) => report.failed.push(AdoptFailure { entry, error }),
             }
         }
+        // A gone shellper's session may still run in its cgroup (it was
+        // SIGKILLed while no Tower held it): the cgroup's members are exactly
+        // that session, so they are killed now, and the cgroup removed.
+        for e in &report.gone {
+            if let Some(dir) = e.cgroup.clone() {
+                let grace = self.ctx.cfg.lease.kill_grace.min(Duration::from_secs(5));
+                let id = e.id.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    let cg = shellper_proctree::Cgroup::at(&dir);
+                    cg.exists().then(|| {
+                        shellper_proctree::kill_cgroup(
+                            &cg,
+                            &shellper_proctree::RealClock,
+                            &shellper_proctree::CgroupKillPlan::new(grace),
+                            &mut || {},
+                        )
+                    })
+                })
+                .await;
+                match r {
+                    Ok(Some(r)) if !r.is_clean() => tracing::error!(
+                        %id, survivors = ?r.report.survivors,
+                        "the session cgroup of a gone shellper kept survivors"
+                    ),
+                    Ok(Some(r)) if r.report.sigkilled + r.report.signalled > 0 => tracing::warn!(
+                        %id, signalled = r.report.signalled,
+                        "killed what a gone shellper's session left in its cgroup"
+                    ),
+                    _ => {}
+                }
+            }
+        }
         if !report.gone.is_empty() {
             let gone: Vec<String> = report.gone.iter().map(|e| e.id.clone()).collect();
             if let Err(e) = self

@@ -191,3 +191,63 @@ async fn sigkilled_shellper_of_a_forking_session_leaves_nothing_behind() {
     drop(tower);
     guard.finish();
 }
+
+/// The Tower gone, then its shellper SIGKILLed: nobody watched, and the
+/// session runs on in its cgroup. The next Tower finds the shellper gone at
+/// adoption and kills the session's cgroup (the registry names it) before
+/// it forgets the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_tower_kills_the_cgroup_of_a_shellper_found_gone_at_adoption() {
+    let Ok(t) = TestCgroup::new("tower-adopt-gone") else {
+        eprintln!("SKIP: no writable cgroup v2");
+        return;
+    };
+    let guard = LeakGuard::new("tower-adopt-gone");
+    let dir = scope_tmp();
+    let cfg = || {
+        let mut c = config(lease(600, 20_000, 300));
+        c.cgroup = Some(CgroupChoice::Dir(t.dir().to_path_buf()));
+        c
+    };
+    let (tower, _ev) = open_cfg(dir.path(), cfg()).expect("opens");
+    let h = tower
+        .spawn(spec(
+            &guard,
+            "trap '' HUP; setsid sleep 600 & exec sleep 600",
+        ))
+        .await
+        .expect("spawn");
+    let cg_dir = t.dir().join(&h.info().id);
+    let shellper = h.info().pid as i32;
+    assert!(shellper_testkit::wait_for(Duration::from_secs(10), || {
+        shellper_testkit::cgroup::procs(&cg_dir).len() == 2
+    }));
+    // The Tower lets go (its holders end: nobody watches the shellper)...
+    drop(h);
+    for (id, r) in tower.detach_all(None).await {
+        r.unwrap_or_else(|e| panic!("detach {id}: {e}"));
+    }
+    drop(tower);
+    // ...and then the shellper is SIGKILLed: its session runs on, unwatched.
+    // SAFETY: kill(2) on the shellper this test spawned.
+    assert_eq!(unsafe { libc::kill(shellper, libc::SIGKILL) }, 0);
+    assert!(shellper_testkit::wait_for(Duration::from_secs(5), || {
+        !shellper_testkit::proc_alive(shellper)
+    }));
+    assert_eq!(
+        shellper_testkit::cgroup::procs(&cg_dir).len(),
+        2,
+        "session alive"
+    );
+    let (tower, _ev) = common::open_cfg(dir.path(), cfg()).expect("reopens");
+    let report = tower.adopt_all().await;
+    assert_eq!(report.gone.len(), 1, "{report:?}");
+    assert!(
+        !cg_dir.exists(),
+        "the session's cgroup is killed and removed"
+    );
+    let left = guard.wait_gone(Duration::from_secs(5));
+    assert!(left.is_empty(), "survivors: {left:?}");
+    drop(tower);
+    guard.finish();
+}
