@@ -113,8 +113,8 @@ mod tests {
         );
         let expected =
             "\x1b[H\x1b[2Jleasectl watch  scope /s  every 1.0s  00:00:01.250  (Ctrl-C quits)\n\n\
-ID           PID  CHILD  PHASE   EPOCH  HOLDER  EXPIRES  KILL IN  AGE  CLIENTS  CWD  COMMAND\n\
-sh-0a1b2c3d  -    -      lapsed  -      -       -        -        -    -        -\n\
+ID           PID  CHILD  PHASE   EPOCH  HOLDER  EXPIRES  KILL IN  AGE  CLIENTS  CPU  MEM  PROCS  CWD  COMMAND\n\
+sh-0a1b2c3d  -    -      lapsed  -      -       -        -        -    -        -    -    -      -\n\
 \nrecent changes:\n"
                 .to_string()
                 + &"  00:00:01.250 sh-0a1b2c3d held → lapsed\n".repeat(6)
