@@ -88,11 +88,13 @@ pub struct PtyChild {
 
 /// Spawns `spec` in a new session with the PTY as its controlling terminal.
 /// Must be called inside a tokio runtime (the master is registered with it).
+/// (The tests' shorthand: the shellper always passes its cgroup.)
+#[cfg(test)]
 pub fn spawn_pty(spec: &SpawnSpec) -> Result<PtyChild> {
     spawn_pty_in(spec, None)
 }
 
-/// [`spawn_pty`], the child first moving itself into the session's cgroup
+/// Spawns `spec` (see `spawn_pty`), the child first moving itself into the session's cgroup
 /// (between fork and exec: every process the command starts is born
 /// inside). A failed move fails the spawn: the session would not be
 /// contained.

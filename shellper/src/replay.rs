@@ -89,15 +89,18 @@ impl ReplayBuffer {
         }
     }
 
+    #[cfg(test)]
     /// Bytes currently held.
     pub fn len(&self) -> usize {
         self.bytes
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.bytes == 0
     }
 
+    #[cfg(test)]
     /// Newlines currently held.
     pub fn lines(&self) -> usize {
         self.lines
@@ -171,6 +174,7 @@ impl ReplayBuffer {
         }
     }
 
+    #[cfg(test)]
     /// The whole history as one buffer (the REPLAY payload): a copy, freed
     /// once written. (Not kept for the next client: a quiet session would
     /// then hold its history twice.)

@@ -18,7 +18,7 @@ use crate::hub::Hub;
 use crate::lease::LeaseHandle;
 
 pub use shellper_leased::server::{Identity, Server, Timeouts};
-pub use shellper_leased::sock::{Listener, bind};
+pub use shellper_leased::sock::bind;
 
 /// The PTY session.
 #[derive(Debug)]

@@ -5,5 +5,5 @@ fn main() {
     // freed after a burst can go back to the system (issue 18).
     shellper_leased::mem::tune();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    std::process::exit(shellper::app::main_entry(args));
+    std::process::exit(shellper::main_entry(args));
 }
