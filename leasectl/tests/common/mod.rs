@@ -294,13 +294,27 @@ pub fn snapshot(name: &str, actual: &str) {
     );
 }
 
-/// Whether this process may choose the next pid (root: write
-/// `/proc/sys/kernel/ns_last_pid`); tests of pid reuse need it.
+/// Whether this process may choose the next pid: write access to
+/// `/proc/sys/kernel/ns_last_pid` and the capability the kernel checks on
+/// the write (CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE; the file itself may
+/// open for anyone). Tests of pid reuse need it.
 pub fn can_choose_pids() -> bool {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open("/proc/sys/kernel/ns_last_pid")
-        .is_ok()
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_CHECKPOINT_RESTORE: u32 = 40;
+    let eff = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0);
+    let capable = eff & (1 << CAP_SYS_ADMIN) != 0 || eff & (1 << CAP_CHECKPOINT_RESTORE) != 0;
+    capable
+        && std::fs::OpenOptions::new()
+            .write(true)
+            .open("/proc/sys/kernel/ns_last_pid")
+            .is_ok()
 }
 
 /// Starts `cmd` as pid `pid` (which must be free), in a session of its
