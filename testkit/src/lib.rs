@@ -19,7 +19,8 @@
 //!   checking `Drop`).
 //! * [`scan_tagged`]: every live process carrying the tag variable (the CI
 //!   leak gate; also the `leak-scan` binary).
-//! * [`cargo_bin`]: path of a workspace binary next to the running test.
+//! * [`cargo_bin`]: path of a workspace binary next to the running test,
+//!   checked to be newer than its sources ([`bins`]).
 //! * [`wait_for`], [`wait_for_some`]: poll with a deadline (never a fixed
 //!   sleep).
 //! * [`scan_comm`], [`kill_tagged`], [`kill_survivor`]: for the gate.
@@ -34,6 +35,7 @@
 //! (no tokio), so it can be used from sync tests, async tests and binaries
 //! alike.
 
+pub mod bins;
 pub mod cgroup;
 pub mod minitower;
 
@@ -587,9 +589,14 @@ pub fn wait_for_some<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> 
 /// into `target/<profile>/`, so that is where we look first (then next to
 /// the executable itself), and fall back to `CARGO_BIN_EXE_<name>` if set.
 ///
+/// The binary must be newer than every source it was built from (the
+/// dep-info file cargo writes beside it, [`bins`]): a test of one crate
+/// never silently runs another crate's old binary.
+///
 /// # Panics
-/// When the binary is absent: build it first with
-/// `cargo build --workspace --bins`.
+/// When the binary is absent, or older than one of its sources: build it
+/// first with `cargo build --workspace --bins` (or set
+/// [`bins::ALLOW_STALE_VAR`]`=1`).
 pub fn cargo_bin(name: &str) -> PathBuf {
     let exe_name = format!("{name}{}", std::env::consts::EXE_SUFFIX);
     let mut candidates = Vec::new();
@@ -608,6 +615,12 @@ pub fn cargo_bin(name: &str) -> PathBuf {
         candidates.push(PathBuf::from(p));
     }
     if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        if std::env::var_os(bins::ALLOW_STALE_VAR).is_none_or(|v| v != "1") {
+            let dep_info = PathBuf::from(format!("{}.d", found.display()));
+            if let Err(why) = bins::check_fresh(found, &dep_info) {
+                panic!("{}", bins::stale_message(name, found, &why));
+            }
+        }
         return found.clone();
     }
     let shown = candidates
@@ -669,7 +682,7 @@ mod tests {
     }
 
     /// A fresh private directory (this crate has no tempfile dependency).
-    fn tempfile_dir(name: &str) -> PathBuf {
+    pub(crate) fn tempfile_dir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!(
             "{name}-{}-{:016x}",
             std::process::id(),
