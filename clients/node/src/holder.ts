@@ -29,13 +29,45 @@ import { truncateHolderName, type ErrorCode, type Frame, type Grant, type Termin
 import { sameProcessAlive, waitGone } from "./proc";
 import { Scheduler, now, type Scheduled } from "./sched";
 import { Token } from "./token";
+import { TrustError, checkListener, checkSocketPath } from "./trust";
 
 /** The longest duration taken from the wire into a timer (7 days), SPEC.md §5. */
 export const MAX_WIRE_MS = 7 * 24 * 3600 * 1000;
+/** The shortest TTL a Tower believes (the protocol's minimum, SPEC.md §8.3). */
+export const MIN_TTL_MS = 50;
+/** The shortest renewal interval a Tower uses, whatever it is told. */
+export const MIN_RENEW_MS = 10;
 
-function clampMs(v: bigint, min = 0): number {
-  const n = v > BigInt(MAX_WIRE_MS) ? MAX_WIRE_MS : Number(v);
-  return Math.max(min, n);
+/** A duration from the wire, in 0 ..= {@link MAX_WIRE_MS}. */
+export function wireMs(v: bigint): number {
+  if (v < 0n) return 0;
+  return v > BigInt(MAX_WIRE_MS) ? MAX_WIRE_MS : Number(v);
+}
+
+/** A GRANT's durations as this holder uses them (ms). */
+export interface GrantTimes {
+  ttlMs: number;
+  windowMs: number;
+  renewEveryMs: number;
+  expiresInMs: number;
+}
+
+/**
+ * Clamps a GRANT's durations as SPEC.md §5 says (the same rules as the Rust
+ * `shellper_protocol::clamp::GrantTimes`): TTL in [50 ms, 7 d], window and
+ * expiry at most 7 d, the renewal interval in [max(10 ms, ttl/10), ttl/2] of
+ * the clamped TTL, so a shellper can neither make us renew in a busy loop nor
+ * let the lease lapse between renewals.
+ */
+export function clampGrant(g: Pick<Grant, "ttl_ms" | "window_ms" | "renew_every_ms" | "expires_in_ms">): GrantTimes {
+  const ttlMs = Math.max(MIN_TTL_MS, wireMs(g.ttl_ms));
+  const floor = Math.max(MIN_RENEW_MS, ttlMs / 10);
+  return {
+    ttlMs,
+    windowMs: wireMs(g.window_ms),
+    renewEveryMs: Math.min(Math.max(wireMs(g.renew_every_ms), floor), ttlMs / 2),
+    expiresInMs: wireMs(g.expires_in_ms),
+  };
 }
 
 export interface HolderOptions {
@@ -126,16 +158,26 @@ export class LeaseHolder extends EventEmitter {
 
   /**
    * Connects and acquires the lease. Rejects with a {@link LeaseError}
-   * (`BadToken`, `NotLeased` for a legacy shellper, `Terminating`, `Timeout`, …).
+   * (`BadToken`, `NotLeased` for a legacy shellper, `Terminating`, `Timeout`, …)
+   * or a {@link TrustError} when the socket is not provably ours: the token
+   * is sent only after the socket, its directory and the listening process
+   * were checked (see `trust.ts`), and only to the shellper we expect (the
+   * pid the WELCOME names must be ours to hold, when we know it).
    */
   async acquire(): Promise<Grant> {
     if (this.stateV === "held") throw new Error(`already holding ${this.socketPath}`);
+    checkSocketPath(this.socketPath);
     const { conn, welcome } = await Connection.open(this.socketPath, { timeoutMs: this.timeoutMs });
     try {
       if (!welcome.lease || !welcome.lease.leased) {
         throw new LeaseError("NotLeased", `${this.socketPath} runs in legacy mode (no lease)`);
       }
-      if (this.pid === undefined) this.pid = welcome.lease.shellperPid;
+      const served = welcome.lease.shellperPid;
+      if (this.pid !== undefined && served !== this.pid) {
+        throw new TrustError(`socket ${this.socketPath} is served by pid ${served}, but we expect pid ${this.pid}`);
+      }
+      checkListener(this.socketPath, served);
+      if (this.pid === undefined) this.pid = served;
       conn.send({
         kind: "ACQUIRE",
         msg: { token: this.token.bytes, holder: { name: this.name, pid: process.pid } },
@@ -148,12 +190,12 @@ export class LeaseHolder extends EventEmitter {
       conn.on("close", (err?: Error) => this.onClose(conn, err));
       this.stateV = "held";
       this.epochV = grant.epoch;
-      this.ttlMs = clampMs(grant.ttl_ms, 1);
-      // GRANT suggests the interval; never renew slower than TTL / 1.5 allows.
-      this.renewEveryMs = Math.min(clampMs(grant.renew_every_ms, 1), this.ttlMs / 1.5);
+      const times = clampGrant(grant);
+      this.ttlMs = times.ttlMs;
+      this.renewEveryMs = times.renewEveryMs;
       this.isUnresponsive = false;
       this.isLapsed = false;
-      this.acked(clampMs(grant.expires_in_ms));
+      this.acked(times.expiresInMs);
       this.emit("granted", { epoch: grant.epoch, grant });
       return grant;
     } catch (e) {
@@ -176,7 +218,7 @@ export class LeaseHolder extends EventEmitter {
     });
     try {
       const f = await conn.waitFor((f) => f.kind === "RELEASED", this.timeoutMs, "RELEASED");
-      return { killInMs: clampMs((f as Extract<Frame, { kind: "RELEASED" }>).msg.kill_in_ms) };
+      return { killInMs: wireMs((f as Extract<Frame, { kind: "RELEASED" }>).msg.kill_in_ms) };
     } finally {
       conn.close();
     }
@@ -305,7 +347,7 @@ export class LeaseHolder extends EventEmitter {
   private onFrame(f: Frame): void {
     switch (f.kind) {
       case "RENEWED":
-        if (this.stateV === "held" && f.msg.epoch === this.epochV) this.acked(clampMs(f.msg.expires_in_ms));
+        if (this.stateV === "held" && f.msg.epoch === this.epochV) this.acked(wireMs(f.msg.expires_in_ms));
         break;
       case "REVOKED":
         this.revoke(f.msg.old_epoch, f.msg.new_epoch, "REVOKED: another holder acquired the lease");

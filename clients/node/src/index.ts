@@ -10,7 +10,18 @@ export * as frames from "./frames";
 export { FrameDecoder, FrameError, encodeFrame, parseFrame, type Frame } from "./frames";
 export { DecodeError, Reader, Writer } from "./postcard";
 export { Connection, LeaseError, queryStatus } from "./conn";
-export { LeaseHolder, MAX_WIRE_MS, type HolderEvents, type HolderOptions, type HolderState } from "./holder";
+export {
+  LeaseHolder,
+  MAX_WIRE_MS,
+  MIN_RENEW_MS,
+  MIN_TTL_MS,
+  clampGrant,
+  wireMs,
+  type GrantTimes,
+  type HolderEvents,
+  type HolderOptions,
+  type HolderState,
+} from "./holder";
 export { Scheduler } from "./sched";
 export {
   InstanceLock,
@@ -34,5 +45,6 @@ export {
   type Spawned,
 } from "./spawn";
 export { Token } from "./token";
+export { TrustError, checkListener, checkSocketPath, listeningInodes } from "./trust";
 export { Tower, type AdoptReport, type Session, type SpawnRequest, type TowerEvents, type TowerOptions } from "./tower";
 export { procStat, sameProcessAlive, waitGone } from "./proc";

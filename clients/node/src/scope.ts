@@ -67,8 +67,24 @@ export function newShellperId(): string {
 const ID_RE = /^sh-[0-9a-f]{8}$/;
 const TOKEN_RE = /^[0-9a-f]{64}$/;
 
+/** Prefix of the registry's temporary files (the Rust tower-client's too, which removes stale ones). */
+export const REGISTRY_TMP_PREFIX = ".registry.json.tmp.";
+
+/** Device and inode of a file: what a path cannot fake when it is re-created. */
+interface FileId {
+  dev: number;
+  ino: number;
+}
+
+function idOf(st: fs.Stats): FileId {
+  return { dev: st.dev, ino: st.ino };
+}
+
 /** An opened (not locked) scope directory. */
 export class Scope {
+  /** What {@link lock} locked: the directory and `tower.lock`, by device and inode. */
+  private locked: { dir: FileId; lock: FileId } | undefined;
+
   private constructor(readonly dir: string) {}
 
   /**
@@ -139,7 +155,28 @@ export class Scope {
     fs.ftruncateSync(fd, 0);
     fs.writeSync(fd, String(process.pid), 0);
     fs.fsyncSync(fd);
+    this.locked = { dir: idOf(fs.lstatSync(this.dir)), lock: idOf(fs.fstatSync(fd)) };
     return new InstanceLock(fd);
+  }
+
+  /**
+   * Throws unless the scope directory and `tower.lock` are still the ones
+   * {@link lock} locked (device and inode): a Tower never writes through a
+   * scope that was replaced under it (deleted and re-created, a second
+   * Tower starting there).
+   */
+  verifyLocked(): void {
+    if (!this.locked) throw new ScopeError(`scope ${this.dir} is not locked by this Tower: nothing is written`);
+    const same = (p: string, want: FileId): string | undefined => {
+      try {
+        const st = fs.lstatSync(p);
+        return st.dev === want.dev && st.ino === want.ino ? undefined : `${p} was replaced`;
+      } catch (e) {
+        return `${p}: ${(e as Error).message}`;
+      }
+    };
+    const why = same(this.dir, this.locked.dir) ?? same(this.lockPath, this.locked.lock);
+    if (why) throw new ScopeError(`scope ${this.dir} is not the one this Tower locked (${why}): nothing is written`);
   }
 
   /** The pid written in `tower.lock` (the last Tower that locked it). */
@@ -164,18 +201,43 @@ export class Scope {
     return parseRegistry(text, this.registryPath);
   }
 
-  /** Replaces the registry atomically: `registry.json.tmp`, fsync, rename (0600). */
+  /**
+   * Replaces the registry atomically, as the Rust registry does (SPEC.md
+   * §2): checks the scope is still the one locked ({@link verifyLocked}),
+   * writes a temporary file of a unique name created exclusively (never
+   * following a symlink, mode 0600), fsyncs it, renames it over
+   * `registry.json` and fsyncs the directory so the rename itself is
+   * durable. On any failure the temporary file is removed and the previous
+   * registry stays.
+   */
   writeRegistry(reg: Registry): void {
-    const tmp = `${this.registryPath}.tmp`;
-    const fd = fs.openSync(tmp, "w", 0o600);
+    this.verifyLocked();
+    const text = JSON.stringify(reg, null, 2) + "\n";
+    const tmp = join(this.dir, `${REGISTRY_TMP_PREFIX}${process.pid}.${randomBytes(4).readUInt32BE(0)}`);
+    const { O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW } = fs.constants;
     try {
-      fs.fchmodSync(fd, 0o600);
-      fs.writeSync(fd, JSON.stringify(reg));
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
+      const fd = fs.openSync(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600);
+      try {
+        fs.writeSync(fd, text);
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+      fs.renameSync(tmp, this.registryPath);
+    } catch (e) {
+      try {
+        fs.unlinkSync(tmp);
+      } catch {
+        // never created, or renamed already
+      }
+      throw new ScopeError(`writing ${this.registryPath}: ${(e as Error).message}`);
     }
-    fs.renameSync(tmp, this.registryPath);
+    const dfd = fs.openSync(this.dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+    try {
+      fs.fsyncSync(dfd);
+    } finally {
+      fs.closeSync(dfd);
+    }
   }
 }
 

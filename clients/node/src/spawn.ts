@@ -40,12 +40,12 @@ export interface ShellperConfig {
 }
 
 /**
- * How the config reaches the shellper. `config-stdin` (the default) is the
- * form for Towers of ours; `argv` (config as the last argument, token on
- * stdin) is codev's historical form, kept for shellpers that predate
- * `--config-stdin`.
+ * How the config reaches the shellper: `config-stdin`, the only form this
+ * package writes. The argv form (config as the last argument) is codev's:
+ * it puts `env`, which usually holds secrets, in `/proc/PID/cmdline`, which
+ * every user of the host can read, so this package refuses it.
  */
-export type SpawnMode = "config-stdin" | "argv";
+export type SpawnMode = "config-stdin";
 
 export interface SpawnOptions {
   /** The shellper binary. */
@@ -83,10 +83,18 @@ export class SpawnError extends Error {
   }
 }
 
-/** argv and stdin for one spawn: the single place that knows the invocation forms. */
+/**
+ * argv and stdin for one spawn: the single place that knows the invocation.
+ * Nothing of the config is in argv; any mode but `config-stdin` (from
+ * JavaScript, or an older caller asking for `argv`) is refused.
+ */
 export function invocation(mode: SpawnMode, config: ShellperConfig, token: Token): { args: string[]; stdin: string } {
+  if (mode !== "config-stdin") {
+    throw new RangeError(
+      `spawn mode ${JSON.stringify(mode)} is not supported: only config-stdin (the argv form would put the environment in /proc/PID/cmdline)`,
+    );
+  }
   const json = JSON.stringify(config);
-  if (mode === "argv") return { args: [json], stdin: `${token.revealHex()}\n` };
   return { args: ["--config-stdin"], stdin: `${token.revealHex()}\n${json}\n` };
 }
 

@@ -47,8 +47,14 @@ export interface Session {
   readonly holder: LeaseHolder;
 }
 
-/** Tower events: every holder event, with the shellper's id first. */
-export type TowerEvents = { [K in keyof HolderEvents]: [string, ...HolderEvents[K]] };
+/**
+ * Tower events: every holder event, with the shellper's id first; and
+ * `registryError` when dropping an entry could not be written (the scope
+ * was replaced under the Tower, the disk is full): the entry stays on disk.
+ */
+export type TowerEvents = { [K in keyof HolderEvents]: [string, ...HolderEvents[K]] } & {
+  registryError: [string, Error];
+};
 
 export interface AdoptReport {
   adopted: string[];
@@ -231,10 +237,15 @@ export class Tower extends EventEmitter {
     this.scope.writeRegistry(reg);
   }
 
+  /** Drops `id` from the sessions and the registry. Called from holder events: never throws. */
   private forget(id: string): void {
     this.sessions.delete(id);
-    const reg = this.scope.readRegistry();
-    const kept = reg.shellpers.filter((e) => e.id !== id);
-    if (kept.length !== reg.shellpers.length) this.scope.writeRegistry({ schema_version: 1, shellpers: kept });
+    try {
+      const reg = this.scope.readRegistry();
+      const kept = reg.shellpers.filter((e) => e.id !== id);
+      if (kept.length !== reg.shellpers.length) this.scope.writeRegistry({ schema_version: 1, shellpers: kept });
+    } catch (e) {
+      this.emit("registryError", id, e as Error);
+    }
   }
 }

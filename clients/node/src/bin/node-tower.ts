@@ -7,25 +7,27 @@
  *
  *   node-tower --scope DIR [--shellper BIN] [--ttl DUR] [--window DUR]
  *              [--claim DUR] [--kill-grace DUR] [--spawn N]
- *              [--on-exit detach|terminate] [--mode config-stdin|argv]
- *              [--name NAME] [-- CMD ARGS…]
+ *              [--on-exit detach|terminate] [--name NAME] [-- CMD ARGS…]
  *
  * Durations: `500ms`, `3s`, `10m`, or plain milliseconds.
  */
 import { parseArgs } from "node:util";
-import { Tower, type SpawnMode } from "../index";
+import { Tower } from "../index";
 
 const USAGE = `node-tower: a reference Tower on shellper-lease (the Node counterpart of minitower)
 
 Usage: node-tower [--scope DIR] [--shellper BIN] [--ttl DUR] [--window DUR]
                   [--claim DUR] [--kill-grace DUR] [--spawn N]
-                  [--on-exit detach|terminate] [--mode config-stdin|argv]
-                  [--name NAME] [-- CMD ARGS...]
+                  [--on-exit detach|terminate] [--name NAME] [-- CMD ARGS...]
 
 Holds the lease of every shellper listed in the scope's registry that is still
 alive (adopting it with the stored token), spawns --spawn N new shellpers
 running CMD, and prints one JSON line per event (adopted, spawned, ready,
 granted, unresponsive, responsive, lapsed, revoked, exited, lost, refused).
+Shellpers get their token and config on stdin (--config-stdin): nothing of
+the config, the environment included, is in their argv. Before sending a token
+it checks that the socket and its directory are ours and that the process the
+socket's WELCOME names runs as us and holds the listening socket.
 On SIGINT/SIGTERM it detaches (default: the shellpers wait for the next Tower
 during their window) or, with --on-exit terminate, kills every tree it holds.
 
@@ -38,7 +40,6 @@ Options:
                      or plain milliseconds
   --spawn N          spawn N shellpers running CMD (default 0)
   --on-exit WHAT     detach (default) or terminate
-  --mode MODE        how the shellper gets its token: config-stdin or argv
   --name NAME        holder name shown by leasectl (default node-tower@PID)
   -h, --help         this text
 `;
@@ -69,7 +70,6 @@ async function main(): Promise<number> {
       "kill-grace": { type: "string" },
       spawn: { type: "string", default: "0" },
       "on-exit": { type: "string", default: "detach" },
-      mode: { type: "string" },
       name: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
@@ -96,12 +96,12 @@ async function main(): Promise<number> {
     ...(values.scope ? { scope: values.scope } : {}),
     ...(values.shellper ? { shellperBin: values.shellper } : {}),
     ...(values.name ? { name: values.name } : {}),
-    ...(values.mode ? { spawnMode: values.mode as SpawnMode } : {}),
     lease,
   });
   for (const ev of ["granted", "unresponsive", "responsive", "lapsed", "revoked", "exited", "lost", "refused"] as const) {
     tower.on(ev, (id: string, info: object) => out({ event: ev, id, ...info }));
   }
+  tower.on("registryError", (id: string, e: Error) => out({ event: "registry_error", id, error: e.message }));
   const adopt = await tower.adoptAll();
   for (const id of adopt.adopted) out({ event: "adopted", id, pid: tower.sessions.get(id)?.entry.pid });
   for (const id of adopt.gone) out({ event: "gone", id });
