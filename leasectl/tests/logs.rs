@@ -44,14 +44,14 @@ fn stop_tower(mut tower: Tower) {
     }
 }
 
-/// The `conn=N` numbers of the "client attached" lines of `text`.
+/// The connection numbers of the "WELCOME sent: …, connection N" lines of
+/// `text` (one per STATUS query).
 fn attached_conns(text: &str) -> Vec<u64> {
     text.lines()
-        .filter(|l| l.contains("client attached"))
+        .filter(|l| l.contains("WELCOME sent"))
         .filter_map(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("conn="))
-                .and_then(|n| n.parse().ok())
+            l.rsplit_once("connection ")
+                .and_then(|(_, n)| n.trim().parse().ok())
         })
         .collect()
 }
@@ -125,7 +125,7 @@ fn logs_prints_and_follows_across_rotations() {
             "the log rotated only {} time(s) after {queries} queries",
             inodes.len() - 1
         );
-        // Each STATUS query is two debug lines in the shellper's log.
+        // Each STATUS query is four debug lines in the shellper's log.
         let out = leasectl(&guard, &scope)
             .args(["--timeout", "3s", "show", &id])
             .output()
@@ -142,8 +142,8 @@ fn logs_prints_and_follows_across_rotations() {
     }
     assert!(rotated.exists());
     // The last query's lines reach the follower. The live file may hold no
-    // "client attached" line yet (the rotation can fall between a query's
-    // two lines, so the new file starts with "connection closed"): query
+    // "WELCOME sent" line yet (the rotation can fall between a query's
+    // two lines, so the new file starts with "Connection N closed"): query
     // until it does.
     let last = loop {
         let live = std::fs::read_to_string(&log).unwrap_or_default();
@@ -161,7 +161,7 @@ fn logs_prints_and_follows_across_rotations() {
         wait_until(Duration::from_secs(10), || {
             attached_conns(&String::from_utf8_lossy(&seen.lock().unwrap())).contains(&last)
         }),
-        "the follower never printed conn={last}"
+        "the follower never printed connection {last}"
     );
     signal(follower.id(), libc::SIGINT);
     let status = follower.wait().unwrap();

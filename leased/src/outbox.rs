@@ -157,6 +157,13 @@ impl Lanes {
         Pushed::Queued
     }
 
+    /// The next control frame only (the writer, waiting at a barrier).
+    pub fn pop_control(&mut self) -> Option<Frame> {
+        let (f, cost) = self.control.pop_front()?;
+        self.control_bytes -= cost;
+        Some(f)
+    }
+
     /// Next thing for the writer: control frames first.
     pub fn pop(&mut self) -> Option<Out> {
         if let Some((f, cost)) = self.control.pop_front() {
@@ -259,6 +266,15 @@ impl Outbox {
 
     pub fn dropped(&self) -> u64 {
         self.with(|l| l.dropped)
+    }
+
+    /// The next control frame, if one is queued (without waiting): what the
+    /// writer still writes while the ordered lane waits at a barrier.
+    pub fn try_control(&self) -> Option<Frame> {
+        self.lanes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_control()
     }
 
     /// Waits for the next frame or barrier; `None` once closed and empty.
@@ -401,6 +417,20 @@ mod tests {
             Some(Out::Frame(Frame::Data(Bytes::from_static(b"after"))))
         );
         assert_eq!(l.data_bytes(), 0);
+    }
+
+    #[test]
+    fn control_frames_can_be_taken_past_a_barrier() {
+        let mut l = Lanes::default();
+        l.push_barrier();
+        l.push_ordered(Frame::Exit(ExitMsg::exited(0)));
+        l.push_control(err());
+        assert!(matches!(l.pop(), Some(Out::Frame(Frame::Error(_)))));
+        assert_eq!(l.pop(), Some(Out::AwaitPeerRead));
+        l.push_control(err());
+        assert!(matches!(l.pop_control(), Some(Frame::Error(_))));
+        assert!(l.pop_control().is_none());
+        assert!(matches!(l.pop(), Some(Out::Frame(Frame::Exit(_)))));
     }
 
     #[test]

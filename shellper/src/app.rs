@@ -6,7 +6,9 @@
 //!    stdin at /dev/null, become a child subreaper;
 //! 3. on the runtime: open the log, bind the socket, spawn the PTY child
 //!    (failures: exit 3, socket removed);
-//! 4. write the info line and close stdout, send stderr to the log;
+//! 4. log "Shellper started", "PTY spawned", "Socket listening" (codev reads
+//!    them as soon as stdout closes), then write the info line and close
+//!    stdout, send stderr to the log;
 //! 5. run until the lease enforcer says "terminate", then run the kill ladder,
 //!    report TERMINATED to the holder, remove the socket and exit with the
 //!    code that says why.
@@ -236,6 +238,8 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
         child,
         lease: lease.clone(),
     };
+    // Legacy mode (codev's Tower): every connection in the log, as codev's
+    // own shellper writes it.
     let server = Arc::new(
         Server::new(
             session,
@@ -246,20 +250,16 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
                 write_stall: cfg.write_stall,
             },
         )
-        .with_cgroup(cfg.cgroup.clone()),
+        .with_cgroup(cfg.cgroup.clone())
+        .log_connections(!leased),
     );
     let stop = CancellationToken::new();
     tokio::spawn(server.clone().accept_loop(listener, stop.clone()));
     watch_signals(lease.clone());
 
-    if let Err(e) = startup::write_info_line(std::process::id(), hub.start_time_ms) {
-        tracing::warn!(error = %e, "info line");
-    }
-    if let Err(e) = startup::stderr_to(&log_path) {
-        tracing::warn!(error = %e, "stderr to log");
-    }
     // The first three lines are codev's, word for word: its tests and its
-    // operators grep the log for them.
+    // operators grep the log for them, and read it as soon as the info line
+    // is out (stdout closed): they are written (synchronously) before it.
     tracing::info!(
         leased,
         ttl_ms = ms(cfg.lease.ttl),
@@ -277,6 +277,12 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
         cfg.rows
     );
     tracing::info!("Socket listening: {}", cfg.socket_path.display());
+    if let Err(e) = startup::write_info_line(std::process::id(), hub.start_time_ms) {
+        tracing::warn!(error = %e, "info line");
+    }
+    if let Err(e) = startup::stderr_to(&log_path) {
+        tracing::warn!(error = %e, "stderr to log");
+    }
 
     let t = term_rx.await.unwrap_or(Termination {
         reason: TerminateReason::Signal,

@@ -104,11 +104,17 @@ impl Hub {
     /// (unless a status client or `replay:false`), then EXIT if the child
     /// already exited (codev #905: late clients must learn of the exit).
     ///
-    /// The retained EXIT goes behind a barrier: it is written only once the
-    /// client has read WELCOME and REPLAY. codev's client handles every
-    /// frame of its first read synchronously, before its `SessionManager`
-    /// attaches the exit listener; an EXIT in that read is lost and the
-    /// session stays "running" for ever (SPEC §7).
+    /// Every EXIT a client gets, the retained one and one of a child that
+    /// exits later, goes behind a barrier placed right after WELCOME and
+    /// REPLAY: it is written only once the client has read them. codev's
+    /// client handles every frame of the read that completes WELCOME
+    /// synchronously, before its `SessionManager` attaches the exit
+    /// listener (after `connect()` resolves); an EXIT in that read is lost
+    /// and the session stays "running" for ever (SPEC §7). A child that
+    /// exits just after the client connected (a keystroke from another
+    /// terminal ends it) must not put its EXIT there either. The barrier
+    /// holds the ordered lane only (REPLAY, DATA, EXIT): control frames go
+    /// on.
     pub fn register(
         &self,
         conn: ConnId,
@@ -138,11 +144,11 @@ impl Hub {
                 .max(REPLAY_MIN);
             outbox.ordered(Frame::Replay(g.replay.snapshot_tail(room)));
         }
-        if hello.client_type != ClientType::Status
-            && let Some(exit) = g.exit.clone()
-        {
+        if hello.client_type != ClientType::Status {
             outbox.barrier();
-            outbox.ordered(Frame::Exit(exit));
+            if let Some(exit) = g.exit.clone() {
+                outbox.ordered(Frame::Exit(exit));
+            }
         }
         g.clients.insert(
             conn,
@@ -327,6 +333,53 @@ mod tests {
         assert_eq!(out[2], Out::AwaitPeerRead);
         assert!(matches!(&out[3], Out::Frame(Frame::Exit(e)) if e.code == Some(3)));
         assert_eq!(out.len(), 4);
+    }
+
+    /// A child that exits after the client registered: its EXIT (and any
+    /// output) is behind the barrier too, never in the read that brings
+    /// WELCOME; a lease-only tower (no REPLAY) gets the barrier after
+    /// WELCOME.
+    #[tokio::test]
+    async fn exit_after_the_client_connected_waits_behind_the_barrier() {
+        for hello in [
+            Hello::v1(ClientType::Tower),
+            Hello {
+                replay: Some(false),
+                data: Some(false),
+                lease: Some(1),
+                ..Hello::v1(ClientType::Tower)
+            },
+        ] {
+            let hub = Hub::new(&spec(), Some(42), 100, 1000);
+            let o = Arc::new(Outbox::new());
+            hub.register(1, &hello, 9, o.clone(), None);
+            hub.output(0, b"bye");
+            hub.child_exited(
+                0,
+                ExitMsg::exited(7),
+                ChildState::Exited {
+                    code: Some(7),
+                    signal: None,
+                },
+            );
+            let out = drain_out(&o).await;
+            let barrier = out
+                .iter()
+                .position(|x| *x == Out::AwaitPeerRead)
+                .expect("a barrier");
+            let exit = out
+                .iter()
+                .position(|x| matches!(x, Out::Frame(Frame::Exit(e)) if e.code == Some(7)))
+                .expect("the EXIT");
+            assert!(matches!(&out[0], Out::Frame(Frame::Welcome(_))), "{out:?}");
+            assert!(barrier < exit, "{out:?}");
+            assert!(
+                out[..barrier]
+                    .iter()
+                    .all(|x| matches!(x, Out::Frame(Frame::Welcome(_) | Frame::Replay(_)))),
+                "only WELCOME and REPLAY before the barrier: {out:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -130,6 +130,9 @@ struct Session {
     pid: u32,
     socket: PathBuf,
     log: PathBuf,
+    /// The log as it was the moment stdout closed (codev's "spawned with
+    /// file stderr survives parent exit" test reads it then).
+    log_at_info: String,
     _dir: tempfile::TempDir,
 }
 
@@ -215,6 +218,7 @@ impl Session {
             .unwrap()
             .read_to_string(&mut out)
             .unwrap();
+        let log_at_info = std::fs::read_to_string(&log).unwrap_or_default();
         let info: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| {
             panic!(
                 "info line {out:?}: {e}; log: {}",
@@ -241,6 +245,7 @@ impl Session {
             pid,
             socket,
             log,
+            log_at_info,
             _dir: dir,
         };
         // waitForSocket: codev polls for the file.
@@ -344,11 +349,22 @@ impl CodevClient {
     /// is deliberately late (Node's event loop is busy elsewhere), so that
     /// everything the shellper writes at once lands in that one read.
     fn connect(socket: &Path) -> CodevClient {
+        let stream = Self::hello(socket);
+        std::thread::sleep(Duration::from_millis(150));
+        Self::first_read(stream)
+    }
+
+    /// The connection and its HELLO, nothing read yet.
+    fn hello(socket: &Path) -> UnixStream {
         let mut stream = UnixStream::connect(socket).unwrap();
         stream
             .write_all(&frame(0x08, br#"{"version":1,"clientType":"tower"}"#))
             .unwrap();
-        std::thread::sleep(Duration::from_millis(150));
+        stream
+    }
+
+    /// The read that completes WELCOME, and what codev makes of it.
+    fn first_read(mut stream: UnixStream) -> CodevClient {
         stream.set_read_timeout(Some(T)).unwrap();
         let mut buf = Vec::new();
         let mut chunk = vec![0u8; 1 << 20];
@@ -546,6 +562,115 @@ fn codev_husk_lingers_replays_its_exit_in_a_later_read_and_restarts_in_place() {
         drop(t3);
         let st = s.kill();
         assert_eq!(st.code(), Some(0), "{launch:?}");
+        guard.finish();
+    }
+}
+
+/// A child that exits right after the Tower connected (a keystroke from a
+/// terminal client ends it) while the Tower has not read yet: its EXIT
+/// must not share the Tower's first read with WELCOME (codev would lose
+/// it: its exit listener is attached after `connect()` resolves). It used
+/// to be there every time; every EXIT now waits until WELCOME and REPLAY
+/// have been read.
+#[test]
+fn codev_exit_right_after_connect_is_never_in_the_first_read() {
+    for launch in launches() {
+        let guard = LeakGuard::new("codev_dropin_exit_race");
+        let mut s = Session::create(
+            &guard,
+            &launch,
+            "/bin/sh",
+            &["-c", "read x; echo bye-$x; exit 7"],
+            &[],
+        );
+        let tower = CodevClient::hello(&s.socket);
+        // The shellper has answered (WELCOME, REPLAY written, unread).
+        std::thread::sleep(Duration::from_millis(200));
+        let mut term = UnixStream::connect(&s.socket).unwrap();
+        term.write_all(&frame(0x08, br#"{"version":1,"clientType":"terminal"}"#))
+            .unwrap();
+        term.write_all(&frame(DATA, b"now\n")).unwrap();
+        let end = Instant::now() + T;
+        while !s.log().contains("PTY exited") {
+            assert!(
+                Instant::now() < end,
+                "{launch:?}: child never exited:\n{}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // Node's event loop gets to the socket only now.
+        let mut tower = CodevClient::first_read(tower);
+        assert_eq!(tower.exit(), r#"{"code":7,"signal":"0"}"#, "{launch:?}");
+        drop(term);
+        drop(tower);
+        let st = s.kill();
+        assert_eq!(st.code(), Some(0), "{launch:?}");
+        guard.finish();
+    }
+}
+
+/// codev reads the session log as soon as stdout closes: its first three
+/// lines are there before the info line is written. Several launches, as
+/// the race was lost now and then.
+#[test]
+fn codev_startup_lines_are_in_the_log_before_the_info_line() {
+    for launch in launches() {
+        for _ in 0..5 {
+            let guard = LeakGuard::new("codev_dropin_log_order");
+            let mut s = Session::create(&guard, &launch, "/bin/sh", &["-c", "exec sleep 30"], &[]);
+            for line in ["Shellper started", "PTY spawned", "Socket listening"] {
+                assert!(
+                    s.log_at_info.contains(line),
+                    "{launch:?}: {line:?} not in the log when stdout closed:\n{}",
+                    s.log_at_info
+                );
+            }
+            s.kill();
+            guard.finish();
+        }
+    }
+}
+
+/// Under codev's Tower the session log tells each connection, as codev's
+/// shellper does: accepted, HELLO with the client type, WELCOME, closed.
+/// A status reader (leasectl) is not logged at the default level.
+#[test]
+fn codev_connections_are_logged() {
+    for launch in launches() {
+        let guard = LeakGuard::new("codev_dropin_conn_log");
+        let mut s = Session::create(&guard, &launch, "/bin/sh", &["-c", "exec sleep 30"], &[]);
+        let tower = CodevClient::connect(&s.socket);
+        drop(tower);
+        let mut status = UnixStream::connect(&s.socket).unwrap();
+        status
+            .write_all(&frame(0x08, br#"{"version":1,"clientType":"status"}"#))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        drop(status);
+        let end = Instant::now() + T;
+        let wanted = [
+            "Connection accepted",
+            "HELLO: version=1, clientType=tower",
+            "WELCOME sent: pid=",
+            "Connection 1 closed",
+        ];
+        while !wanted.iter().all(|w| s.log().contains(w)) {
+            assert!(
+                Instant::now() < end,
+                "{launch:?}: log lacks {wanted:?}:\n{}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let log = s.log();
+        assert!(
+            !log.contains("clientType=status"),
+            "{launch:?}: status readers stay quiet:\n{log}"
+        );
+        s.kill();
         guard.finish();
     }
 }

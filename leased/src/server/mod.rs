@@ -267,6 +267,10 @@ pub struct Server<S> {
     large_frames: Arc<tokio::sync::Semaphore>,
     /// The session's cgroup (SPEC.md §9.1), reported in STATUS.
     cgroup: Option<std::path::PathBuf>,
+    /// Log each connection (accepted, HELLO, WELCOME, closed) at the
+    /// default level, as codev's shellper does: see
+    /// [`Server::log_connections`].
+    log_connections: bool,
 }
 
 type Frames = reader::FrameReader;
@@ -285,6 +289,29 @@ impl<S: Session> Server<S> {
             slots: Slots::new(MAX_CONNECTIONS, RESERVED_CONNECTIONS),
             my_uid: rustix::process::geteuid().as_raw(),
             cgroup: None,
+            log_connections: false,
+        }
+    }
+
+    /// Logs every tower and terminal connection at INFO (otherwise DEBUG):
+    /// "Connection accepted", "HELLO: version=1, clientType=tower",
+    /// "WELCOME sent: pid=…, version=1", "Connection N closed", the lines
+    /// codev's own shellper writes, which operators read when a session
+    /// misbehaves under codev's Tower (the legacy invocation turns this
+    /// on). Status readers (leasectl) stay at DEBUG: a `watch` would flood
+    /// the log.
+    pub fn log_connections(mut self, on: bool) -> Self {
+        self.log_connections = on;
+        self
+    }
+
+    /// One connection event, at INFO when [`Self::log_connections`] is on
+    /// and the client is not a status reader (`None`: not known yet).
+    fn conn_event(&self, kind: Option<ClientType>, msg: std::fmt::Arguments<'_>) {
+        if self.log_connections && kind != Some(ClientType::Status) {
+            tracing::info!("{msg}");
+        } else {
+            tracing::debug!("{msg}");
         }
     }
 
@@ -432,6 +459,7 @@ impl<S: Session> Server<S> {
         let Some(peer_pid) = sock::peer_pid_if_same_uid(&stream, self.my_uid) else {
             return;
         };
+
         let Some(slot) = self.slots.acquire() else {
             tracing::warn!(peer_pid, "too many connections; refusing");
             sock::refuse_busy(stream).await;
@@ -483,6 +511,20 @@ impl<S: Session> Server<S> {
                 ));
             }
             Some(hello) => {
+                let kind = hello.client_type;
+                // Logged once the kind is known, so status readers stay quiet.
+                self.conn_event(
+                    Some(kind),
+                    format_args!("Connection accepted: connection {id}, peer pid {peer_pid}"),
+                );
+                self.conn_event(
+                    Some(kind),
+                    format_args!(
+                        "HELLO: version={}, clientType={}, connection {id}",
+                        hello.version,
+                        client_type_name(kind)
+                    ),
+                );
                 conn.kind = hello.client_type;
                 conn.lease_version = shellper_protocol::negotiated_lease_version(hello.lease);
                 let lease = conn.lease_version.map(|version| WelcomeLease {
@@ -501,7 +543,14 @@ impl<S: Session> Server<S> {
                     c.kind = hello.client_type;
                     c.attached = true;
                 }
-                tracing::debug!(conn = id, peer_pid, kind = ?hello.client_type, "client attached");
+                self.conn_event(
+                    Some(kind),
+                    format_args!(
+                        "WELCOME sent: pid={}, version={}, connection {id}",
+                        self.session.worker().pid.map_or(-1, i64::from),
+                        shellper_protocol::PROTOCOL_VERSION
+                    ),
+                );
                 if hello.client_type == ClientType::Tower && !self.lease.is_leased() {
                     self.legacy_acquire(&conn).await;
                 }
@@ -514,7 +563,7 @@ impl<S: Session> Server<S> {
         // Always tell the enforcer: it ignores connections that never held.
         self.lease.disconnected(id);
         conn.outbox.close();
-        tracing::debug!(conn = id, "connection closed");
+        self.conn_event(Some(conn.kind), format_args!("Connection {id} closed"));
     }
 
     fn protocol_error(&self, conn: &Conn<S::Conn>, e: CodecError) {
@@ -665,6 +714,15 @@ impl<S: Session> Server<S> {
             // unknown types: ignored (v1 semantics).
             _ => {}
         }
+    }
+}
+
+/// The wire name of a client type (`tower`, `terminal`, `status`).
+fn client_type_name(k: ClientType) -> &'static str {
+    match k {
+        ClientType::Tower => "tower",
+        ClientType::Terminal => "terminal",
+        ClientType::Status => "status",
     }
 }
 

@@ -23,11 +23,12 @@ use crate::sock::{Half, Stream};
 
 /// How long the writer keeps flushing queued frames after a close.
 pub(super) const FLUSH_ON_CLOSE: Duration = Duration::from_secs(2);
-/// Longest wait at a barrier for the peer to read what was written before
-/// it (a peer that reads nothing for this long gets the rest anyway).
-const PEER_READ_WAIT: Duration = Duration::from_secs(1);
-/// How often the writer looks at the socket's unread byte count there.
-const PEER_READ_POLL: Duration = Duration::from_millis(2);
+/// How often the writer first looks at the socket's unread byte count at a
+/// barrier; the interval doubles up to [`PEER_READ_POLL_MAX`], so a peer
+/// that reads at once is seen within a millisecond or two and an idle one
+/// costs a few syscalls a second.
+const PEER_READ_POLL: Duration = Duration::from_millis(1);
+const PEER_READ_POLL_MAX: Duration = Duration::from_millis(50);
 
 /// Writes frames from the outbox, in priority order, until it is closed
 /// and drained, the connection is cancelled, or a write fails or stalls.
@@ -50,7 +51,12 @@ pub(super) async fn writer(
         let Some(out) = next else {
             break;
         };
-        if let Err(why) = write_out(&mut w, &mut buf, &out, stall).await {
+        let written = match &out {
+            // The ordered lane waits for the peer; control frames go on.
+            Out::AwaitPeerRead => await_peer_read(&mut w, &mut buf, &outbox, &cancel, stall).await,
+            Out::Frame(f) => write_frame(&mut w, &mut buf, f, stall).await,
+        };
+        if let Err(why) = written {
             tracing::info!(error = %why, "write failed; closing the connection");
             abort_connection(&outbox, &w, &cancel);
             return;
@@ -61,7 +67,11 @@ pub(super) async fn writer(
     outbox.close();
     let flushed = tokio::time::timeout(FLUSH_ON_CLOSE, async {
         while let Some(out) = outbox.next().await {
-            write_out(&mut w, &mut buf, &out, stall).await?;
+            match &out {
+                // Closing: what is left goes out without waiting.
+                Out::AwaitPeerRead => {}
+                Out::Frame(f) => write_frame(&mut w, &mut buf, f, stall).await?,
+            }
         }
         Ok::<(), io::Error>(())
     })
@@ -79,44 +89,51 @@ fn abort_connection(outbox: &Outbox, w: &Half, cancel: &CancellationToken) {
     w.shutdown(rustix::net::Shutdown::Both);
 }
 
-/// Writes a frame, or waits at a barrier.
-async fn write_out(
+/// Waits at a barrier until the peer has read every byte written so far
+/// (the socket's send queue, `SIOCOUTQ`, is empty): what is written next
+/// then reaches the peer in a read of its own (SPEC §7: no EXIT in the read
+/// that brings WELCOME). Control frames queued meanwhile are written (they
+/// are not held by the barrier). The wait is bounded by the write stall
+/// limit, like any write: a peer that reads nothing for that long gets the
+/// rest anyway (its next write stall then closes it). A cancelled
+/// connection stops waiting.
+async fn await_peer_read(
     w: &mut Half,
     buf: &mut bytes::BytesMut,
-    out: &Out,
+    outbox: &Outbox,
+    cancel: &CancellationToken,
     stall: Duration,
 ) -> io::Result<()> {
-    match out {
-        Out::Frame(f) => write_frame(w, buf, f, stall).await,
-        Out::AwaitPeerRead => {
-            await_peer_read(w).await;
-            Ok(())
-        }
-    }
-}
-
-/// Waits until the peer has read every byte written so far (the socket's
-/// send queue, `SIOCOUTQ`, is empty), at most [`PEER_READ_WAIT`]. What is
-/// written next then reaches the peer in a read of its own.
-async fn await_peer_read(w: &Half) {
     use std::os::fd::AsFd;
-    let deadline = tokio::time::Instant::now() + PEER_READ_WAIT;
+    let deadline = tokio::time::Instant::now() + stall;
+    let mut poll = PEER_READ_POLL;
     loop {
+        while let Some(f) = outbox.try_control() {
+            write_frame(w, buf, &f, stall).await?;
+        }
         let unread = match &*w.0 {
             Stream::UdSocket(s) => unread_bytes(s.as_fd()),
         };
         match unread {
-            Ok(0) => return,
+            Ok(0) => return Ok(()),
             Ok(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(PEER_READ_POLL).await;
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(poll) => {}
+                }
+                poll = (poll * 2).min(PEER_READ_POLL_MAX);
             }
             Ok(left) => {
-                tracing::debug!(left, "peer did not read within the barrier wait");
-                return;
+                tracing::info!(
+                    left,
+                    "peer read nothing at a barrier for {stall:?}; writing on"
+                );
+                return Ok(());
             }
             Err(e) => {
                 tracing::debug!(error = %e, "SIOCOUTQ");
-                return;
+                return Ok(());
             }
         }
     }
