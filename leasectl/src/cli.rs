@@ -47,7 +47,7 @@ Examples:
   leasectl kill sh-0123abcd              end it (whole tree, confirmed)
   leasectl attach sh-0123abcd            a terminal on it (ctrl-] d detaches)
   leasectl logs -f sh-0123abcd           its log, followed across rotations
-  leasectl metrics -o /var/lib/node_exporter/textfile/shellper.prom
+  leasectl metrics -o /var/lib/node_exporter/textfile/shellper.prom --mode 0640
                                          Prometheus text format, written atomically
   leasectl prune                         what gone shellpers left (dry run)
   leasectl prune --yes                   remove it
@@ -106,10 +106,24 @@ Families (every one labelled with scope; per shellper also id):
   counters: shellper_lease_{acquires,renewals,rejected_tokens,stale_epochs,
   revocations,lapses,stalls}_total, shellper_protocol_errors_total
 
+What the labels hold: scope (the scope directory), id (sh-XXXXXXXX), pid,
+version, phase, kind (client type), leased; and command: the session's command
+line as it was started, arguments included, which may hold secrets (a token
+passed as an argument). That is why -o writes FILE with mode 0600 unless
+--mode says otherwise.
+
+Files for node_exporter's textfile collector: node_exporter usually runs as a
+user of its own and must read FILE. Either --mode 0640 with FILE's directory
+in node_exporter's group (chgrp node_exporter DIR; chmod 2770 DIR: new files
+take the group), so only node_exporter reads the command lines; or --mode 0644
+when every user of the host may see them. The default 0600 suits a file under
+your runtime directory ($XDG_RUNTIME_DIR) read by a collector of your own.
+
 Examples (node_exporter --collector.textfile.directory=/var/lib/node_exporter/textfile):
   leasectl metrics                                   print to stdout
-  leasectl metrics -o /var/lib/node_exporter/textfile/shellper.prom
-  crontab: * * * * * leasectl metrics -o /var/lib/node_exporter/textfile/shellper.prom
+  leasectl metrics -o $XDG_RUNTIME_DIR/shellper.prom   mode 0600 (the default)
+  leasectl metrics -o /var/lib/node_exporter/textfile/shellper.prom --mode 0640
+  crontab: * * * * * leasectl metrics -o /var/lib/node_exporter/textfile/shellper.prom --mode 0640
   without -o: leasectl metrics > f.prom.tmp && mv f.prom.tmp f.prom
   a systemd timer: contrib/systemd/leasectl-metrics.{service,timer}
 
@@ -333,9 +347,14 @@ pub enum Command {
     #[command(after_long_help = METRICS_HELP)]
     Metrics {
         /// Write to FILE atomically (hidden temporary file in the same
-        /// directory, mode 0644, then rename) instead of stdout
+        /// directory, then rename) instead of stdout
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Permissions of FILE, in octal: 0600 (default: the labels hold
+        /// command lines), 0640 or 0644 for a collector running as another
+        /// user (see below)
+        #[arg(long, value_name = "OCTAL", default_value = "0600", value_parser = parse_mode, requires = "output")]
+        mode: u32,
     },
     /// Remove what gone shellpers left: registry entries, socket files
     /// nothing listens on, old logs; and keep the scope's logs under a cap.
@@ -369,6 +388,27 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+/// Parses an octal file mode for `metrics --mode` (permission bits only,
+/// owner read-write, nobody else writing).
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let m = u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .map_err(|_| format!("{s:?} is not an octal mode (0600, 0640, 0644)"))?;
+    if m > 0o777 {
+        return Err(format!("{s}: only permission bits (at most 0777)"));
+    }
+    if m & 0o600 != 0o600 {
+        return Err(format!(
+            "{s}: the owner must be able to read and write it (0600 at least)"
+        ));
+    }
+    if m & 0o022 != 0 {
+        return Err(format!(
+            "{s}: group or others could write it; 0640 or 0644 at most"
+        ));
+    }
+    Ok(m)
 }
 
 /// Parses a humantime duration (`500ms`, `3s`, `10m`).

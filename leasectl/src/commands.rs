@@ -114,8 +114,8 @@ pub async fn run(cli: Cli) -> Result<i32> {
             };
             crate::logs::run(&scope, o).await
         }
-        Command::Metrics { output } => {
-            crate::metrics::run(&scope, timeout, output.as_deref()).await
+        Command::Metrics { output, mode } => {
+            crate::metrics::run(&scope, timeout, output.as_deref(), mode).await
         }
         Command::Prune {
             yes,

@@ -432,12 +432,17 @@ pub fn render(scan: &Scan, extras: &Extras) -> String {
     e.finish()
 }
 
-/// `leasectl metrics [--output FILE]`: sweeps the scope and prints (or
-/// writes atomically) the exposition. Returns the exit code: 0 when the
+/// `leasectl metrics [--output FILE [--mode OCTAL]]`: sweeps the scope and
+/// prints (or writes atomically, with permissions `mode`) the exposition. Returns the exit code: 0 when the
 /// metrics were produced (problems of the scope are in them:
 /// `shellper_registry_readable 0`, phases `dead`/`unreachable`), errors
 /// (an unusable scope, an unwritable FILE) are returned as such (exit 2).
-pub async fn run(scope: &Path, timeout: std::time::Duration, output: Option<&Path>) -> Result<i32> {
+pub async fn run(
+    scope: &Path,
+    timeout: std::time::Duration,
+    output: Option<&Path>,
+    mode: u32,
+) -> Result<i32> {
     let started = std::time::Instant::now();
     let scan = crate::scan::scan_scope(scope, timeout, None).await?;
     let prunable = crate::prune::plan_scope(&scan, &tower_client::TidyPolicy::default())
@@ -459,7 +464,7 @@ pub async fn run(scope: &Path, timeout: std::time::Duration, output: Option<&Pat
     };
     let text = render(&scan, &extras);
     match output {
-        Some(path) => write_atomic(path, &text)?,
+        Some(path) => write_atomic(path, &text, mode)?,
         None => crate::output::out(&text)?,
     }
     Ok(crate::exit::EXIT_OK)
@@ -467,10 +472,11 @@ pub async fn run(scope: &Path, timeout: std::time::Duration, output: Option<&Pat
 
 /// Writes `text` to `path` atomically ([`tower_client::write_atomic`]: a
 /// hidden temporary file in the same directory, so a collector reading
-/// `*.prom` never sees it, fsync, rename over `path`), mode 0644: a
-/// collector often runs as another user.
-pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    tower_client::write_atomic(path, text.as_bytes(), 0o644)
+/// `*.prom` never sees it, fsync, rename over `path`) with permissions
+/// `mode`: 0600 unless the operator says otherwise (the `command` labels
+/// hold command lines), 0640/0644 for a collector of another user.
+pub fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<()> {
+    tower_client::write_atomic(path, text.as_bytes(), mode)
         .map_err(|e| Error::io("writing metrics to", path, e))
 }
 
@@ -552,12 +558,16 @@ mod tests {
     }
 
     #[test]
-    fn atomic_write_leaves_no_temporary_and_is_world_readable() {
+    fn atomic_write_leaves_no_temporary_and_has_the_mode_asked_for() {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("shellper.prom");
-        write_atomic(&p, "a 1\n").unwrap();
-        write_atomic(&p, "a 2\n").unwrap();
+        write_atomic(&p, "a 1\n", 0o600).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        write_atomic(&p, "a 2\n", 0o644).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "a 2\n");
         let names: Vec<_> = std::fs::read_dir(d.path())
             .unwrap()

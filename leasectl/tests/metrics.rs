@@ -247,8 +247,8 @@ fn metrics_of_a_live_scope_parse_and_match_list() {
     );
     assert!(claim > 0.0 && claim <= 60.0, "{claim}");
 
-    // --output writes the same families atomically, readable by a
-    // collector running as another user, and leaves no temporary behind.
+    // --output writes the same families atomically, mode 0600 (the command
+    // labels hold command lines), and leaves no temporary behind.
     let dir = tmp.path().join("textfile");
     std::fs::create_dir(&dir).unwrap();
     let prom = dir.join("shellper.prom");
@@ -268,10 +268,35 @@ fn metrics_of_a_live_scope_parse_and_match_list() {
         .collect();
     assert_eq!(names, [std::ffi::OsString::from("shellper.prom")]);
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&prom).unwrap().permissions().mode() & 0o777,
-        0o644
-    );
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&prom), 0o600, "private by default");
+    // For a collector of another user, the operator says so.
+    for (arg, want) in [("0640", 0o640), ("644", 0o644)] {
+        let out = leasectl(&guard, &scope)
+            .args(["metrics", "--mode", arg, "-o"])
+            .arg(&prom)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(mode(&prom), want, "--mode {arg}");
+    }
+    // A mode that lets others write, or not the owner read, is refused.
+    for bad in ["0666", "0400", "8", "1777"] {
+        let out = leasectl(&guard, &scope)
+            .args(["metrics", "--mode", bad, "-o"])
+            .arg(&prom)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--mode {bad}: {out:?}");
+    }
+    // --help says what the labels hold.
+    let help = leasectl(&guard, &scope)
+        .args(["metrics", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("What the labels hold"), "{help}");
+    assert!(help.contains("--mode 0640"), "{help}");
 
     // An unwritable destination is an error (exit 2), not a silent success.
     let out = leasectl(&guard, &scope)
