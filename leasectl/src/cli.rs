@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub use crate::exit::{EXIT_ERROR, EXIT_FOUND, EXIT_INTERRUPTED, EXIT_OK};
+pub use crate::scan::parse_duration;
 
 /// Exit codes as printed by `--help` (and copied into the README).
 pub const EXIT_CODES_HELP: &str = "\
@@ -409,12 +410,6 @@ fn parse_mode(s: &str) -> Result<u32, String> {
         ));
     }
     Ok(m)
-}
-
-/// Parses a humantime duration (`500ms`, `3s`, `10m`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration like 500ms, 3s, 10m: {e}"))
 }
 
 #[cfg(test)]

@@ -15,9 +15,10 @@ use serde::Serialize;
 use tower_client::Scope;
 use tower_client::control::{self, ErrorCode, LeaseRequest, Request, SpawnRequest};
 
-use crate::cli::{EXIT_ERROR, EXIT_FOUND, EXIT_OK, parse_duration};
 use crate::error::{Error, Result};
+use crate::exit::{EXIT_ERROR, EXIT_FOUND, EXIT_OK};
 use crate::output::{json_out, out};
+use crate::scan::parse_duration;
 
 /// Exit code of `new` and `kill`: no Tower runs in the scope (nothing was
 /// started; `kill` exits with reap's codes instead, as it falls back to it).

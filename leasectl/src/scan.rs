@@ -93,6 +93,12 @@ pub fn short_duration(d: Duration) -> String {
     }
 }
 
+/// Parses a humantime duration (`500ms`, `3s`, `10m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 500ms, 3s, 10m: {e}"))
+}
+
 /// What a sweep knows about one candidate before asking it.
 #[derive(Debug, Clone)]
 struct Candidate {
