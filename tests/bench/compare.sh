@@ -6,6 +6,8 @@
 #   tests/bench/compare.sh           # full run, release build (~10 min)
 #   tests/bench/compare.sh --quick   # CI smoke run: proves it works, not figures
 #                                    # (debug build, 2 sessions, 10 shellpers)
+#   tests/bench/compare.sh --only terminal   # some steps only (memory, spawn,
+#                                    # teardown, reaction, scale, terminal)
 #
 # Installs what it needs: dtach and tmux with apt-get when missing, node-pty
 # from npm into target/bench-node (if it cannot be installed, the Node row
@@ -16,12 +18,15 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 quick=""
-for a in "$@"; do
-  case "$a" in
+only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
     --quick) quick=1 ;;
-    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
-    *) echo "compare.sh: unknown argument $a (usage: compare.sh [--quick])" >&2; exit 2 ;;
+    --only) only="${2:?--only needs a list of steps}"; shift ;;
+    -h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "compare.sh: unknown argument $1 (usage: compare.sh [--quick] [--only STEP,...])" >&2; exit 2 ;;
   esac
+  shift
 done
 
 log() { printf 'compare.sh: %s\n' "$*" >&2; }
@@ -77,12 +82,12 @@ echo
 echo "- machine: $(nproc) cores, $(uname -sr), $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
 echo "- load at start:$(uptime | sed 's/.*load average/ load average/')"
 echo "- peers: $(dtach --help 2>&1 | head -1 | sed 's/ - version//'), $(tmux -V), node $(node --version 2>/dev/null || echo none)"
-python3 tests/bench/compare.py ${quick:+--quick} --bins "$bins" \
+python3 tests/bench/compare.py ${quick:+--quick} ${only:+--only "$only"} --bins "$bins" \
   --hold-bench "$bins/examples/hold_bench" --node-dir "$node_dir" --node-note "$node_note" \
   --json "$json"
 echo
 echo "- load at end:$(uptime | sed 's/.*load average/ load average/')"
-if [ -z "$quick" ]; then
+if [ -z "$quick" ] && [ -z "$only" ]; then
   python3 tests/bench/plot_scale.py "$json" docs/bench-scale.svg
   log "plot written to docs/bench-scale.svg"
 fi
