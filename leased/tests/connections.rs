@@ -218,3 +218,41 @@ async fn idle_connections_lock_out_neither_status_readers_nor_the_tower() {
     .await
     .expect("client thread");
 }
+
+/// A 16 MiB DATA frame to an embedded process (it has no terminal): the
+/// frame is streamed through in pieces, never buffered whole, and refused
+/// once, not once per piece; the connection then goes on as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_data_frame_is_refused_once_while_it_streams_through() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("lease.sock");
+    let _leased = Leased::serve(options(&sock)).await.expect("serve");
+    tokio::task::spawn_blocking(move || {
+        let mut s = UnixStream::connect(&sock).expect("connect");
+        let mut hello = Hello::v1(ClientType::Terminal);
+        hello.replay = Some(false);
+        s.write_all(&encode(&[Frame::Hello(hello)])).expect("hello");
+        read_until(&mut s, |f| matches!(f, Frame::Welcome(_)));
+        let big = Frame::Data(bytes::Bytes::from(vec![b'x'; 16 << 20]));
+        let mut writer = s.try_clone().expect("clone");
+        let w = std::thread::spawn(move || {
+            writer
+                .write_all(&encode(&[big, Frame::Ping]))
+                .expect("send");
+        });
+        let mut errors = 0;
+        loop {
+            match read_until(&mut s, |f| matches!(f, Frame::Error(_) | Frame::Pong)) {
+                Frame::Error(e) => {
+                    assert!(e.message.contains("no terminal"), "{e:?}");
+                    errors += 1;
+                }
+                _ => break,
+            }
+        }
+        w.join().expect("writer");
+        assert_eq!(errors, 1, "one refusal for one frame");
+    })
+    .await
+    .expect("client thread");
+}
