@@ -50,7 +50,7 @@ async fn run(inv: invocation::Invocation) -> i32 {
         .args(&c.args)
         .current_dir(&c.cwd)
         .env_clear()
-        .envs(&c.env)
+        .envs(c.env.iter().flatten())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn();

@@ -107,6 +107,15 @@ pub enum Error {
     Subreaper(String),
 }
 
+impl From<invocation::ParseError> for Error {
+    fn from(e: invocation::ParseError) -> Self {
+        match e {
+            invocation::ParseError::Token(m) => Error::Token(m),
+            e => Error::Config(e.to_string()),
+        }
+    }
+}
+
 impl From<sock::BindError> for Error {
     fn from(e: sock::BindError) -> Self {
         match e {

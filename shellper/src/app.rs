@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shellper_leased::invocation;
 use shellper_protocol::lease::{LeaseMachine, Mode};
 use shellper_protocol::msg::{TerminateReason, Terminated};
 use shellper_protocol::{Frame, Token};
@@ -30,8 +31,8 @@ use crate::lease::{LeaseEnforcer, LeaseHandle, Termination};
 use crate::server::{self, Identity, Pty, Server, Timeouts};
 use crate::{exit, kill, startup};
 
-/// Longest wait for the token line on stdin.
-const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the token line (or the token and config) on stdin.
+const TOKEN_TIMEOUT: Duration = invocation::STDIN_TIMEOUT;
 /// How long connections get to flush TERMINATED and other last frames.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
@@ -56,8 +57,9 @@ pub fn main_entry(args: Vec<String>) -> i32 {
             c
         }
         Ok(Parsed::ConfigStdin) => {
-            let parsed = startup::read_stdin_to_eof(TOKEN_TIMEOUT, config::MAX_STDIN_CONFIG)
-                .and_then(|input| config::parse_stdin_config(&input, &cwd));
+            let parsed = invocation::read_stdin_to_eof(TOKEN_TIMEOUT, config::MAX_STDIN_CONFIG)
+                .map_err(crate::Error::from)
+                .and_then(|input| config::parse_stdin_config(&input));
             match parsed {
                 Ok((token, c)) => {
                     stdin_token = Some(token);
@@ -83,7 +85,7 @@ pub fn main_entry(args: Vec<String>) -> i32 {
     let token = if let Some(t) = stdin_token {
         Some(t)
     } else if cfg.leased {
-        match startup::read_token(TOKEN_TIMEOUT) {
+        match invocation::read_token_line(TOKEN_TIMEOUT).map_err(crate::Error::from) {
             Ok(t) => Some(t),
             Err(e) => {
                 eprintln!("shellper: {e}");
@@ -139,7 +141,7 @@ fn remove_rotated_log(log: &Path) {
 
 /// Runs a configured shellper on the current runtime; returns the exit code.
 pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
-    let log_path = cfg.log_path();
+    let log_path = config::log_path_for(&cfg.socket_path);
     if let Some(dir) = cfg
         .socket_path
         .parent()

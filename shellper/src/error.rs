@@ -39,6 +39,17 @@ pub enum Error {
     Exec { command: String, detail: String },
 }
 
+impl From<shellper_leased::invocation::ParseError> for Error {
+    fn from(e: shellper_leased::invocation::ParseError) -> Self {
+        use shellper_leased::invocation::ParseError as P;
+        match e {
+            P::Usage(m) => Error::Usage(m),
+            P::Lease(e) => Error::Lease(e),
+            P::Token(m) => Error::Token(m),
+        }
+    }
+}
+
 impl From<shellper_leased::sock::BindError> for Error {
     fn from(e: shellper_leased::sock::BindError) -> Self {
         match e {

@@ -1,4 +1,5 @@
-//! Process-level start-up: session, identity, token, stdio and the log.
+//! Process-level start-up: session, identity, stdio and the log (the token
+//! is read by the lease crate, `shellper_leased::invocation`).
 //!
 //! A shellper must outlive its spawner and keep nothing of it: it calls
 //! `setsid()` (no controlling terminal, no job-control signals from the
@@ -7,14 +8,11 @@
 //! its own log file, so no pipe of the spawner stays open.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
-
-use shellper_protocol::Token;
 
 use crate::error::{Error, Result};
 
@@ -42,73 +40,6 @@ pub fn new_session() {
         && e != rustix::io::Errno::PERM
     {
         tracing::warn!(error = %e, "setsid failed");
-    }
-}
-
-/// Reads the lease token: the first line of stdin, 64 hex digits. Bounded
-/// by `timeout` (a spawner that never writes must not leave us hanging
-/// before any deadline exists).
-pub fn read_token(timeout: Duration) -> Result<Token> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("token".into())
-        .spawn(move || {
-            let mut line = Vec::with_capacity(72);
-            let mut byte = [0u8; 1];
-            let mut stdin = io::stdin().lock();
-            // Byte by byte up to the newline: nothing after the first line
-            // is consumed, and a hostile stream cannot make us buffer much.
-            let r = loop {
-                match stdin.read(&mut byte) {
-                    Ok(0) => break Ok(line),
-                    Ok(_) if byte[0] == b'\n' => break Ok(line),
-                    Ok(_) if line.len() >= 128 => {
-                        break Err("first line of stdin is too long".into());
-                    }
-                    Ok(_) => line.push(byte[0]),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => break Err(format!("reading stdin: {e}")),
-                }
-            };
-            let _ = tx.send(r);
-        })
-        .map_err(|e| Error::io("spawn token reader", e))?;
-    let line: Vec<u8> = match rx.recv_timeout(timeout) {
-        Ok(r) => r.map_err(Error::Token)?,
-        Err(_) => {
-            return Err(Error::Token(format!(
-                "no token line on stdin within {timeout:?}"
-            )));
-        }
-    };
-    let text = String::from_utf8(line).map_err(|_| Error::Token("token is not UTF-8".into()))?;
-    Token::from_hex(&text).map_err(|e| Error::Token(e.to_string()))
-}
-
-/// Reads all of stdin up to EOF for the `--config-stdin` form, at most
-/// `cap + 1` bytes (so the caller can tell "too large"), within `timeout`
-/// for the whole read: a spawner that never closes the pipe must not leave
-/// us hanging before any deadline exists.
-pub fn read_stdin_to_eof(timeout: Duration, cap: usize) -> Result<Vec<u8>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("config".into())
-        .spawn(move || {
-            let mut buf = Vec::new();
-            let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
-            let r = io::stdin()
-                .lock()
-                .take(limit)
-                .read_to_end(&mut buf)
-                .map(|_| buf);
-            let _ = tx.send(r);
-        })
-        .map_err(|e| Error::io("spawn config reader", e))?;
-    match rx.recv_timeout(timeout) {
-        Ok(r) => r.map_err(|e| Error::Token(format!("reading stdin: {e}"))),
-        Err(_) => Err(Error::Token(format!(
-            "token and config not on stdin (closed) within {timeout:?}"
-        ))),
     }
 }
 
