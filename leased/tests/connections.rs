@@ -241,14 +241,11 @@ async fn a_large_data_frame_is_refused_once_while_it_streams_through() {
                 .expect("send");
         });
         let mut errors = 0;
-        loop {
-            match read_until(&mut s, |f| matches!(f, Frame::Error(_) | Frame::Pong)) {
-                Frame::Error(e) => {
-                    assert!(e.message.contains("no terminal"), "{e:?}");
-                    errors += 1;
-                }
-                _ => break,
-            }
+        while let Frame::Error(e) =
+            read_until(&mut s, |f| matches!(f, Frame::Error(_) | Frame::Pong))
+        {
+            assert!(e.message.contains("no terminal"), "{e:?}");
+            errors += 1;
         }
         w.join().expect("writer");
         assert_eq!(errors, 1, "one refusal for one frame");
