@@ -30,8 +30,11 @@
 //! input queue, bounded per client and in total in bytes). Output is
 //! bounded by the [`Outbox`].
 
+mod conn;
 pub mod reader;
 mod writer;
+
+pub use conn::Conn;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -67,9 +70,6 @@ pub const RESERVED_CONNECTIONS: usize = 16;
 /// (SPEC.md §7). Measured per write call, so a slow reader that keeps
 /// taking bytes gets a full REPLAY however long it takes.
 pub const DEFAULT_WRITE_STALL: Duration = Duration::from_secs(30);
-/// How often a reader waiting on its session (a full input queue) checks
-/// that its peer is still there.
-const HANGUP_POLL: Duration = Duration::from_millis(200);
 
 /// Who serves: the process's identity for WELCOME and STATUS.
 #[derive(Debug, Clone)]
@@ -152,90 +152,6 @@ pub struct Attach<'a> {
     /// WELCOME's lease part (present when HELLO asked for the lease
     /// protocol).
     pub lease: Option<WelcomeLease>,
-}
-
-/// One connection, as its reader and the session see it.
-#[derive(Debug)]
-pub struct Conn<C> {
-    id: ConnId,
-    kind: ClientType,
-    /// The lease extension version negotiated in HELLO/WELCOME (`None`:
-    /// not announced): STATUS carries the containment from version 2 on.
-    lease_version: Option<u32>,
-    outbox: Arc<Outbox>,
-    cancel: CancellationToken,
-    /// The socket, to notice a peer that closed while the reader waits.
-    sock: Arc<Stream>,
-    state: C,
-    /// The frame being dispatched is a later piece of a streamed DATA
-    /// frame (see [`Conn::continues_frame`]).
-    continued: std::sync::atomic::AtomicBool,
-}
-
-impl<C> Conn<C> {
-    pub fn id(&self) -> ConnId {
-        self.id
-    }
-
-    /// What the client said it is in HELLO.
-    pub fn kind(&self) -> ClientType {
-        self.kind
-    }
-
-    /// Whether the DATA being dispatched continues a frame whose first
-    /// piece was dispatched before (DATA is streamed in pieces as it
-    /// arrives, [`reader`]): a session that refuses DATA answers once per
-    /// frame, not once per piece.
-    pub fn continues_frame(&self) -> bool {
-        self.continued.load(Ordering::Relaxed)
-    }
-
-    /// The session's state for this connection.
-    pub fn state(&self) -> &C {
-        &self.state
-    }
-
-    /// Queues a control frame; a client whose control lane overflows is not
-    /// reading at all and is disconnected.
-    pub fn send(&self, f: Frame) {
-        if self.outbox.control(f) == Pushed::Overflow {
-            self.cancel.cancel();
-        }
-    }
-
-    /// Resolves when the connection is cancelled or the peer has closed its
-    /// socket entirely (POLLHUP; a peer that only shut down its write side
-    /// still gets its input delivered). For a reader that waits on its
-    /// session and does not read the socket meanwhile.
-    pub async fn gone(&self) {
-        use std::os::fd::AsFd as _;
-        let Stream::UdSocket(s) = &*self.sock;
-        let hung_up = async {
-            loop {
-                tokio::time::sleep(HANGUP_POLL).await;
-                let fd = s.as_fd();
-                let mut fds = [rustix::event::PollFd::new(
-                    &fd,
-                    rustix::event::PollFlags::empty(),
-                )];
-                let zero = rustix::event::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                if rustix::event::poll(&mut fds, Some(&zero)).is_ok()
-                    && fds[0]
-                        .revents()
-                        .intersects(rustix::event::PollFlags::HUP | rustix::event::PollFlags::ERR)
-                {
-                    return;
-                }
-            }
-        };
-        tokio::select! {
-            () = self.cancel.cancelled() => {}
-            () = hung_up => {}
-        }
-    }
 }
 
 /// A connection in the server's table (from accept to close).
