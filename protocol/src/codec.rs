@@ -45,6 +45,10 @@ pub struct FrameCodec {
     streaming: bool,
     /// The bulk frame being streamed and the payload bytes still to come.
     bulk: Option<(FrameType, usize)>,
+    /// Whether a piece of the bulk frame in progress was already returned.
+    bulk_started: bool,
+    /// Whether the last item decoded was a later piece of a streamed frame.
+    last_continued: bool,
 }
 
 impl FrameCodec {
@@ -68,10 +72,13 @@ impl FrameCodec {
         self.skipping > 0 || self.bulk.is_some()
     }
 
-    /// Whether a streamed DATA or REPLAY payload is in progress: the next
-    /// piece decoded continues the frame of the previous one.
-    pub fn in_bulk(&self) -> bool {
-        self.bulk.is_some()
+    /// Whether the last item [`Decoder::decode`] returned is a later piece
+    /// of a streamed DATA or REPLAY frame (not its first piece): a session
+    /// that refuses a frame answers its first piece only. Not the same as
+    /// "a bulk frame was in progress before the call": a header can arrive
+    /// alone, and the piece after it is still the first.
+    pub fn last_continued(&self) -> bool {
+        self.last_continued
     }
 
     /// How many more bytes, beyond the `buffered` ones, the item in
@@ -110,6 +117,8 @@ impl FrameCodec {
         let piece = Bytes::copy_from_slice(&src[..n]);
         src.advance(n);
         self.bulk = (left > n).then_some((ty, left - n));
+        self.last_continued = self.bulk_started;
+        self.bulk_started = self.bulk.is_some();
         Some(match ty {
             FrameType::Replay => Frame::Replay(piece),
             _ => Frame::Data(piece),
@@ -126,6 +135,7 @@ impl Decoder for FrameCodec {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        self.last_continued = false;
         if self.skipping > 0 {
             let n = self.skipping.min(src.len());
             src.advance(n);

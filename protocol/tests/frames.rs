@@ -559,6 +559,43 @@ fn streaming_delivers_a_large_data_frame_as_it_arrives() {
     );
 }
 
+/// Which piece of a streamed frame is its first: a session that refuses
+/// DATA answers the first piece only, so the first piece must be known as
+/// such even when the header arrived alone, in a read of its own.
+#[test]
+fn streaming_marks_only_later_pieces_as_continued() {
+    use shellper_protocol::codec::STREAM_PIECE;
+    let payload = vec![9u8; 3 * STREAM_PIECE];
+    let wire = raw(0x01, &payload);
+    for first_read in [5usize, 6, 4, STREAM_PIECE + 5] {
+        let mut codec = FrameCodec::streaming();
+        let mut buf = BytesMut::from(&wire[..first_read]);
+        let mut marks = Vec::new();
+        let mut rest = &wire[first_read..];
+        loop {
+            while let Some(f) = codec.decode(&mut buf).unwrap() {
+                assert!(matches!(f, Frame::Data(_)));
+                marks.push(codec.last_continued());
+            }
+            if rest.is_empty() {
+                break;
+            }
+            let n = rest.len().min(1000);
+            buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+        }
+        assert!(!marks[0], "first read {first_read}: {marks:?}");
+        assert!(marks[1..].iter().all(|c| *c), "first read {first_read}");
+        // The frame after it starts afresh.
+        let mut buf = BytesMut::from(&raw(0x01, b"ab")[..]);
+        assert!(codec.decode(&mut buf).unwrap().is_some());
+        assert!(!codec.last_continued());
+        let mut buf = BytesMut::from(&raw(0x06, b"")[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Frame::Ping));
+        assert!(!codec.last_continued());
+    }
+}
+
 #[test]
 fn streaming_checks_limits_and_reports_truncation() {
     let mut codec = FrameCodec::streaming();

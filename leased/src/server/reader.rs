@@ -86,10 +86,9 @@ impl FrameReader {
     /// the stream.
     pub async fn next(&mut self) -> Option<Result<Frame, CodecError>> {
         loop {
-            let in_bulk = self.codec.in_bulk();
             match self.codec.decode(&mut self.buf) {
                 Ok(Some(f)) => {
-                    self.continued = in_bulk;
+                    self.continued = self.codec.last_continued();
                     self.frame_done();
                     return Some(Ok(f));
                 }
