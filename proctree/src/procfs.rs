@@ -94,7 +94,8 @@ pub fn read_stat(pid: i32) -> Option<ProcInfo> {
     if pid <= 0 {
         return None;
     }
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut text = String::with_capacity(512);
+    read_small(&format!("/proc/{pid}/stat"), &mut text).ok()?;
     parse_stat(&text).filter(|p| p.pid == pid)
 }
 
@@ -178,41 +179,97 @@ pub fn snapshot() -> Vec<ProcInfo> {
 /// Returns `None` when `root` is gone or the kernel lacks the `children`
 /// files (CONFIG_PROC_CHILDREN): use [`snapshot`] then. At most
 /// [`SNAPSHOT_CAP`] entries.
+///
+/// Cost: a walk reads two small files per single-threaded member (its
+/// `stat`, then its one thread's `children`, named from the pid without
+/// listing `task/`) and lists `task/` only for members with more threads.
+/// A Tower walks every held shellper's tree on a cadence, so the syscalls
+/// per member are most of its cost per session (BENCHMARKS.md, "The tree
+/// record's cost").
 pub fn descendants_snapshot(root: i32) -> Option<Vec<ProcInfo>> {
-    let root_info = read_stat(root)?;
+    let mut text = String::with_capacity(512);
+    let (root_info, root_threads) = stat_and_threads(root, &mut text)?;
     let mut out = vec![root_info];
-    let mut queue = vec![root];
+    let mut queue = vec![(root, root_threads)];
     let mut first = true;
-    while let Some(pid) = queue.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            if first {
-                return None;
-            }
-            continue;
-        };
-        for task in tasks.filter_map(|t| t.ok()) {
-            let path = task.path().join("children");
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) if first && e.kind() == std::io::ErrorKind::NotFound => return None,
-                Err(_) => continue,
+    let mut tids = Vec::new();
+    while let Some((pid, threads)) = queue.pop() {
+        tids.clear();
+        if threads == 1 {
+            // One thread: its tid is the pid. (A thread started since the
+            // stat read may hold children this walk misses, as a fork
+            // during any walk may be missed: callers walk again.)
+            tids.push(pid);
+        } else {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                if first {
+                    return None;
+                }
+                continue;
             };
-            for child in text
+            tids.extend(
+                tasks
+                    .filter_map(|t| t.ok())
+                    .filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok()),
+            );
+        }
+        for &tid in &tids {
+            if let Err(e) = read_small(&format!("/proc/{pid}/task/{tid}/children"), &mut text) {
+                if first && e.kind() == std::io::ErrorKind::NotFound {
+                    return None;
+                }
+                continue;
+            }
+            let children: Vec<i32> = text
                 .split_ascii_whitespace()
                 .filter_map(|c| c.parse::<i32>().ok())
-            {
+                .collect();
+            for child in children {
                 if out.len() >= SNAPSHOT_CAP {
                     return Some(out);
                 }
-                if let Some(info) = read_stat(child) {
+                if let Some((info, threads)) = stat_and_threads(child, &mut text) {
                     out.push(info);
-                    queue.push(child);
+                    queue.push((child, threads));
                 }
             }
         }
         first = false;
     }
     Some(out)
+}
+
+/// A small /proc file into `buf` (cleared first): open and read, without
+/// the size probe (`statx`, `lseek`) `std::fs::read_to_string` makes, which
+/// /proc files answer with 0 anyway.
+fn read_small(path: &str, buf: &mut String) -> io::Result<()> {
+    use std::io::Read as _;
+    buf.clear();
+    let file = std::fs::File::open(path)?;
+    // Bounded: a `children` file of a huge family is at most a few MiB.
+    file.take(64 << 20).read_to_string(buf)?;
+    Ok(())
+}
+
+/// `/proc/PID/stat` and its thread count (field 20), read into `buf`.
+fn stat_and_threads(pid: i32, buf: &mut String) -> Option<(ProcInfo, u32)> {
+    if pid <= 0 {
+        return None;
+    }
+    read_small(&format!("/proc/{pid}/stat"), buf).ok()?;
+    let info = parse_stat(buf).filter(|p| p.pid == pid)?;
+    Some((info, stat_threads(buf).unwrap_or(0)))
+}
+
+/// Field 20 (`num_threads`) of a stat line; `None` if it does not parse.
+fn stat_threads(text: &str) -> Option<u32> {
+    let close = text.rfind(')')?;
+    // Fields after the comm start at 3 (state): 20 is the 18th.
+    text[close + 1..]
+        .split_ascii_whitespace()
+        .nth(17)?
+        .parse()
+        .ok()
 }
 
 /// The session led by `child` while it is still `parent`'s child (alive or
@@ -331,6 +388,17 @@ pub fn start_time_unix_ms(start_ticks: u64) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_threads_is_field_20_after_any_comm() {
+        let line =
+            "4242 (evil) S 1 2 (x)) T 7 8 9 0 -1 4194560 0 0 0 0 1 2 0 0 20 0 3 0 123456 0 0\n";
+        assert_eq!(stat_threads(line), Some(3));
+        let own = std::fs::read_to_string("/proc/self/stat").expect("own stat");
+        let listed = std::fs::read_dir("/proc/self/task").expect("tasks").count();
+        // Test threads come and go, but this one is always there.
+        assert!(stat_threads(&own).is_some_and(|n| n >= 1 && n as usize <= listed + 8));
+    }
 
     #[test]
     fn parse_stat_takes_comm_up_to_the_last_paren() {

@@ -59,3 +59,33 @@ fn walk_finds_children_grandchildren_and_setsid_escapees() {
     guard.kill_all();
     guard.finish();
 }
+
+/// A child forked by a thread other than the main one is listed in that
+/// thread's `children` file only: the walk lists `task/` for a
+/// multi-threaded process (and reads the one file of a single-threaded
+/// one).
+#[test]
+fn walk_finds_children_of_every_thread() {
+    let guard = LeakGuard::new("walk_threads");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let (key, value) = guard.env_pair();
+    let forker = std::thread::spawn(move || {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        cmd.env(key, value);
+        tx.send(cmd.spawn().unwrap()).unwrap();
+        // Stay alive: the child stays in this thread's `children` file.
+        let _ = done_rx.recv();
+    });
+    let mut child = rx.recv().unwrap();
+    let me = std::process::id() as i32;
+    let walked = descendants_snapshot(me).expect("children files exist on this kernel");
+    let found = walked.iter().any(|p| p.pid == child.id() as i32);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = done_tx.send(());
+    forker.join().unwrap();
+    guard.finish();
+    assert!(found, "a second thread's child is missing from {walked:?}");
+}

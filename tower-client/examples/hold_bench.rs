@@ -10,7 +10,10 @@
 //! ```
 //!
 //! `BENCH_TREE_WALK_BACKOFF=N` sets `TowerConfig::tree_walk_backoff` (1:
-//! the tree record walked at every renewal, as before the backoff).
+//! the tree record walked at every renewal, as before the backoff);
+//! `BENCH_CGROUP=DIR` puts each session in a cgroup v2 of its own under
+//! `DIR` (a writable cgroup v2 directory; the sessions are then never
+//! walked).
 //!
 //! With `BENCH_JSON=1` it also prints one JSON line with the figures
 //! (`tests/bench/compare.py` reads it); `BENCH_IDLE_SECS` sets the idle
@@ -230,6 +233,10 @@ fn main() {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(tower_client::DEFAULT_TREE_WALK_BACKOFF),
+            // BENCH_CGROUP=DIR: each session in a cgroup v2 of its own
+            // under DIR (no tree walks: the cgroup is the record).
+            cgroup: std::env::var_os("BENCH_CGROUP")
+                .map(|d| tower_client::CgroupChoice::Dir(d.into())),
             ..TowerConfig::default()
         };
         let (tower, mut events) = Tower::open(Scope::open(&dir).unwrap(), cfg.clone()).unwrap();

@@ -103,9 +103,17 @@ impl Holder {
     /// while processes come and go, and at most the backoff's worth of
     /// renewals old in a tree that has been still since. A process that
     /// escaped both the PTY session and every recorded ancestor since the
-    /// last walk before a SIGKILL cannot be proven ours and is left alone
-    /// (a session in a cgroup of its own is killed through it, exactly).
+    /// last walk before a SIGKILL cannot be proven ours and is left alone.
+    /// A session in a cgroup of its own is never walked: it is killed
+    /// through its cgroup, exactly.
     pub(crate) fn remember_tree(&self, always: bool) {
+        if self.handle.info.cgroup.is_some() {
+            // The session's cgroup is the record: `cgroup.kill` takes every
+            // process the PTY child started, born after any walk included
+            // (a shellper given a cgroup it cannot use does not start), so
+            // walking /proc for it at each renewal would only cost.
+            return;
+        }
         {
             let mut m = lock(&self.tree);
             if m.walking || !(m.due() || always) {
