@@ -44,6 +44,9 @@ pub(crate) struct Ctx {
     pub containment: crate::contain::Containment,
     /// With a cgroup: where the sessions' cgroups are created.
     pub session_base: Option<shellper_proctree::SessionBase>,
+    /// Walks the held shellpers' trees, one after another, on a thread of
+    /// its own.
+    pub recorder: crate::holder::TreeRecorder,
 }
 
 impl Ctx {

@@ -176,6 +176,7 @@ impl Tower {
             spawn_done: tokio::sync::Notify::new(),
             containment,
             session_base,
+            recorder: crate::holder::TreeRecorder::default(),
         });
         // The scope is checked periodically too, not only on writes: a
         // Tower with nothing to write must still notice it lost its scope.

@@ -41,6 +41,7 @@ pub use handle::{LeaseState, ShellperHandle, ShellperInfo};
 
 pub(crate) use events::{EventTx, child_exit_event};
 pub(crate) use handle::{Ctl, CtlSink, CtlTx, HandleInner};
+pub(crate) use tree::TreeRecorder;
 pub(crate) use watch::ProcWatch;
 
 use crate::conn::Conn;

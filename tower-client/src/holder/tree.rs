@@ -2,6 +2,7 @@
 //! is SIGKILLed (no ladder of its own), the holder takes down what it
 //! recorded of the tree, off the runtime thread, and reports it.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use shellper_proctree::tree::Witnesses;
@@ -53,10 +54,84 @@ impl TreeMemory {
     }
 }
 
+/// One walk to make: the shellper `root` (started at `ticks`), and where
+/// its result goes.
+#[derive(Debug)]
+pub(crate) struct WalkJob {
+    root: i32,
+    ticks: u64,
+    memory: Arc<Mutex<TreeMemory>>,
+    max: u32,
+}
+
+impl WalkJob {
+    fn run(self) {
+        let walked = walk_tree(self.root, self.ticks);
+        let mut m = lock(&self.memory);
+        m.walking = false;
+        if let Some((known, sessions)) = walked {
+            m.record(known, sessions, self.max);
+        }
+    }
+}
+
+/// The thread that walks a Tower's held shellpers' trees, one job after
+/// another. Why one thread and not the runtime's blocking pool: renewals
+/// come in coalesced batches, and a task per walk woke (or started) a pool
+/// thread per walk, a wake-up and often a thread's creation each; one
+/// thread fed by a queue wakes once per batch. The queue is bounded by the
+/// number of holders (each has at most one walk queued or running). /proc
+/// `stat` and `children` reads never wait for the process they describe,
+/// so one slow walk cannot hold the others up for long. The thread ends
+/// when the Tower's shared state is dropped (the queue's sender with it).
+#[derive(Debug, Default)]
+pub(crate) struct TreeRecorder {
+    tx: Mutex<Option<std::sync::mpsc::Sender<WalkJob>>>,
+}
+
+impl TreeRecorder {
+    /// Queues `job`, starting the thread on first use (or again, if it
+    /// died). If no thread can be started (the process is out of threads),
+    /// the walk is made here, on the caller's thread: the record matters
+    /// more than a short stall.
+    pub(crate) fn walk(&self, job: WalkJob) {
+        let mut tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
+        let job = match tx.as_ref() {
+            Some(t) => match t.send(job) {
+                Ok(()) => return,
+                // The thread died (a panic in a walk): start another.
+                Err(std::sync::mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        let (new_tx, rx) = std::sync::mpsc::channel::<WalkJob>();
+        let started = std::thread::Builder::new()
+            .name("tree-recorder".into())
+            .spawn(move || {
+                for job in rx {
+                    job.run();
+                }
+            });
+        match started {
+            Ok(_) => {
+                // Invariant: the receiver lives in the thread just started.
+                let _ = new_tx.send(job);
+                *tx = Some(new_tx);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread for tree walks; walking inline");
+                *tx = None;
+                drop(tx);
+                job.run();
+            }
+        }
+    }
+}
+
 /// Locks a mutex whose data stays consistent even if a holder panicked
 /// (every update is one assignment).
-pub(super) fn lock(m: &std::sync::Mutex<TreeMemory>) -> std::sync::MutexGuard<'_, TreeMemory> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+pub(super) fn lock(m: &Mutex<TreeMemory>) -> std::sync::MutexGuard<'_, TreeMemory> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The live tree of `root` (which must be the process started at `ticks`,
@@ -122,17 +197,11 @@ impl Holder {
             m.walking = true;
             m.since = 0;
         }
-        let memory = self.tree.clone();
-        let root = self.handle.info.pid as i32;
-        let ticks = self.handle.info.start_ticks;
-        let max = self.ctx.cfg.tree_walk_backoff;
-        tokio::task::spawn_blocking(move || {
-            let walked = walk_tree(root, ticks);
-            let mut m = lock(&memory);
-            m.walking = false;
-            if let Some((known, sessions)) = walked {
-                m.record(known, sessions, max);
-            }
+        self.ctx.recorder.walk(WalkJob {
+            root: self.handle.info.pid as i32,
+            ticks: self.handle.info.start_ticks,
+            memory: self.tree.clone(),
+            max: self.ctx.cfg.tree_walk_backoff,
         });
     }
 
