@@ -138,6 +138,8 @@ Exit codes:
 const PRUNE_HELP: &str = "\
 What goes (only what is proven gone):
   registry entry  its process is gone (pid and start time checked by the kernel)
+  cgroup          the session cgroup of such an entry, once no process is in it
+                  (rmdir: the kernel refuses a cgroup something entered since)
   socket file     connecting is refused (nothing listens) and it is > 2 min old
   log, log.N      its shellper is gone and it was last written > --keep-logs ago
   over the cap    oldest logs of gone shellpers, then oldest rotated logs of live
@@ -357,8 +359,9 @@ pub enum Command {
         #[arg(long, value_name = "OCTAL", default_value = "0600", value_parser = parse_mode, requires = "output")]
         mode: u32,
     },
-    /// Remove what gone shellpers left: registry entries, socket files
-    /// nothing listens on, old logs; and keep the scope's logs under a cap.
+    /// Remove what gone shellpers left: registry entries, their empty
+    /// cgroups, socket files nothing listens on, old logs; and keep the
+    /// scope's logs under a cap.
     /// Dry run unless --yes
     #[command(after_long_help = PRUNE_HELP)]
     Prune {

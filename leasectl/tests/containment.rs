@@ -176,6 +176,49 @@ fn reap_after_tower_and_shellper_are_sigkilled_leaves_nothing_of_a_forking_sessi
     guard.finish();
 }
 
+/// A session that ended by itself after its shellper was SIGKILLed (no
+/// Tower) leaves an empty cgroup behind: `prune --yes` removes it with the
+/// gone entry, and leaves nothing of the session.
+#[test]
+fn prune_removes_the_empty_cgroup_of_a_session_that_ended_after_its_shellper_was_killed() {
+    let Some(t) = test_cgroup("lc-prune") else {
+        return;
+    };
+    let guard = LeakGuard::new("leasectl_cgroup_prune");
+    let (_tmp, scope) = scope();
+    let flags = format!(
+        "--ttl 1s --window 60s --spawn 1 --cgroup {}",
+        t.dir().display()
+    );
+    let mut tower = start_tower(
+        &guard,
+        &scope,
+        &flags,
+        &["sh", "-c", "trap '' HUP; sleep 1.5"],
+    );
+    let sp = tower.spawned[0].clone();
+    let cg = t.join(&sp.id);
+    assert!(wait_for(Duration::from_secs(10), || !procs(&cg).is_empty()));
+    tower.kill();
+    signal(sp.pid, libc::SIGKILL);
+    // The session ends on its own; its cgroup stays, empty.
+    assert!(wait_for(Duration::from_secs(10), || !populated(&cg)));
+    assert!(cg.exists());
+
+    let (code, doc) = run_json(leasectl(&guard, &scope).args(["prune", "--json"]));
+    assert_eq!(code, 1, "a dry run that found work: {doc}");
+    assert!(cg.exists(), "a dry run removes nothing");
+    let (code, doc) = run_json(leasectl(&guard, &scope).args(["prune", "--yes", "--json"]));
+    assert_eq!(code, 0, "{doc}");
+    let removed = doc["removed"].to_string();
+    assert!(removed.contains("\"cgroup\""), "{doc}");
+    assert!(removed.contains("\"registry_entry\""), "{doc}");
+    assert!(!cg.exists(), "the empty cgroup was removed: {doc}");
+    let left = guard.wait_gone(Duration::from_secs(3));
+    assert!(left.is_empty(), "survivors: {left:?}");
+    guard.finish();
+}
+
 /// A cgroup option pointing at a missing path: the process-tree ladder
 /// runs, and the report says so (ready event, `show`).
 #[test]

@@ -18,9 +18,10 @@
 //! its shellper was SIGKILLed.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Serialize;
-use shellper_proctree::{CgroupChoice, Limits, SessionBase};
+use shellper_proctree::{Cgroup, CgroupChoice, CgroupKillReport, Limits, SessionBase};
 
 use crate::config::TowerConfig;
 use crate::error::{Error, Result};
@@ -118,4 +119,25 @@ pub(crate) fn choose(cfg: &TowerConfig) -> Result<(Containment, Option<SessionBa
             "session limits asked for, but {e}"
         ))),
     }
+}
+
+/// Kills whatever runs in a session's cgroup and removes it, off the runtime
+/// thread: the cgroup holds exactly that session (a failed spawn's, or a
+/// gone shellper's), so nothing outside it is touched. `Ok(None)`: no such
+/// cgroup (already removed). The error is the blocking task's (it panicked).
+pub(crate) async fn kill_session_cgroup(
+    cg: Cgroup,
+    grace: Duration,
+) -> std::result::Result<Option<CgroupKillReport>, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || {
+        cg.exists().then(|| {
+            shellper_proctree::kill_cgroup(
+                &cg,
+                &shellper_proctree::RealClock,
+                &shellper_proctree::CgroupKillPlan::new(grace),
+                &mut || {},
+            )
+        })
+    })
+    .await
 }

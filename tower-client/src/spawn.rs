@@ -579,18 +579,10 @@ async fn cleanup(ctx: &Arc<Ctx>, st: &mut Started) -> String {
     if let Some(cg) = st.cgroup.take() {
         // The cgroup holds exactly what the failed session started.
         let grace = ctx.cfg.lease.kill_grace.min(Duration::from_secs(1));
-        let r = tokio::task::spawn_blocking(move || {
-            shellper_proctree::kill_cgroup(
-                &cg,
-                &shellper_proctree::RealClock,
-                &shellper_proctree::CgroupKillPlan::new(grace),
-                &mut || {},
-            )
-        })
-        .await;
-        match r {
-            Ok(r) if r.is_clean() && r.remove_error.is_none() => {}
-            Ok(r) => problems.push(format!(
+        match crate::contain::kill_session_cgroup(cg, grace).await {
+            Ok(None) => {}
+            Ok(Some(r)) if r.is_clean() && r.remove_error.is_none() => {}
+            Ok(Some(r)) => problems.push(format!(
                 "session cgroup: {} survivor(s){}",
                 r.report.survivors.len(),
                 r.remove_error.map(|e| format!(", {e}")).unwrap_or_default()

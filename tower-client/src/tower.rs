@@ -378,19 +378,8 @@ impl Tower {
             if let Some(dir) = e.cgroup.clone() {
                 let grace = self.ctx.cfg.lease.kill_grace.min(Duration::from_secs(5));
                 let id = e.id.clone();
-                let r = tokio::task::spawn_blocking(move || {
-                    let cg = shellper_proctree::Cgroup::at(&dir);
-                    cg.exists().then(|| {
-                        shellper_proctree::kill_cgroup(
-                            &cg,
-                            &shellper_proctree::RealClock,
-                            &shellper_proctree::CgroupKillPlan::new(grace),
-                            &mut || {},
-                        )
-                    })
-                })
-                .await;
-                match r {
+                let cg = shellper_proctree::Cgroup::at(&dir);
+                match crate::contain::kill_session_cgroup(cg, grace).await {
                     Ok(Some(r)) if !r.is_clean() => tracing::error!(
                         %id, survivors = ?r.report.survivors,
                         "the session cgroup of a gone shellper kept survivors"

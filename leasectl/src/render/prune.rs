@@ -12,6 +12,7 @@ fn what_name(w: What) -> &'static str {
         What::Socket => "socket",
         What::Log => "log",
         What::RotatedLog => "rotated log",
+        What::Cgroup => "cgroup",
     }
 }
 

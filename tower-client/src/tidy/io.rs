@@ -65,26 +65,36 @@ pub fn list_scope(dir: &Path) -> std::io::Result<ScopeFiles> {
 /// that no live entry explains (bounded by [`PROBE_TIMEOUT`] each, at most
 /// 64 at once).
 pub async fn gather(files: &ScopeFiles, registry: &Registry, held: HashSet<String>) -> Facts {
-    let todo: Vec<(String, u32, u64)> = registry
+    let todo: Vec<(String, u32, u64, Option<PathBuf>)> = registry
         .shellpers
         .iter()
         .filter(|e| !held.contains(&e.id))
-        .map(|e| (e.id.clone(), e.pid, e.start_ticks))
+        .map(|e| (e.id.clone(), e.pid, e.start_ticks, e.cgroup.clone()))
         .collect();
-    let entries: HashMap<String, Liveness> = tokio::task::spawn_blocking(move || {
-        todo.into_iter()
-            .map(|(id, pid, ticks)| {
+    let (entries, empty_cgroups): (HashMap<String, Liveness>, HashSet<String>) =
+        tokio::task::spawn_blocking(move || {
+            let mut entries = HashMap::new();
+            let mut empty = HashSet::new();
+            for (id, pid, ticks, cgroup) in todo {
                 let l = match shellper_proctree::pidfd_for(pid as i32, ticks) {
                     shellper_proctree::PidfdLookup::Alive(_) => Liveness::Alive,
                     shellper_proctree::PidfdLookup::Gone => Liveness::Gone,
                     shellper_proctree::PidfdLookup::Unknown(_) => Liveness::Unknown,
                 };
-                (id, l)
-            })
-            .collect()
-    })
-    .await
-    .unwrap_or_default();
+                if l == Liveness::Gone
+                    && let Some(dir) = cgroup
+                {
+                    let cg = shellper_proctree::Cgroup::at(&dir);
+                    if cg.exists() && matches!(cg.populated(), Ok(false)) {
+                        empty.insert(id.clone());
+                    }
+                }
+                entries.insert(id, l);
+            }
+            (entries, empty)
+        })
+        .await
+        .unwrap_or_default();
     let probe: Vec<(String, PathBuf)> = files
         .files
         .iter()
@@ -119,6 +129,7 @@ pub async fn gather(files: &ScopeFiles, registry: &Registry, held: HashSet<Strin
         entries,
         refused,
         keep: HashSet::new(),
+        empty_cgroups,
     }
 }
 
@@ -131,8 +142,8 @@ pub struct TidyDone {
     pub failed: Vec<(Action, String)>,
 }
 
-/// Removes the plan's files (sockets and logs; a file already gone counts
-/// as removed). Registry entries are the caller's: a Tower commits through
+/// Removes the plan's files (sockets, logs, empty session cgroups; a file
+/// already gone counts as removed). Registry entries are the caller's: a Tower commits through
 /// its registry store, `leasectl` writes under the instance lock.
 pub fn remove_files(plan: &TidyPlan) -> TidyDone {
     let mut out = TidyDone::default();
@@ -140,7 +151,13 @@ pub fn remove_files(plan: &TidyPlan) -> TidyDone {
         if a.what == What::RegistryEntry {
             continue;
         }
-        match std::fs::remove_file(&a.path) {
+        let removed = if a.what == What::Cgroup {
+            // rmdir: the kernel refuses (EBUSY) a cgroup a process entered.
+            std::fs::remove_dir(&a.path)
+        } else {
+            std::fs::remove_file(&a.path)
+        };
+        match removed {
             Ok(()) => out.done.push(a.clone()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => out.done.push(a.clone()),
             Err(e) => out.failed.push((a.clone(), e.to_string())),

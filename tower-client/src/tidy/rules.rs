@@ -120,6 +120,10 @@ pub struct Facts {
     /// gone shellper whose session still runs; its log and entry are what
     /// `reap` needs to find that session).
     pub keep: HashSet<String>,
+    /// Gone entries whose session cgroup still exists and holds no process
+    /// (its session ended after its shellper was killed): an empty
+    /// directory nothing will use again.
+    pub empty_cgroups: HashSet<String>,
 }
 
 /// Something a tidy removes.
@@ -130,6 +134,9 @@ pub enum What {
     Socket,
     Log,
     RotatedLog,
+    /// An empty session cgroup of a gone entry (removed with `rmdir`,
+    /// which the kernel refuses if a process entered it since).
+    Cgroup,
 }
 
 /// One removal.
@@ -221,6 +228,19 @@ pub fn plan(
                 bytes: 0,
                 reason: format!("process {} is gone (pid and start time checked)", e.pid),
             });
+            if let Some(dir) = e
+                .cgroup
+                .as_ref()
+                .filter(|_| facts.empty_cgroups.contains(&e.id))
+            {
+                out.actions.push(Action {
+                    what: What::Cgroup,
+                    id: e.id.clone(),
+                    path: dir.clone(),
+                    bytes: 0,
+                    reason: "session cgroup of a gone shellper, with no process left in it".into(),
+                });
+            }
         }
     }
     // 2. Socket files nothing listens on.
@@ -442,6 +462,7 @@ mod tests {
             // Even a refusing socket stays while its entry is alive.
             refused: [A.to_string(), B.to_string()].into(),
             keep: HashSet::new(),
+            empty_cgroups: HashSet::new(),
         };
         let policy = TidyPolicy {
             scope_log_cap: 1,
@@ -488,6 +509,34 @@ mod tests {
         assert_eq!(ids(&p, What::RotatedLog), [A]);
         assert_eq!(p.log_bytes, 300);
         assert_eq!(p.log_bytes_after, 100);
+    }
+
+    #[test]
+    fn a_gone_entrys_empty_cgroup_goes_with_it_and_a_populated_one_stays() {
+        let mut r = Registry::new();
+        for id in [A, B] {
+            let mut e = entry(id);
+            e.cgroup = Some(PathBuf::from(format!("/sys/fs/cgroup/t/{id}")));
+            r.upsert(e);
+        }
+        let facts = Facts {
+            entries: [(A.into(), Liveness::Gone), (B.into(), Liveness::Gone)].into(),
+            // B's session still runs in its cgroup (an orphan for `reap`).
+            empty_cgroups: [A.to_string()].into(),
+            ..Facts::default()
+        };
+        let p = plan(
+            &files(Vec::new()),
+            &r,
+            Path::new("/r"),
+            &facts,
+            now(),
+            &TidyPolicy::default(),
+        );
+        assert_eq!(ids(&p, What::RegistryEntry), [A, B]);
+        assert_eq!(ids(&p, What::Cgroup), [A]);
+        let a = p.actions.iter().find(|a| a.what == What::Cgroup).unwrap();
+        assert_eq!(a.path, PathBuf::from(format!("/sys/fs/cgroup/t/{A}")));
     }
 
     #[test]
