@@ -44,8 +44,14 @@ fn main() -> ExitCode {
     // One thread: a Tower's work is small and IO-bound, and a single-threaded
     // runtime avoids cross-thread wakeups (measured ~30 % less CPU per
     // renewal than two workers). Registry writes go to the blocking pool.
+    // Its threads are kept for an hour once started (not tokio's 10 s): the
+    // pool panics a task when it has no thread at all and the system refuses
+    // a new one (EAGAIN, a full pid table), and a panicked holder would stop
+    // renewing. With a thread kept, such work waits in the pool's queue; the
+    // first is started before any holder runs.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(Duration::from_secs(3600))
         .build()
     {
         Ok(rt) => rt,
@@ -55,6 +61,10 @@ fn main() -> ExitCode {
         }
     };
     let _ = OUTPUT.set(std::sync::Mutex::new(Some(Output::start())));
+    if let Err(e) = rt.block_on(rt.spawn_blocking(|| ())) {
+        eprintln!("minitower: cannot start a worker thread: {e}");
+        return ExitCode::from(1);
+    }
     let code = rt.block_on(run(cli, lease));
     // Holders of detached or terminated shellpers are done; anything left
     // (a background reaper) must not delay the exit.
