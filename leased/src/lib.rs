@@ -67,6 +67,7 @@ pub mod enforcer;
 pub mod exit;
 pub mod invocation;
 pub mod mem;
+pub mod offthread;
 pub mod outbox;
 pub mod server;
 pub mod sock;
@@ -402,7 +403,7 @@ async fn finish(
     socket: &Path,
 ) -> Ended {
     tracing::info!(reason = ?t.reason, "lease ended: running the kill ladder");
-    let report = match tokio::task::spawn_blocking(move || run_ladder(grace)).await {
+    let report = match offthread::run("kill-ladder", move || run_ladder(grace)).await {
         Ok(r) => r,
         Err(e) => KillReport {
             signalled: 0,

@@ -294,7 +294,9 @@ pub async fn run(cfg: Config, token: Option<Token>) -> i32 {
     let sessions = hub.sessions();
     let grace = cfg.lease.kill_grace;
     let cgroup_dir = cfg.cgroup.clone();
-    let report = match tokio::task::spawn_blocking(move || {
+    // On a thread of its own, or inline if none can be started: the ladder
+    // must run even when the pid table is full (`offthread`).
+    let report = match shellper_leased::offthread::run("kill-ladder", move || {
         kill::run_ladder(sessions, grace, cgroup_dir.as_deref())
     })
     .await
