@@ -26,6 +26,35 @@ fn test_cgroup(name: &str) -> Option<TestCgroup> {
     }
 }
 
+/// One session in a cgroup under `t`, held by a minitower; once its cgroup
+/// has `procs` processes, the Tower is killed and the shellper SIGKILLed (the
+/// session runs on, under PID 1, in its cgroup). Returns the session and its
+/// cgroup.
+fn orphan_a_session(
+    guard: &LeakGuard,
+    scope: &std::path::Path,
+    t: &TestCgroup,
+    cmd: &[&str],
+    procs_at_least: usize,
+) -> (common::Spawned, std::path::PathBuf) {
+    let flags = format!(
+        "--ttl 1s --window 60s --spawn 1 --cgroup {}",
+        t.dir().display()
+    );
+    let mut tower = start_tower(guard, scope, &flags, cmd);
+    let sp = tower.spawned[0].clone();
+    let cg = t.join(&sp.id);
+    assert!(wait_for(Duration::from_secs(10), || {
+        procs(&cg).len() >= procs_at_least
+    }));
+    tower.kill();
+    signal(sp.pid, libc::SIGKILL);
+    assert!(wait_for(Duration::from_secs(5), || {
+        !shellper_testkit::proc_alive(sp.pid as i32)
+    }));
+    (sp, cg)
+}
+
 fn cpu_usec(doc: &Value, id: &str) -> u64 {
     entry(doc, id)["containment"]["cpu_usec"]
         .as_u64()
@@ -120,28 +149,17 @@ fn reap_after_tower_and_shellper_are_sigkilled_leaves_nothing_of_a_forking_sessi
     };
     let guard = LeakGuard::new("leasectl_cgroup_reap");
     let (_tmp, scope) = scope();
-    let flags = format!(
-        "--ttl 1s --window 60s --spawn 1 --cgroup {}",
-        t.dir().display()
-    );
-    let mut tower = start_tower(
+    let (sp, cg) = orphan_a_session(
         &guard,
         &scope,
-        &flags,
+        &t,
         &[
             "sh",
             "-c",
             "trap '' HUP; while :; do setsid sleep 600 & sleep 0.005; done",
         ],
+        20,
     );
-    let sp = tower.spawned[0].clone();
-    let cg = t.join(&sp.id);
-    assert!(wait_for(Duration::from_secs(10), || procs(&cg).len() >= 20));
-    tower.kill();
-    signal(sp.pid, libc::SIGKILL);
-    assert!(wait_for(Duration::from_secs(5), || {
-        !shellper_testkit::proc_alive(sp.pid as i32)
-    }));
     // Still forking, under PID 1, inside its cgroup.
     let n = procs(&cg).len();
     std::thread::sleep(Duration::from_millis(100));
@@ -186,21 +204,13 @@ fn prune_removes_the_empty_cgroup_of_a_session_that_ended_after_its_shellper_was
     };
     let guard = LeakGuard::new("leasectl_cgroup_prune");
     let (_tmp, scope) = scope();
-    let flags = format!(
-        "--ttl 1s --window 60s --spawn 1 --cgroup {}",
-        t.dir().display()
-    );
-    let mut tower = start_tower(
+    let (_sp, cg) = orphan_a_session(
         &guard,
         &scope,
-        &flags,
+        &t,
         &["sh", "-c", "trap '' HUP; sleep 1.5"],
+        1,
     );
-    let sp = tower.spawned[0].clone();
-    let cg = t.join(&sp.id);
-    assert!(wait_for(Duration::from_secs(10), || !procs(&cg).is_empty()));
-    tower.kill();
-    signal(sp.pid, libc::SIGKILL);
     // The session ends on its own; its cgroup stays, empty.
     assert!(wait_for(Duration::from_secs(10), || !populated(&cg)));
     assert!(cg.exists());
