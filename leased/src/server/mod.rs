@@ -348,30 +348,27 @@ impl<S: Session> Server<S> {
 
     /// The session's containment and what the kernel accounts for it
     /// (STATUS, lease extension v2), read inline (see below).
-    async fn containment(&self) -> Containment {
-        let Some(dir) = self.cgroup.clone() else {
+    fn containment(&self) -> Containment {
+        let Some(dir) = self.cgroup.as_deref() else {
             return Containment::default();
-        };
-        let read = move || {
-            let cg = shellper_proctree::Cgroup::at(&dir);
-            let usage = cg.usage();
-            let limits = cg.limits();
-            Containment {
-                cgroup: Some(dir.display().to_string()),
-                controllers: cg.controllers().unwrap_or_default(),
-                cpu_usec: usage.cpu_usec,
-                procs: Some(usage.procs),
-                memory_current: usage.memory_current,
-                memory_peak: usage.memory_peak,
-                pids_max: limits.pids_max,
-                memory_max: limits.memory_max,
-            }
         };
         // Inline: a few small cgroupfs files, which never wait for the
         // session's processes. A thread per STATUS cost a task each, and
         // where the pid table was full (2,000 sessions in a 4,915-task
         // sandbox) STATUS went unanswered.
-        read()
+        let cg = shellper_proctree::Cgroup::at(dir);
+        let usage = cg.usage();
+        let limits = cg.limits();
+        Containment {
+            cgroup: Some(dir.display().to_string()),
+            controllers: cg.controllers().unwrap_or_default(),
+            cpu_usec: usage.cpu_usec,
+            procs: Some(usage.procs),
+            memory_current: usage.memory_current,
+            memory_peak: usage.memory_peak,
+            pids_max: limits.pids_max,
+            memory_max: limits.memory_max,
+        }
     }
 
     /// Serves one connection from accept to close: this task is its reader.
@@ -625,7 +622,7 @@ impl<S: Session> Server<S> {
                     if conn.lease_version.unwrap_or(1) < 2 {
                         s.containment = None;
                     } else {
-                        s.containment = Some(self.containment().await);
+                        s.containment = Some(self.containment());
                     }
                     conn.send(Frame::Status(Box::new(s)));
                 }
